@@ -1,0 +1,38 @@
+# One task runner for people and CI. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The CPU build of torch 2.13.0 first: a looser pin lets pip fetch the newest CUDA build.
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-unit test-integration lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/streamrec dev --events 5000 --rate 500
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q tests/integration
+
+lint: install
+	$(PIP) install --quiet ruff
+	$(VENV)/bin/ruff check stream model serving tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .streamrec test-artifacts

@@ -1,0 +1,349 @@
+"""Baselines every learned model has to beat, learned online like the real one.
+
+- `RecentPopularity`: the most clicked items, counts decaying with a half-life.
+- `CoVisitation`: item-to-next-item transition counts within a session, weighted by
+  how close the two clicks were, voted on by the user's recent items. This is the
+  "sequential rules" family that session-based evaluations find hard to beat
+  (Ludewig and Jannach, "Evaluation of session-based recommendation algorithms", 2018,
+  https://arxiv.org/abs/1803.09587).
+
+Both are plain Python: no tensors, no seed, nothing random.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+
+from model.base import Interaction, Scored, Update, UserContext
+
+# A popularity share is at most 1, so this weight makes popularity decide only between
+# items whose co-visitation scores are equal (most often: both zero).
+_POPULARITY_TIEBREAK = 1e-9
+
+
+def advance(
+    context: UserContext,
+    interaction: Interaction,
+    *,
+    max_recent: int,
+    state: tuple[float, ...] = (),
+) -> UserContext:
+    """The context after `interaction`: the item appended to `recent` (keeping the last
+    `max_recent`), one more click, and `state` as the model's new hidden state."""
+    return UserContext(
+        recent=(*context.recent, interaction.item_id)[-max_recent:],
+        state=state,
+        clicks=context.clicks + 1,
+        # Out-of-order events must not move the clock back, or a late event would look
+        # like the start of a new session to the next one.
+        last_timestamp=max(context.last_timestamp, interaction.timestamp),
+    )
+
+
+class RecentPopularity:
+    """Most clicked items, each click's weight halving every `half_life_s` seconds of
+    event time (timestamps in the events, never the wall clock).
+
+    Decaying every count at every event would cost O(items). Instead a click at time t
+    adds 2 ** ((t - t0) / half_life_s) against a reference time t0: later clicks weigh
+    more, which ranks items exactly as decaying the older ones would. When the weights
+    grow large, t0 moves forward by whole half-lives, rescaling every count by an exact
+    power of two (O(items), once per 64 half-lives).
+
+    The top `cache_size` items are kept sorted as clicks arrive (a count only grows, so
+    an item can only move up), which makes `top` O(k) unless the exclusions reach past
+    the cache. Every event type counts as one click. Scores are shares of the decayed
+    click total, in [0, 1].
+
+    >>> pop = RecentPopularity(half_life_s=60.0)
+    >>> ctx = pop.new_context()
+    >>> for t, item in enumerate(["a", "b", "b"]):
+    ...     ctx = pop.learn_one(ctx, Interaction("u", item, float(t))).context
+    >>> [s.item_id for s in pop.recommend(ctx, k=2)]
+    ['b', 'a']
+    """
+
+    name = "popularity"
+
+    def __init__(self, half_life_s: float = 3600.0, max_recent: int = 50, cache_size: int = 256):
+        if not half_life_s > 0:
+            raise ValueError(f"half_life_s must be positive, not {half_life_s}")
+        self.half_life_s = float(half_life_s)
+        self.max_recent = max_recent
+        self.cache_size = cache_size
+        self._ids: list[str] = []
+        self._rows: dict[str, int] = {}
+        self._counts: list[float] = []
+        self._total = 0.0
+        self._t0: float | None = None
+        self._top: list[int] = []  # rows, best first by _key
+        self._in_top: set[int] = set()
+
+    @property
+    def version(self) -> str:
+        return f"popularity-{self.half_life_s:g}s"
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def new_context(self) -> UserContext:
+        return UserContext()
+
+    def learn_one(self, context: UserContext, interaction: Interaction) -> Update:
+        self.observe(interaction.item_id, interaction.timestamp)
+        return Update(advance(context, interaction, max_recent=self.max_recent))
+
+    def recommend(
+        self, context: UserContext, k: int, exclude: Collection[str] = ()
+    ) -> list[Scored]:
+        return self.top(k, exclude)
+
+    # The parts other models reuse for cold start and filling.
+
+    def observe(self, item_id: str, timestamp: float) -> None:
+        """Count one click on `item_id` at event time `timestamp` (seconds)."""
+        if self._t0 is None:
+            self._t0 = float(timestamp)
+        exponent = (timestamp - self._t0) / self.half_life_s
+        if exponent > 64.0:
+            shift = math.floor(exponent)
+            self._counts = [math.ldexp(c, -shift) for c in self._counts]
+            self._total = math.ldexp(self._total, -shift)
+            self._t0 += shift * self.half_life_s
+            exponent -= shift
+            # Counts that underflowed to zero now tie and fall back to row order.
+            self._rebuild_top()
+        weight = 2.0**exponent
+
+        row = self._rows.get(item_id)
+        if row is None:
+            row = len(self._ids)
+            self._rows[item_id] = row
+            self._ids.append(item_id)
+            self._counts.append(0.0)
+        self._counts[row] += weight
+        self._total += weight
+        self._promote(row)
+
+    def share(self, item_id: str) -> float:
+        """The item's share of the decayed click total; 0.0 for unknown items."""
+        row = self._rows.get(item_id)
+        return 0.0 if row is None or self._total == 0.0 else self._counts[row] / self._total
+
+    def top(self, k: int, exclude: Collection[str] = ()) -> list[Scored]:
+        """Best-first top-k by decayed popularity, skipping `exclude`; returns
+        min(k, known items not excluded) results. Ties go to the earlier seen item."""
+        if k <= 0:
+            return []
+        results = self._collect(self._top, k, exclude)
+        if len(results) < k and len(self._top) < len(self._ids):
+            # The exclusions ate into the cache: rank everything this once.
+            counts = np.asarray(self._counts)
+            rows = np.lexsort((np.arange(len(counts)), -counts))
+            results = self._collect(rows.tolist(), k, exclude)
+        return results
+
+    def _collect(self, rows: list[int], k: int, exclude: Collection[str]) -> list[Scored]:
+        results: list[Scored] = []
+        for row in rows:
+            item_id = self._ids[row]
+            if item_id in exclude:
+                continue
+            results.append(Scored(item_id, self._counts[row] / self._total))
+            if len(results) == k:
+                break
+        return results
+
+    def _key(self, row: int) -> tuple[float, int]:
+        return (-self._counts[row], row)
+
+    def _promote(self, row: int) -> None:
+        # Keeps _top equal to the first cache_size rows in _key order: only `row`'s
+        # count changed and it only grew, so only `row` can need to move, and only up.
+        if row in self._in_top:
+            self._top.remove(row)
+        elif len(self._top) >= self.cache_size:
+            if self._key(row) >= self._key(self._top[-1]):
+                return
+            self._in_top.discard(self._top.pop())
+        self._top.insert(bisect.bisect_left(self._top, self._key(row), key=self._key), row)
+        self._in_top.add(row)
+
+    def _rebuild_top(self) -> None:
+        self._top = sorted(range(len(self._ids)), key=self._key)[: self.cache_size]
+        self._in_top = set(self._top)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "half_life_s": self.half_life_s,
+            "ids": list(self._ids),
+            "counts": list(self._counts),
+            "total": self._total,
+            "t0": self._t0,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the learned counts with `state`'s (hyperparameters included)."""
+        self.half_life_s = float(state["half_life_s"])
+        self._ids = [str(i) for i in state["ids"]]
+        self._rows = {item_id: row for row, item_id in enumerate(self._ids)}
+        self._counts = [float(c) for c in state["counts"]]
+        if len(self._counts) != len(self._ids):
+            raise ValueError("popularity state has different numbers of ids and counts")
+        self._total = float(state["total"])
+        self._t0 = None if state["t0"] is None else float(state["t0"])
+        self._rebuild_top()
+
+
+class CoVisitation:
+    """Item-to-next-item transitions within a session, learned online.
+
+    Learning: a click on item j adds weight 1/d to the transition i -> j for each of the
+    user's previous `window` clicks i, d = 1 for the immediately previous one, and
+    `backward_weight` / d to j -> i (co-occurrence in the other direction is weaker
+    evidence, but it gives rarely-clicked items successors). Repeat clicks count too:
+    i -> i is a transition like any other, and a quarter of next clicks in session
+    data are repeats. Clicks more than `session_gap_s` after the user's previous one
+    start a new session and add no transitions. Each item keeps its `max_neighbours`
+    heaviest successors (pruned when twice as many accumulate) and the total weight
+    ever added, so a weight divided by that total estimates P(next = j | clicked i).
+
+    Recommending: the user's last `window` items vote with their successor
+    distributions, the item clicked d steps ago weighted d ** -`recency_exponent`.
+    Decayed popularity breaks ties and fills the list, so k items come back whenever k
+    non-excluded items are known; a new user gets popularity.
+
+    On the yoochoose-100k sample (train on `train_full`, then predict-then-learn every
+    next click of the test day, no exclusions) the defaults score HR@20 0.698 and
+    MRR@20 0.372; with no repeat transitions they scored 0.52 and 0.22, and popularity
+    alone 0.19 and 0.05.
+
+    >>> cv = CoVisitation()
+    >>> ctx = {u: cv.new_context() for u in "xyz"}
+    >>> for u in "xyz":
+    ...     for t, item in enumerate(["a", "b", "c"]):
+    ...         ctx[u] = cv.learn_one(ctx[u], Interaction(u, item, float(t))).context
+    >>> [s.item_id for s in cv.recommend(UserContext(recent=("a",)), k=3)]
+    ['b', 'c', 'a']
+    """
+
+    name = "covisit"
+
+    def __init__(
+        self,
+        window: int = 5,
+        backward_weight: float = 0.25,
+        recency_exponent: float = 1.5,
+        max_neighbours: int = 100,
+        session_gap_s: float = 1800.0,
+        half_life_s: float = 3600.0,
+        max_recent: int = 50,
+    ):
+        if window < 1 or max_neighbours < 1:
+            raise ValueError("window and max_neighbours must be at least 1")
+        self.window = window
+        self.backward_weight = backward_weight
+        self.recency_exponent = recency_exponent
+        self.max_neighbours = max_neighbours
+        self.session_gap_s = float(session_gap_s)
+        self.max_recent = max_recent
+        self.popularity = RecentPopularity(half_life_s, max_recent=max_recent)
+        self._next: dict[str, dict[str, float]] = {}
+        self._totals: dict[str, float] = {}
+
+    @property
+    def version(self) -> str:
+        return f"covisit-w{self.window}"
+
+    def new_context(self) -> UserContext:
+        return UserContext()
+
+    def learn_one(self, context: UserContext, interaction: Interaction) -> Update:
+        item = interaction.item_id
+        self.popularity.observe(item, interaction.timestamp)
+        same_session = interaction.timestamp - context.last_timestamp <= self.session_gap_s
+        if context.recent and same_session:
+            for distance, prev in enumerate(reversed(context.recent[-self.window :]), 1):
+                self._add(prev, item, 1.0 / distance)
+                if self.backward_weight > 0 and prev != item:
+                    self._add(item, prev, self.backward_weight / distance)
+        return Update(advance(context, interaction, max_recent=self.max_recent))
+
+    def _add(self, source: str, target: str, weight: float) -> None:
+        successors = self._next.setdefault(source, {})
+        successors[target] = successors.get(target, 0.0) + weight
+        self._totals[source] = self._totals.get(source, 0.0) + weight
+        if len(successors) > 2 * self.max_neighbours:
+            self._prune(successors)
+
+    def _prune(self, successors: dict[str, float]) -> None:
+        # Amortised O(1) per insert: one sort per max_neighbours new successors. The
+        # sort is stable, so equal weights keep their first-seen order.
+        kept = sorted(successors.items(), key=lambda kv: -kv[1])[: self.max_neighbours]
+        successors.clear()
+        successors.update(kept)
+
+    def neighbours(self, item_id: str) -> dict[str, float]:
+        """Estimated P(next = j | clicked item_id) for the kept successors j (a copy)."""
+        total = self._totals.get(item_id, 0.0)
+        successors = self._next.get(item_id, {})
+        return {j: w / total for j, w in successors.items()}
+
+    def recommend(
+        self, context: UserContext, k: int, exclude: Collection[str] = ()
+    ) -> list[Scored]:
+        if k <= 0:
+            return []
+        scores: dict[str, float] = {}
+        for distance, prev in enumerate(reversed(context.recent[-self.window :]), 1):
+            successors = self._next.get(prev)
+            if not successors:
+                continue
+            vote = distance**-self.recency_exponent / self._totals[prev]
+            for item, weight in successors.items():
+                scores[item] = scores.get(item, 0.0) + vote * weight
+        # The k most popular non-excluded items are enough to fill any shortfall.
+        for scored in self.popularity.top(k, exclude):
+            scores.setdefault(scored.item_id, 0.0)
+        share = self.popularity.share
+        ranked = heapq.nsmallest(
+            k,
+            (
+                (-(score + _POPULARITY_TIEBREAK * share(item)), item)
+                for item, score in scores.items()
+                if item not in exclude
+            ),
+        )
+        return [Scored(item, -neg) for neg, item in ranked]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "backward_weight": self.backward_weight,
+            "recency_exponent": self.recency_exponent,
+            "max_neighbours": self.max_neighbours,
+            "session_gap_s": self.session_gap_s,
+            "next": {i: dict(successors) for i, successors in self._next.items()},
+            "totals": dict(self._totals),
+            "popularity": self.popularity.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the learned transitions with `state`'s (hyperparameters included)."""
+        self.window = int(state["window"])
+        self.backward_weight = float(state["backward_weight"])
+        self.recency_exponent = float(state["recency_exponent"])
+        self.max_neighbours = int(state["max_neighbours"])
+        self.session_gap_s = float(state["session_gap_s"])
+        self._next = {
+            str(i): {str(j): float(w) for j, w in successors.items()}
+            for i, successors in state["next"].items()
+        }
+        self._totals = {str(i): float(w) for i, w in state["totals"].items()}
+        self.popularity.load_state_dict(state["popularity"])

@@ -1,0 +1,1 @@
+"""streamrec application: Faust app, agents, topics, wire schemas, settings, CLI."""

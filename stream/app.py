@@ -1,0 +1,167 @@
+"""The Faust application: topics, the user table, the two agents and the web views.
+
+    clicks --[validate]--> clicks.dlq (bad records, with the reason in headers)
+           \\-> {app_id}-clicks-by-user (keyed by user id, original record timestamp)
+                  --[ClickProcessor]--> recommendations, user table (changelogged)
+
+Routing by user is what lets each user's context live in exactly one worker's table
+partition; forwarding keeps the click's record timestamp so the latency histogram
+measures from the moment the click was first produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from model.base import Recommender
+from serving.faiss_index import FaissIndex
+from serving.redis_store import RedisVectorStore
+from stream.events import Click, Rejected, decode_click
+from stream.metrics import WorkerMetrics
+from stream.pipeline import ClickProcessor, UserRecord
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+# Keys and values stay bytes end to end: we decode once, ourselves (stream/events.py).
+RAW = {"key_type": bytes, "value_type": bytes}
+
+
+@dataclass
+class Worker:
+    """Everything one worker process holds, so tests and views can reach it."""
+
+    app: faust.App
+    settings: Settings
+    metrics: WorkerMetrics
+    index: FaissIndex
+    recommender: Recommender
+    processor: ClickProcessor
+
+
+def create_worker(settings: Settings, recommender: Recommender, index: FaissIndex) -> Worker:
+    """Build the Faust app for `settings`. `recommender` must search through `index`
+    when it has vectors (the torch model); baselines ignore it."""
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        datadir=f"{settings.data_dir}/{settings.app_id}",
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        # Table contents are user state: never served over HTTP.
+        web_tables_enabled=False,
+        # Short group timeouts: a join is held for about half the session timeout, so
+        # the defaults make every start or failover wait 20-30 s (FIELD-NOTES).
+        broker_session_timeout=10,
+        broker_rebalance_timeout=6,
+        broker_heartbeat_interval=1,
+    )
+    metrics = WorkerMetrics()
+    metrics.model_info.labels(model=recommender.name, version=recommender.version).set(1)
+    store = RedisVectorStore.from_url(
+        settings.redis_url, prefix=settings.redis_prefix, user_ttl_s=settings.user_ttl_s
+    )
+    processor = ClickProcessor(
+        recommender,
+        store,
+        metrics,
+        top_k=settings.top_k,
+        exclude=settings.exclude,
+        dedup_window=settings.dedup_window,
+    )
+
+    partitions = {"partitions": settings.partitions}
+    clicks = app.topic(settings.clicks_topic, **RAW, **partitions)
+    dlq = app.topic(settings.dlq_topic, **RAW, **partitions)
+    by_user = app.topic(settings.by_user_topic, **RAW, **partitions)
+    recommendations = app.topic(settings.recommendations_topic, **RAW, **partitions)
+    users = app.Table("user_contexts", default=None, **RAW, **partitions)
+
+    @app.agent(clicks, name="validate")
+    async def validate(stream: Any) -> None:
+        async for event in stream.events():
+            message = event.message
+            started = time.perf_counter()
+            metrics.events_consumed.inc()
+            outcome = decode_click(
+                event.value, record_timestamp=message.timestamp, max_bytes=settings.max_event_bytes
+            )
+            metrics.stage_seconds.labels(stage="decode").observe(time.perf_counter() - started)
+            if isinstance(outcome, Rejected):
+                metrics.events_rejected.labels(reason=outcome.reason).inc()
+                await dlq.send(
+                    key=event.key,
+                    value=event.value or b"",
+                    headers=[
+                        ("error", outcome.reason.encode()),
+                        ("detail", outcome.detail.encode("utf-8", "replace")),
+                    ],
+                )
+                continue
+            # A click without an event_id is named by its record's position, so a
+            # redelivery of the same record after a crash is still recognised.
+            event_id = outcome.event_id or f"{message.topic}:{message.partition}:{message.offset}"
+            await by_user.send(
+                key=outcome.user_id.encode(),
+                value=_with_event_id(outcome, event_id).to_json(),
+                timestamp=message.timestamp,
+            )
+
+    @app.agent(by_user, name="recommend")
+    async def recommend(stream: Any) -> None:
+        async for event in stream.events():
+            click = decode_click(event.value, record_timestamp=time.time(), max_bytes=1 << 30)
+            if isinstance(click, Rejected):  # only our own validate agent writes here
+                log.error("unreadable routed click dropped: %s", click.detail)
+                continue
+            raw = users.get(event.key)
+            record = UserRecord.from_bytes(raw) if raw else processor.new_record()
+            outcome = await processor.process(click, record, click.event_id or "")
+            if outcome.recommendation is None:
+                continue
+            users[event.key] = outcome.record.to_bytes()
+            started = time.perf_counter()
+            await recommendations.send(
+                key=event.key, value=outcome.recommendation.to_json()
+            )
+            now = time.time()
+            metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - started)
+            metrics.recommendations_emitted.inc()
+            metrics.click_to_recommendation.observe(max(0.0, now - event.message.timestamp))
+            metrics.index_items.set(len(index))
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        metrics.assigned_partitions.set(
+            sum(1 for tp in assigned if tp.topic == settings.by_user_topic)
+        )
+        metrics.ready.set(0)
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalanced(app: Any, **kwargs: Any) -> None:
+        metrics.ready.set(1)
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        # As a header: aiohttp refuses a content_type argument that carries a charset.
+        return web.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return Worker(app, settings, metrics, index, recommender, processor)
+
+
+def _with_event_id(click: Click, event_id: str) -> Click:
+    return click if click.event_id == event_id else dataclasses.replace(click, event_id=event_id)

@@ -1,0 +1,193 @@
+"""The `streamrec` command: worker, produce, consume, dev.
+
+Every error a user can cause ends in one line on stderr naming the problem and exit
+code 2 (usage) or 1 (runtime), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from stream.settings import MODELS, Settings, SettingsError, describe
+
+EPILOG_SETTINGS = "settings (environment variables; flags override them):\n" + "\n".join(
+    f"  {name:<34} {help_text} (default {default})" for name, default, help_text in describe()
+)
+
+
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap-servers", help="Kafka host:port (STREAMREC_BOOTSTRAP_SERVERS)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamrec",
+        description="Streaming real-time recommender: clicks in from Kafka, recommendations out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker against your Kafka and Redis",
+        description="Consume clicks, learn online, publish vectors, emit recommendations. "
+        "Creates missing topics on start. Stops cleanly on Ctrl-C or SIGTERM.",
+        epilog=EPILOG_SETTINGS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _connection_flags(worker)
+    worker.add_argument("--redis-url", help="STREAMREC_REDIS_URL")
+    worker.add_argument("--model", choices=MODELS, help="STREAMREC_MODEL")
+    worker.add_argument("--web-host", help="STREAMREC_WEB_HOST (default loopback only)")
+    worker.add_argument("--web-port", type=int, help="STREAMREC_WEB_PORT")
+    worker.add_argument("--partitions", type=int, help="STREAMREC_PARTITIONS")
+
+    produce = commands.add_parser(
+        "produce",
+        help="replay a dataset file or a generated stream into the clicks topic",
+        description="Send click events to the clicks topic at a chosen rate, with a progress bar.",
+    )
+    _connection_flags(produce)
+    produce.add_argument("--topic", help="clicks topic (STREAMREC_CLICKS_TOPIC)")
+    source = produce.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="dataset file to replay in event-time order")
+    source.add_argument("--generate", type=int, metavar="N", help="send N synthetic clicks")
+    produce.add_argument("--format", default="session-rec", choices=("session-rec", "movielens", "csv"),
+                         help="format of --file (default session-rec)")
+    produce.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
+    produce.add_argument("--items", type=int, default=500, help="synthetic items (default 500)")
+    produce.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream")
+    produce.add_argument("--rate", type=float, default=0.0,
+                         help="events per second; 0 sends as fast as possible (default)")
+    produce.add_argument("--limit", type=int, help="send at most this many events of --file")
+
+    consume = commands.add_parser(
+        "consume",
+        help="print recommendation events as JSON lines",
+        description="Tail the recommendations topic (or another) and print each value.",
+    )
+    _connection_flags(consume)
+    consume.add_argument("--topic", help="topic to read (default STREAMREC_RECOMMENDATIONS_TOPIC)")
+    consume.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    consume.add_argument("--max", type=int, help="stop after this many records")
+    consume.add_argument("--idle-timeout", type=float,
+                         help="stop after this many seconds without a record (default: never)")
+
+    dev = commands.add_parser(
+        "dev",
+        help="run the whole path on embedded services and print a summary",
+        description="Start an embedded Kafka-protocol broker and Redis server on loopback, a "
+        "worker, replay a synthetic stream with malformed and repeated events mixed in, read "
+        "the recommendations and print one JSON summary line. Stops everything it started.",
+    )
+    dev.add_argument("--events", type=int, default=5000, help="records to send (default 5000)")
+    dev.add_argument("--rate", type=float, default=500.0, help="events per second (default 500)")
+    dev.add_argument("--model", choices=MODELS, default="torch", help="recommender (default torch)")
+    dev.add_argument("--users", type=int, default=500, help="synthetic users (default 500)")
+    dev.add_argument("--items", type=int, default=300, help="synthetic items (default 300)")
+    dev.add_argument("--hold", action="store_true", help="keep the stack up after the summary")
+    dev.add_argument("--quiet", action="store_true", help="no progress output, summary only")
+    return parser
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from stream.worker import run_worker
+
+    settings = Settings.from_env(
+        bootstrap_servers=args.bootstrap_servers, redis_url=args.redis_url, model=args.model,
+        web_host=args.web_host, web_port=args.web_port, partitions=args.partitions,
+    )
+    run_worker(settings)
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from stream.datasets import read_interactions
+    from stream.generate import synthetic_clicks
+    from stream.producer import replay
+
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, clicks_topic=args.topic)
+    if args.file:
+        records: Any = read_interactions(args.file, args.format)[: args.limit]
+        total = len(records)
+    else:
+        records = synthetic_clicks(args.generate, users=args.users, items=args.items, seed=args.seed)
+        total = args.generate
+    result = replay(
+        records, bootstrap_servers=settings.bootstrap_servers, topic=settings.clicks_topic,
+        rate=args.rate, total=total, progress=sys.stderr.isatty(),
+    )
+    summary = {"events_sent": result.sent, "seconds": round(result.seconds, 3),
+               "topic": settings.clicks_topic}
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from stream.consumer import tail
+
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
+    topic = args.topic or settings.recommendations_topic
+    for n, record in enumerate(
+        tail(settings.bootstrap_servers, topic, from_beginning=args.from_beginning,
+             idle_timeout_s=args.idle_timeout),
+        start=1,
+    ):
+        value = record.value or b""
+        sys.stdout.write(value.decode("utf-8", "replace") + "\n")
+        sys.stdout.flush()
+        if args.max and n >= args.max:
+            break
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from stream.dev import run_dev
+
+    summary = run_dev(
+        events=args.events, rate=args.rate, model=args.model, users=args.users,
+        items=args.items, hold=args.hold, progress=not args.quiet,
+    )
+    print(orjson.dumps(summary).decode(), flush=True)
+    return 0 if summary["recommendations"] == summary["events_accepted"] else 1
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "worker": cmd_worker, "produce": cmd_produce, "consume": cmd_consume, "dev": cmd_dev,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("streamrec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # one line naming the problem; tracebacks are for bugs
+        if not _is_user_error(exc):
+            raise
+        print(f"streamrec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _is_user_error(exc: Exception) -> bool:
+    from stream.datasets import DatasetError
+    from stream.devservices import ServiceError
+    from stream.topics import BrokerUnreachable
+    from stream.worker import RedisUnreachable
+
+    return isinstance(
+        exc, (SettingsError, DatasetError, ServiceError, BrokerUnreachable, RedisUnreachable, ValueError)
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""`streamrec dev`: the whole path on embedded services, end to end, with a summary.
+
+Starts the embedded broker and Redis server, creates the topics, starts a worker
+process, replays a synthetic stream (with malformed records and repeated event ids
+mixed in), reads the recommendations and the dead-letter topic, and prints one JSON
+summary line. Every process it starts is stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from tqdm import tqdm
+
+from stream.consumer import make_consumer
+from stream.devservices import DevStack, ServiceError, free_port, spawn, start_stack, stop
+from stream.events import Recommendation
+from stream.generate import malformed_records, synthetic_clicks
+from stream.producer import replay
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+
+def start_worker(settings: Settings, log_path: Path, timeout: float = 90.0) -> Any:
+    """Start `streamrec worker` as a child process; block until it reports ready."""
+    env = {**os.environ, **settings.to_env()}
+    process = spawn([sys.executable, "-m", "stream.cli", "worker"], log_path=log_path, env=env)
+    url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceError(f"worker exited with code {process.returncode}; see {log_path}")
+        if _metric(url, "streamrec_worker_ready") == 1.0:
+            return process
+        time.sleep(0.25)
+    stop(process)
+    raise ServiceError(f"worker not ready after {timeout:.0f}s; see {log_path}")
+
+
+def _metric(url: str, name: str) -> float | None:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            body = response.read().decode()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def demo_stream(
+    events: int, *, users: int, items: int, seed: int, bad_every: int, repeat_every: int, max_bytes: int
+) -> Iterator[dict[str, Any] | bytes]:
+    """`events` records: synthetic clicks, every `bad_every`-th a malformed record and
+    every `repeat_every`-th a repeat of the previous click (same event_id)."""
+    clicks = synthetic_clicks(events, users=users, items=items, seed=seed)
+    bad = malformed_records(max_bytes)
+    previous: dict[str, Any] | None = None
+    for i in range(events):
+        if bad_every and i % bad_every == bad_every - 1:
+            yield bad[(i // bad_every) % len(bad)][0]
+        elif repeat_every and previous is not None and i % repeat_every == repeat_every - 1:
+            yield previous
+        else:
+            previous = next(clicks)
+            yield previous
+
+
+@dataclass
+class Collector:
+    """Reads recommendations and the DLQ on a thread while the producer runs."""
+
+    settings: Settings
+    recommendation_ms: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+    invalid_recommendations: int = 0
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        consumer = make_consumer(
+            self.settings.bootstrap_servers,
+            [self.settings.recommendations_topic, self.settings.dlq_topic],
+            idle_timeout_s=0.5,
+        )
+        try:
+            while not self.stop_event.is_set():
+                for record in consumer:
+                    if record.topic == self.settings.dlq_topic:
+                        self.rejected += 1
+                        continue
+                    try:
+                        rec = Recommendation.from_json(record.value)
+                    except ValueError:
+                        self.invalid_recommendations += 1
+                        continue
+                    self.recommendation_ms.setdefault(rec.source_event_id, record.timestamp)
+        finally:
+            consumer.close()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def run_dev(
+    *,
+    events: int,
+    rate: float,
+    model: str,
+    users: int = 500,
+    items: int = 300,
+    seed: int = 0,
+    bad_every: int = 100,
+    repeat_every: int = 97,
+    hold: bool = False,
+    drain_timeout_s: float = 60.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the demo; returns the summary (also what `streamrec dev` prints)."""
+    stack: DevStack | None = None
+    worker = None
+    try:
+        say(progress, "starting the embedded broker and Redis server ...")
+        stack = start_stack()
+        settings = Settings.from_env(
+            {},
+            bootstrap_servers=stack.bootstrap_servers,
+            redis_url=stack.redis_url,
+            web_port=free_port(),
+            model=model,
+            seed=seed,
+            data_dir=str(stack.workdir / "worker"),
+        )
+        ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+        say(progress, f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}; starting worker ...")
+        worker = start_worker(settings, stack.workdir / "worker.log")
+        say(progress, f"worker ready; metrics at http://{settings.web_host}:{settings.web_port}/metrics")
+
+        collector = Collector(settings)
+        reader = threading.Thread(target=collector.run, daemon=True)
+        reader.start()
+        records = demo_stream(
+            events, users=users, items=items, seed=seed, bad_every=bad_every,
+            repeat_every=repeat_every, max_bytes=settings.max_event_bytes,
+        )
+        sent = replay(
+            records, bootstrap_servers=settings.bootstrap_servers, topic=settings.clicks_topic,
+            rate=rate, total=events, progress=progress,
+        )
+        repeats = sent.sent - len(sent.sent_at_ms) - _count_bytes(events, bad_every)
+        expected = len(sent.sent_at_ms)
+        wait_for(lambda: len(collector.recommendation_ms), expected, drain_timeout_s, progress)
+        # The DLQ and the last recommendations may trail by a poll interval.
+        time.sleep(1.0)
+        collector.stop_event.set()
+        reader.join(timeout=5)
+
+        latencies = [
+            collector.recommendation_ms[event_id] - sent_ms
+            for event_id, sent_ms in sent.sent_at_ms.items()
+            if event_id in collector.recommendation_ms
+        ]
+        summary = {
+            "events_produced": sent.sent,
+            "events_rejected": collector.rejected,
+            "duplicates_sent": repeats,
+            "events_accepted": expected,
+            "recommendations": len(collector.recommendation_ms),
+            "invalid_recommendations": collector.invalid_recommendations,
+            "latency_ms_p50": percentile(latencies, 50),
+            "latency_ms_p99": percentile(latencies, 99),
+            "latency_ms_max": max(latencies) if latencies else None,
+            "produce_events_per_s": round(sent.sent / sent.seconds, 1) if sent.seconds else None,
+            "model": model,
+        }
+        if hold:
+            say(True, f"holding; metrics at http://{settings.web_host}:{settings.web_port}/metrics"
+                      " (Ctrl-C to stop)")
+            print(orjson.dumps(summary).decode(), flush=True)
+            while True:
+                time.sleep(3600)
+        return summary
+    finally:
+        if worker is not None:
+            stop(worker, timeout=15)
+        if stack is not None:
+            stack.close()
+
+
+def _count_bytes(events: int, bad_every: int) -> int:
+    return events // bad_every if bad_every else 0
+
+
+def wait_for(count: Any, expected: int, timeout_s: float, progress: bool) -> None:
+    """Wait until count() reaches expected, or nothing new arrives for timeout_s."""
+    bar = tqdm(total=expected, unit="rec", desc="recommendations", disable=not progress, leave=False)
+    last, last_change = 0, time.monotonic()
+    try:
+        while True:
+            current = count()
+            bar.update(current - last)
+            if current != last:
+                last, last_change = current, time.monotonic()
+            if current >= expected or time.monotonic() - last_change > timeout_s:
+                return
+            time.sleep(0.1)
+    finally:
+        bar.close()
+
+
+def say(enabled: bool, text: str) -> None:
+    if enabled:
+        print(f"streamrec: {text}", file=sys.stderr, flush=True)

@@ -1,0 +1,197 @@
+"""Wire types of the three topics and the one place that decodes and validates clicks.
+
+`decode_click` never raises on bad input: it returns a `Rejected` with a short machine
+reason (the DLQ `error` header) and a human detail, so the agent routes it, never crashes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+EVENT_TYPES = frozenset({"click", "view", "add_to_cart", "purchase"})
+MAX_ID_CHARS = 256
+MAX_CONTEXT_KEYS = 64
+# Event times more than a day ahead of the record's own timestamp are clock errors;
+# times before 1990 are unit or default-value errors (MovieLens starts in 1995).
+MAX_FUTURE_SKEW_S = 86_400.0
+MIN_EVENT_TIME = 631_152_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    """A validated click; `timestamp` is event time in epoch seconds."""
+
+    user_id: str
+    item_id: str
+    timestamp: float
+    event_type: str = "click"
+    session_id: str | None = None
+    event_id: str | None = None
+    context: Mapping[str, str | float | int] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        data: dict[str, Any] = {
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "timestamp": self.timestamp,
+            "event_type": self.event_type,
+        }
+        if self.session_id is not None:
+            data["session_id"] = self.session_id
+        if self.event_id is not None:
+            data["event_id"] = self.event_id
+        if self.context:
+            data["context"] = dict(self.context)
+        return orjson.dumps(data)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Why a record was refused: `reason` is the DLQ `error` header, `detail` the text."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendedItem:
+    item_id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    user_id: str
+    items: tuple[RecommendedItem, ...]
+    model_version: str
+    source_event_id: str
+    event_time: float
+    emitted_at: float
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "user_id": self.user_id,
+                "items": [{"item_id": i.item_id, "score": i.score} for i in self.items],
+                "model_version": self.model_version,
+                "source_event_id": self.source_event_id,
+                "event_time": self.event_time,
+                "emitted_at": self.emitted_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Recommendation:
+        """Parse a recommendation event; raises ValueError if it breaks the contract."""
+        data = orjson.loads(raw)
+        try:
+            items = tuple(
+                RecommendedItem(str(i["item_id"]), float(i["score"])) for i in data["items"]
+            )
+            return cls(
+                user_id=_require_str(data, "user_id"),
+                items=items,
+                model_version=_require_str(data, "model_version"),
+                source_event_id=_require_str(data, "source_event_id"),
+                event_time=float(data["event_time"]),
+                emitted_at=float(data["emitted_at"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a recommendation event: {exc!r}") from exc
+
+
+def _require_str(data: Mapping[str, Any], key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a string")
+    return value
+
+
+def decode_click(
+    value: bytes | None, *, record_timestamp: float, max_bytes: int
+) -> Click | Rejected:
+    """Decode one `clicks` record value. Never raises; bad input becomes `Rejected`.
+
+    `record_timestamp` (the Kafka record time, epoch seconds) is the event time when the
+    payload has none, and the reference for rejecting event times far in the future.
+    """
+    if value is None or len(value) == 0:
+        return Rejected("empty", "record has no value")
+    if len(value) > max_bytes:
+        return Rejected("too_large", f"value is {len(value)} bytes; the limit is {max_bytes}")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects invalid UTF-8 and NaN/Infinity literals here too.
+        reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
+        return Rejected(reason, str(exc)[:200])
+    if not isinstance(data, dict):
+        return Rejected("not_an_object", f"value is a JSON {type(data).__name__}, not an object")
+    for key in ("user_id", "item_id"):
+        if key not in data:
+            return Rejected("missing_field", f"{key} is required")
+        problem = _id_problem(data[key])
+        if problem:
+            return Rejected("invalid_field", f"{key} {problem}")
+    event_type = data.get("event_type", "click")
+    if event_type not in EVENT_TYPES:
+        return Rejected(
+            "invalid_field", f"event_type must be one of {sorted(EVENT_TYPES)}, not {event_type!r}"
+        )
+    timestamp = data.get("timestamp", record_timestamp)
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        return Rejected("invalid_field", "timestamp must be epoch seconds (a number)")
+    timestamp = float(timestamp)
+    if not math.isfinite(timestamp):
+        return Rejected("invalid_field", "timestamp must be finite")
+    if timestamp < MIN_EVENT_TIME or timestamp > record_timestamp + MAX_FUTURE_SKEW_S:
+        return Rejected("bad_timestamp", f"timestamp {timestamp} is out of the accepted range")
+    optional: dict[str, str | None] = {}
+    for key in ("session_id", "event_id"):
+        raw = data.get(key)
+        if raw is not None:
+            problem = _id_problem(raw)
+            if problem:
+                return Rejected("invalid_field", f"{key} {problem}")
+        optional[key] = raw
+    context = data.get("context", {})
+    problem = _context_problem(context)
+    if problem:
+        return Rejected("invalid_field", f"context {problem}")
+    return Click(
+        user_id=data["user_id"],
+        item_id=data["item_id"],
+        timestamp=timestamp,
+        event_type=event_type,
+        session_id=optional["session_id"],
+        event_id=optional["event_id"],
+        context=context,
+    )
+
+
+def _id_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_ID_CHARS:
+        return f"is {len(value)} characters; the limit is {MAX_ID_CHARS}"
+    return None
+
+
+def _context_problem(context: Any) -> str | None:
+    if not isinstance(context, dict):
+        return "must be an object"
+    if len(context) > MAX_CONTEXT_KEYS:
+        return f"has {len(context)} keys; the limit is {MAX_CONTEXT_KEYS}"
+    for key, value in context.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return f"value of {key!r} must be a string or a number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"value of {key!r} must be finite"
+    return None

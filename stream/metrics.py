@@ -1,0 +1,99 @@
+"""Prometheus metrics of one worker, in their own registry so tests can build many.
+
+Names follow Prometheus conventions: `streamrec_` prefix, base units, `_total` counters.
+Label values are bounded (reasons and stages from fixed lists; never user or item ids).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Click-to-recommendation latency is milliseconds when healthy; the tail buckets keep
+# a stalled consumer (seconds) visible instead of piling into +Inf.
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+)
+STAGES = ("decode", "model_update", "vector_write", "search", "produce")
+
+
+class WorkerMetrics:
+    """Every metric the worker exports; one instance per worker process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "streamrec_events_consumed", "Click records read from the clicks topic.", registry=r
+        )
+        self.events_rejected = Counter(
+            "streamrec_events_rejected",
+            "Click records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.duplicates_skipped = Counter(
+            "streamrec_duplicates_skipped",
+            "Accepted clicks whose event_id was already applied (skipped, no effect).",
+            registry=r,
+        )
+        self.recommendations_emitted = Counter(
+            "streamrec_recommendations_emitted",
+            "Recommendation events sent to the recommendations topic.",
+            registry=r,
+        )
+        self.click_to_recommendation = Histogram(
+            "streamrec_click_to_recommendation_seconds",
+            "Click record timestamp to recommendation send time.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "streamrec_stage_seconds",
+            "Time spent per event in each stage of the worker.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.index_items = Gauge(
+            "streamrec_index_items", "Item vectors held in the worker's index.", registry=r
+        )
+        self.model_info = Gauge(
+            "streamrec_model_info",
+            "Always 1; labels name the recommender and its version.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "streamrec_worker_ready",
+            "1 once the worker's partitions are assigned and its table recovered.",
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "streamrec_assigned_partitions",
+            "Partitions of the by-user topic (and user table) this worker owns.",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "streamrec_redis_errors", "Failed writes to the Redis vector store.", registry=r
+        )
+        # Pre-create the bounded label sets so dashboards show zeros, not gaps.
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+
+    def exposition(self) -> bytes:
+        """The text exposition format served on /metrics."""
+        return generate_latest(self.registry)
+
+
+def exported_names(metrics: WorkerMetrics) -> set[str]:
+    """Every sample name the worker can expose (e.g. `..._seconds_bucket`, `..._total`)."""
+    names: set[str] = set()
+    for family in metrics.registry.collect():
+        names.add(family.name)
+        for sample in family.samples:
+            names.add(sample.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        if family.type == "histogram":
+            names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+    return names

@@ -1,0 +1,149 @@
+"""Worker settings: the only module that reads environment variables.
+
+Every setting has a `STREAMREC_<NAME>` variable (NAME is the field name upper-cased);
+command-line flags override the environment, which overrides the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "STREAMREC_"
+MODELS = ("torch", "popularity", "covisit")
+EXCLUSION_POLICIES = ("seen", "last", "none")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the worker cannot run with; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Connections.
+    bootstrap_servers: str = field(
+        default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers, host:port[,host:port]"}
+    )
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0", metadata={"help": "Redis URL for the vector store"}
+    )
+    redis_prefix: str = field(
+        default="streamrec:", metadata={"help": "prefix of every Redis key the worker writes"}
+    )
+    user_ttl_s: int = field(
+        default=604800, metadata={"help": "seconds a user vector stays in Redis after its last write"}
+    )
+    # Topics.
+    clicks_topic: str = field(default="clicks", metadata={"help": "input topic of click events"})
+    recommendations_topic: str = field(
+        default="recommendations", metadata={"help": "output topic of recommendation events"}
+    )
+    dlq_topic: str = field(
+        default="clicks.dlq", metadata={"help": "dead-letter topic for rejected events"}
+    )
+    partitions: int = field(
+        default=4, metadata={"help": "partition count of every topic the worker creates"}
+    )
+    app_id: str = field(
+        default="streamrec", metadata={"help": "consumer group and internal topic prefix"}
+    )
+    # Web server (metrics and views).
+    web_host: str = field(
+        default="127.0.0.1", metadata={"help": "bind address of /metrics; loopback by default"}
+    )
+    web_port: int = field(default=6066, metadata={"help": "port of the worker's web server"})
+    # Model and policy.
+    model: str = field(default="torch", metadata={"help": f"recommender: {', '.join(MODELS)}"})
+    dim: int = field(default=64, metadata={"help": "dimension of user and item vectors"})
+    top_k: int = field(default=10, metadata={"help": "items per recommendation event"})
+    exclude: str = field(
+        default="seen",
+        metadata={"help": "what is never recommended: seen (recent items), last, none"},
+    )
+    seed: int = field(default=0, metadata={"help": "random seed of the model"})
+    max_event_bytes: int = field(
+        default=65536, metadata={"help": "larger click values go to the DLQ as too_large"}
+    )
+    dedup_window: int = field(
+        default=128, metadata={"help": "event ids remembered per user to skip repeats"}
+    )
+    data_dir: str = field(
+        default=".streamrec", metadata={"help": "local state directory of the worker"}
+    )
+    log_level: str = field(default="warning", metadata={"help": "worker log level"})
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise SettingsError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
+        if self.exclude not in EXCLUSION_POLICIES:
+            raise SettingsError(
+                f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, not {self.exclude!r}"
+            )
+        for name in ("partitions", "dim", "top_k", "max_event_bytes", "dedup_window"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 < self.web_port < 65536:
+            raise SettingsError(f"web_port must be a TCP port, not {self.web_port}")
+
+    @property
+    def changelog_topic(self) -> str:
+        """Faust's name for the user-context table's changelog."""
+        return f"{self.app_id}-user_contexts-changelog"
+
+    @property
+    def by_user_topic(self) -> str:
+        """Internal topic that routes validated clicks by user id."""
+        return f"{self.app_id}-{self.clicks_topic}-by-user"
+
+    def topics(self) -> list[str]:
+        """Every topic the worker needs, all with `partitions` partitions."""
+        return [
+            self.clicks_topic,
+            self.recommendations_topic,
+            self.dlq_topic,
+            self.by_user_topic,
+            self.changelog_topic,
+        ]
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults, then `STREAMREC_*` variables, then non-None `overrides` (flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The `STREAMREC_*` variables that reproduce these settings in a child process."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    if f.type in ("int", int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(
+                f"{ENV_PREFIX}{f.name.upper()} must be a whole number, not {raw!r}"
+            ) from None
+    return raw
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, help) for every setting: the README table and `--help`."""
+    return [
+        (ENV_PREFIX + f.name.upper(), str(f.default), f.metadata.get("help", ""))
+        for f in fields(Settings)
+    ]

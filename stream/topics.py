@@ -1,0 +1,65 @@
+"""Topic administration with kafka-python: reachability check and topic creation.
+
+Every topic is created up front with the same partition count: Faust crashes with
+`PartitionsMismatch` when a source topic and its table's changelog differ, and the
+embedded broker auto-creates topics with 4 partitions whatever we configure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+
+class BrokerUnreachable(ConnectionError):
+    def __init__(self, bootstrap_servers: str) -> None:
+        super().__init__(f"Kafka broker unreachable at {bootstrap_servers}")
+        self.bootstrap_servers = bootstrap_servers
+
+
+def admin_client(bootstrap_servers: str, timeout_s: float = 10.0) -> KafkaAdminClient:
+    """An admin client; raises BrokerUnreachable instead of kafka-python's errors."""
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers.split(","),
+            client_id="streamrec-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+        )
+    except (KafkaError, OSError, ValueError) as exc:
+        raise BrokerUnreachable(bootstrap_servers) from exc
+
+
+def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> list[str]:
+    """Create the missing topics; returns the names created. Idempotent.
+
+    Raises ValueError if an existing topic has a different partition count, since the
+    worker's table would then crash at assignment time.
+    """
+    admin = admin_client(bootstrap_servers)
+    try:
+        existing = set(admin.list_topics())
+        wanted = list(dict.fromkeys(names))
+        missing = [name for name in wanted if name not in existing]
+        created: list[str] = []
+        for name in missing:
+            try:
+                admin.create_topics([NewTopic(name, partitions, 1)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it between our list and create
+        present = [name for name in wanted if name not in created]
+        if present:
+            for description in admin.describe_topics(present):
+                count = len(description["partitions"])
+                if count != partitions:
+                    raise ValueError(
+                        f"topic {description['topic']} has {count} partitions; "
+                        f"the worker is configured for {partitions} (STREAMREC_PARTITIONS)"
+                    )
+        return created
+    finally:
+        admin.close()
