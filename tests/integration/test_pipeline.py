@@ -1,0 +1,200 @@
+"""The whole path over real sockets: embedded broker, embedded Redis, a worker process."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from stream.consumer import make_consumer
+from stream.events import Recommendation
+from stream.generate import malformed_records, synthetic_clicks
+from stream.producer import replay
+from stream.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def worker(worker_factory: Any) -> Any:
+    return worker_factory()
+
+
+def send(settings: Settings, records: list[Any]) -> None:
+    replay(records, bootstrap_servers=settings.bootstrap_servers,
+           topic=settings.clicks_topic, progress=False)
+
+
+def collect(
+    settings: Settings, topic: str, done: Callable[[list[Any]], bool], timeout_s: float = 45.0
+) -> list[Any]:
+    """Every record of `topic` read from the start until `done(records)` or the timeout."""
+    consumer = make_consumer(settings.bootstrap_servers, [topic], idle_timeout_s=0.3)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done(records) and time.monotonic() < deadline:
+            records.extend(consumer)
+    finally:
+        consumer.close()
+    return records
+
+
+def recommendations_for(settings: Settings, event_ids: set[str], timeout_s: float = 45.0) -> list[Recommendation]:
+    def parsed(records: list[Any]) -> list[Recommendation]:
+        recs = [Recommendation.from_json(r.value) for r in records]
+        return [rec for rec in recs if rec.source_event_id in event_ids]
+
+    records = collect(
+        settings, settings.recommendations_topic,
+        lambda rs: {r.source_event_id for r in parsed(rs)} >= event_ids, timeout_s,
+    )
+    return parsed(records)
+
+
+def metric(url: str, sample: str) -> float:
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def clicks(n: int, tag: str, **kwargs: Any) -> list[dict[str, Any]]:
+    events = list(synthetic_clicks(n, **kwargs))
+    for event in events:
+        event["user_id"] = f"{tag}-{event['user_id']}"
+        event["event_id"] = f"{tag}-{event['event_id']}"
+        event["timestamp"] = time.time()
+    return events
+
+
+def test_every_valid_click_gets_one_recommendation_that_parses(worker: Any) -> None:
+    settings = worker.settings
+    events = clicks(300, uuid.uuid4().hex[:6], users=40, items=60, seed=1)
+    send(settings, events)
+    wanted = {e["event_id"] for e in events}
+    recs = recommendations_for(settings, wanted)
+
+    by_event = {rec.source_event_id: rec for rec in recs}
+    assert set(by_event) == wanted
+    assert len(recs) == len(events), "exactly one recommendation per accepted click"
+    for event in events:
+        rec = by_event[event["event_id"]]
+        assert rec.user_id == event["user_id"]
+        assert rec.event_time == pytest.approx(event["timestamp"])
+        assert rec.model_version == "torch-gru-64d:online"
+        scores = [item.score for item in rec.items]
+        assert scores == sorted(scores, reverse=True), "items are best first"
+        assert len(rec.items) <= settings.top_k
+        # Policy `seen`: the item just clicked is never recommended back.
+        assert event["item_id"] not in {item.item_id for item in rec.items}
+    # After 300 clicks on 60 items, recommendations are full.
+    assert len(by_event[events[-1]["event_id"]].items) == settings.top_k
+
+
+def test_recommendation_records_are_keyed_by_user(worker: Any) -> None:
+    settings = worker.settings
+    events = clicks(5, uuid.uuid4().hex[:6], users=2, items=10, seed=2)
+    send(settings, events)
+    wanted = {e["event_id"] for e in events}
+    records = collect(
+        settings, settings.recommendations_topic,
+        lambda rs: wanted <= {orjson.loads(r.value)["source_event_id"] for r in rs},
+    )
+    mine = [r for r in records if orjson.loads(r.value)["source_event_id"] in wanted]
+    assert len(mine) == 5
+    for record in mine:
+        assert record.key == orjson.loads(record.value)["user_id"].encode()
+
+
+def test_malformed_events_go_to_the_dlq_while_valid_ones_flow(worker: Any) -> None:
+    settings = worker.settings
+    bad = malformed_records(settings.max_event_bytes)
+    good = clicks(len(bad), uuid.uuid4().hex[:6], users=5, items=10, seed=3)
+    interleaved: list[Any] = [x for pair in zip(good, (value for value, _ in bad), strict=True) for x in pair]
+    before = metric(worker.metrics_url, 'streamrec_events_rejected_total{reason="invalid_json"}')
+    send(settings, interleaved)
+
+    recs = recommendations_for(settings, {e["event_id"] for e in good})
+    assert len(recs) == len(good)
+    dead = collect(settings, settings.dlq_topic, lambda rs: len(rs) >= len(bad))
+    assert len(dead) == len(bad)
+    got = sorted((r.value, dict(r.headers)["error"].decode()) for r in dead)
+    assert got == sorted((value, reason) for value, reason in bad)
+    assert all(dict(r.headers)["detail"] for r in dead if dict(r.headers)["error"] != b"empty")
+    after = metric(worker.metrics_url, 'streamrec_events_rejected_total{reason="invalid_json"}')
+    assert after - before == 1
+
+
+def test_a_repeated_event_id_is_applied_once(worker: Any) -> None:
+    settings = worker.settings
+    tag = uuid.uuid4().hex[:6]
+    first, second = clicks(2, tag, users=1, items=5, seed=4)
+    second["user_id"] = first["user_id"]
+    before = metric(worker.metrics_url, "streamrec_duplicates_skipped_total")
+    # The repeat arrives between the two: same user, so the same partition and order.
+    send(settings, [first, dict(first), second])
+    recs = recommendations_for(settings, {first["event_id"], second["event_id"]})
+    assert sorted(rec.source_event_id for rec in recs) == sorted(
+        [first["event_id"], second["event_id"]]
+    )
+    assert metric(worker.metrics_url, "streamrec_duplicates_skipped_total") - before == 1
+
+
+def test_a_second_click_reflects_the_first(worker: Any) -> None:
+    settings = worker.settings
+    tag = uuid.uuid4().hex[:6]
+    # Warm the catalogue so both users have plenty to be recommended.
+    warm = clicks(200, tag, users=20, items=40, seed=5)
+    send(settings, warm)
+    recommendations_for(settings, {warm[-1]["event_id"]})
+    now = time.time()
+    alice = [
+        {"user_id": f"{tag}-alice", "item_id": "i1", "event_id": f"{tag}-a1", "timestamp": now},
+        {"user_id": f"{tag}-alice", "item_id": "i7", "event_id": f"{tag}-a2", "timestamp": now},
+    ]
+    bob = [
+        {"user_id": f"{tag}-bob", "item_id": "i2", "event_id": f"{tag}-b1", "timestamp": now},
+        {"user_id": f"{tag}-bob", "item_id": "i7", "event_id": f"{tag}-b2", "timestamp": now},
+    ]
+    send(settings, alice + bob)
+    recs = {r.source_event_id: r for r in recommendations_for(settings, {f"{tag}-a2", f"{tag}-b2"})}
+    alice_items = [i.item_id for i in recs[f"{tag}-a2"].items]
+    bob_items = [i.item_id for i in recs[f"{tag}-b2"].items]
+    # Same last click, different first click: the user context makes them differ,
+    # and the first click is excluded (policy `seen`).
+    assert "i1" not in alice_items and "i2" not in bob_items
+    assert alice_items != bob_items or [i.score for i in recs[f"{tag}-a2"].items] != [
+        i.score for i in recs[f"{tag}-b2"].items
+    ]
+
+
+def test_vectors_reach_redis_and_metrics_count_the_stream(worker: Any) -> None:
+    settings = worker.settings
+    tag = uuid.uuid4().hex[:6]
+    events = clicks(50, tag, users=5, items=8, seed=6)
+    send(settings, events)
+    recommendations_for(settings, {e["event_id"] for e in events})
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        for item in {e["item_id"] for e in events}:
+            raw = client.hget(f"{settings.redis_prefix}item:{item}", "v")
+            assert raw is not None, f"item {item} has no vector in Redis"
+            vector = np.frombuffer(raw, dtype="<f4")
+            assert vector.shape == (settings.dim,) and np.isfinite(vector).all()
+        user = events[-1]["user_id"]
+        assert client.ttl(f"{settings.redis_prefix}user:{user}") > 0
+    finally:
+        client.close()
+    consumed = metric(worker.metrics_url, "streamrec_events_consumed_total")
+    emitted = metric(worker.metrics_url, "streamrec_recommendations_emitted_total")
+    assert consumed >= emitted >= 50
+    assert metric(worker.metrics_url, "streamrec_click_to_recommendation_seconds_count") == emitted
