@@ -68,8 +68,8 @@ class TorchRecommender:
         self,
         dim: int = 64,
         seed: int = 0,
-        lr: float = 0.05,
-        negatives: int = 8,
+        lr: float = 0.1,
+        negatives: int = 64,
         index: ItemIndex | None = None,
         max_recent: int = 50,
         version_tag: str = "online",
@@ -90,7 +90,9 @@ class TorchRecommender:
         self.popularity = RecentPopularity(half_life_s, max_recent=max_recent)
 
         self._generator = torch.Generator().manual_seed(seed)
-        self.gru = nn.GRUCell(dim, dim)
+        # skip_init: nn.GRUCell would initialise from torch's global RNG, which would
+        # both ignore our seed and disturb the caller's random state.
+        self.gru = nn.utils.skip_init(nn.GRUCell, dim, dim)
         # The GRU's parameters become views into one flat tensor so that the Adagrad
         # step is three tensor ops instead of a dozen (optimizer overhead dominated the
         # per-event cost at batch size 1).
@@ -101,9 +103,7 @@ class TorchRecommender:
         offset = 0
         for param in self._params:
             view = self._flat[offset : offset + param.numel()].view_as(param)
-            # nn.GRUCell initialises from torch's global RNG; draw the same
-            # U(-1/sqrt(dim), 1/sqrt(dim)) from our generator so a seed is a seed and
-            # building a model never disturbs the caller's random state.
+            # GRUCell's own initialisation, U(-1/sqrt(dim), 1/sqrt(dim)), from our generator.
             view.uniform_(-bound, bound, generator=self._generator)
             param.data = view
             offset += param.numel()
@@ -171,7 +171,7 @@ class TorchRecommender:
         if len(state) != 2 * self.dim:
             zeros = torch.zeros(self.dim)
             return zeros, zeros
-        both = torch.tensor(state, dtype=torch.float32)
+        both = torch.from_numpy(np.array(state, dtype=np.float32))
         return both[: self.dim], both[self.dim :]
 
     def _step(self, h_prev: torch.Tensor, last: int, target: int) -> tuple[torch.Tensor, bool]:
@@ -207,8 +207,8 @@ class TorchRecommender:
         return h.detach(), True
 
     def _adagrad_row(self, row: int, grad: torch.Tensor) -> None:
-        # The dense optimiser would touch (and decay state of) every row; this is the
-        # same Adagrad update applied to one row, O(dim).
+        # Adagrad restricted to the one row that has a gradient: a dense optimiser step
+        # would cost O(items) per event for rows whose update is zero anyway.
         sq = self._emb_sq[row]
         sq.addcmul_(grad, grad)
         self._emb[row].addcdiv_(grad, sq.sqrt().add_(_EPS), value=-self.lr)
@@ -279,4 +279,3 @@ class TorchRecommender:
             self.index = ExactIndex(self.dim)
         if ids:
             self.index.upsert(ids, self._emb[: len(ids)].numpy())
-

@@ -33,6 +33,7 @@ for i, key in ipairs(KEYS) do
 end
 return written
 """
+MAX_VERSION = 2**53
 
 
 class VectorStore(Protocol):
@@ -76,8 +77,11 @@ class RedisVectorStore:
         """Write item and user vectors with `version` in one round trip.
 
         Returns how many were written; a key whose stored version is not lower is left
-        alone (a stale write). Raises redis.RedisError when Redis fails.
+        alone (a stale write). Raises redis.RedisError when Redis fails, and ValueError
+        for a version outside [0, 2**53), which Lua's doubles cannot compare exactly.
         """
+        if not 0 <= version < MAX_VERSION:
+            raise ValueError(f"version must be in [0, 2**53), not {version}")
         args: list[int | bytes] = []
         keys: list[str] = []
         for item_id, vector in items.items():

@@ -1,12 +1,16 @@
 """The Faust application: topics, the user table, the two agents and the web views.
 
     clicks --[validate]--> clicks.dlq (bad records, with the reason in headers)
-           \\-> {app_id}-clicks-by-user (keyed by user id, original record timestamp)
-                  --[ClickProcessor]--> recommendations, user table (changelogged)
+           |--[apply]--> recommendations, user table      (record already on the
+           |                                               user's owning partition)
+           \\-> {app_id}-clicks-by-user --[recommend]--[apply]--> ... (any other record)
 
-Routing by user is what lets each user's context live in exactly one worker's table
-partition; forwarding keeps the click's record timestamp so the latency histogram
-measures from the moment the click was first produced.
+Each user's context lives in exactly one partition of the user table: the partition a
+record keyed by the user id lands on with the default (murmur2) partitioner. Clicks
+produced that way are applied where they are read; the rest take one hop through the
+by-user topic. Both topics and the table's changelog have the same partition count, so
+Faust assigns partition p of all three to the same worker. Forwarding keeps the click's
+record timestamp, so the latency histogram runs from the moment it was first produced.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from kafka.partitioner.default import murmur2
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from model.base import Recommender
@@ -26,7 +31,9 @@ from serving.redis_store import RedisVectorStore
 from stream.events import Click, Rejected, decode_click
 from stream.metrics import WorkerMetrics
 from stream.pipeline import ClickProcessor, UserRecord
+from stream.publisher import VectorPublisher
 from stream.settings import Settings
+from stream.transport import streamrec_app
 
 log = logging.getLogger(__name__)
 # Keys and values stay bytes end to end: we decode once, ourselves (stream/events.py).
@@ -48,8 +55,9 @@ class Worker:
 def create_worker(settings: Settings, recommender: Recommender, index: FaissIndex) -> Worker:
     """Build the Faust app for `settings`. `recommender` must search through `index`
     when it has vectors (the torch model); baselines ignore it."""
-    app = faust.App(
+    app = streamrec_app(
         settings.app_id,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         store="memory://",
         key_serializer="raw",
@@ -75,9 +83,10 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
     store = RedisVectorStore.from_url(
         settings.redis_url, prefix=settings.redis_prefix, user_ttl_s=settings.user_ttl_s
     )
+    publisher = VectorPublisher(store, metrics)
     processor = ClickProcessor(
         recommender,
-        store,
+        publisher,
         metrics,
         top_k=settings.top_k,
         exclude=settings.exclude,
@@ -91,34 +100,63 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
     recommendations = app.topic(settings.recommendations_topic, **RAW, **partitions)
     users = app.Table("user_contexts", default=None, **RAW, **partitions)
 
+    def owning_partition(user_key: bytes) -> int:
+        # The producer default (murmur2, as Faust/aiokafka, kafka-python and the Java
+        # client use): where a record keyed by this user lands, and where its state lives.
+        return (murmur2(user_key) & 0x7FFFFFFF) % settings.partitions
+
+    async def apply(click: Click, user_key: bytes, event_id: str, clicked_at: float) -> None:
+        """Apply one accepted click to the user's state and emit its recommendation.
+        Must run in a task whose current event sits on the user's owning partition, so
+        the table write lands in that partition's changelog."""
+        raw = users.get(user_key)
+        record = UserRecord.from_bytes(raw) if raw else processor.new_record()
+        outcome = processor.process(click, record, event_id)
+        if outcome.recommendation is None:
+            return
+        users[user_key] = outcome.record.to_bytes()
+        started = time.perf_counter()
+        await recommendations.send(key=user_key, value=outcome.recommendation.to_json())
+        metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - started)
+        metrics.recommendations_emitted.inc()
+        metrics.click_to_recommendation.observe(max(0.0, time.time() - clicked_at))
+        metrics.index_items.set(len(index))
+
     @app.agent(clicks, name="validate")
     async def validate(stream: Any) -> None:
         async for event in stream.events():
             message = event.message
             started = time.perf_counter()
             metrics.events_consumed.inc()
-            outcome = decode_click(
+            click = decode_click(
                 event.value, record_timestamp=message.timestamp, max_bytes=settings.max_event_bytes
             )
             metrics.stage_seconds.labels(stage="decode").observe(time.perf_counter() - started)
-            if isinstance(outcome, Rejected):
-                metrics.events_rejected.labels(reason=outcome.reason).inc()
+            if isinstance(click, Rejected):
+                metrics.events_rejected.labels(reason=click.reason).inc()
                 await dlq.send(
                     key=event.key,
                     value=event.value or b"",
                     headers=[
-                        ("error", outcome.reason.encode()),
-                        ("detail", outcome.detail.encode("utf-8", "replace")),
+                        ("error", click.reason.encode()),
+                        ("detail", click.detail.encode("utf-8", "replace")),
                     ],
                 )
                 continue
             # A click without an event_id is named by its record's position, so a
             # redelivery of the same record after a crash is still recognised.
-            event_id = outcome.event_id or f"{message.topic}:{message.partition}:{message.offset}"
+            event_id = click.event_id or f"{message.topic}:{message.partition}:{message.offset}"
+            user_key = click.user_id.encode()
+            if message.partition == owning_partition(user_key):
+                # Keyed by user with the default partitioner: this record already sits
+                # where the user's state lives, so apply it here, with no second hop.
+                await apply(click, user_key, event_id, message.timestamp)
+                continue
+            metrics.events_rerouted.inc()
             await by_user.send(
-                key=outcome.user_id.encode(),
-                value=_with_event_id(outcome, event_id).to_json(),
-                timestamp=message.timestamp,
+                key=user_key,
+                value=_with_event_id(click, event_id).to_json(),
+                timestamp=message.timestamp,  # latency still runs from the original click
             )
 
     @app.agent(by_user, name="recommend")
@@ -128,21 +166,11 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
             if isinstance(click, Rejected):  # only our own validate agent writes here
                 log.error("unreadable routed click dropped: %s", click.detail)
                 continue
-            raw = users.get(event.key)
-            record = UserRecord.from_bytes(raw) if raw else processor.new_record()
-            outcome = await processor.process(click, record, click.event_id or "")
-            if outcome.recommendation is None:
-                continue
-            users[event.key] = outcome.record.to_bytes()
-            started = time.perf_counter()
-            await recommendations.send(
-                key=event.key, value=outcome.recommendation.to_json()
-            )
-            now = time.time()
-            metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - started)
-            metrics.recommendations_emitted.inc()
-            metrics.click_to_recommendation.observe(max(0.0, now - event.message.timestamp))
-            metrics.index_items.set(len(index))
+            await apply(click, event.key, click.event_id or "", event.message.timestamp)
+
+    @app.timer(interval=settings.vector_flush_ms / 1000)
+    async def flush_vectors() -> None:
+        await publisher.flush()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:

@@ -31,7 +31,8 @@ def read_interactions(path: str | Path, fmt: str) -> list[dict[str, Any]]:
         raise DatasetError(f"no dataset file at {path}")
     try:
         rows = list(_READERS[fmt](path))
-    except (KeyError, ValueError, IndexError, csv.Error, UnicodeDecodeError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, csv.Error, UnicodeDecodeError) as exc:
+        # TypeError: csv.DictReader fills a short row's missing columns with None.
         raise DatasetError(f"{path} is not a {fmt} file: {exc}") from exc
     rows.sort(key=lambda row: row["timestamp"])
     return rows

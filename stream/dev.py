@@ -38,12 +38,20 @@ def start_worker(settings: Settings, log_path: Path, timeout: float = 90.0) -> A
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServiceError(f"worker exited with code {process.returncode}; see {log_path}")
+            raise ServiceError(
+                f"worker exited with code {process.returncode}: {_last_line(log_path)}"
+            )
         if _metric(url, "streamrec_worker_ready") == 1.0:
             return process
         time.sleep(0.25)
     stop(process)
     raise ServiceError(f"worker not ready after {timeout:.0f}s; see {log_path}")
+
+
+def _last_line(log_path: Path) -> str:
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("\x1b")]
+    return lines[-1] if lines else "(no output)"
 
 
 def _metric(url: str, name: str) -> float | None:

@@ -91,7 +91,7 @@ class Recommendation:
         data = orjson.loads(raw)
         try:
             items = tuple(
-                RecommendedItem(str(i["item_id"]), float(i["score"])) for i in data["items"]
+                RecommendedItem(_require_str(i, "item_id"), float(i["score"])) for i in data["items"]
             )
             return cls(
                 user_id=_require_str(data, "user_id"),
@@ -139,7 +139,7 @@ def decode_click(
         if problem:
             return Rejected("invalid_field", f"{key} {problem}")
     event_type = data.get("event_type", "click")
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         return Rejected(
             "invalid_field", f"event_type must be one of {sorted(EVENT_TYPES)}, not {event_type!r}"
         )

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )
-STAGES = ("decode", "model_update", "vector_write", "search", "produce")
+# model_update includes the upsert of the changed item vectors into the FAISS index.
+STAGES = ("decode", "model_update", "search", "produce")
 
 
 class WorkerMetrics:
@@ -29,6 +30,11 @@ class WorkerMetrics:
             "streamrec_events_rejected",
             "Click records sent to the dead-letter topic, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.events_rerouted = Counter(
+            "streamrec_events_rerouted",
+            "Accepted clicks not keyed to their user's partition, forwarded by user id.",
             registry=r,
         )
         self.duplicates_skipped = Counter(
@@ -71,6 +77,12 @@ class WorkerMetrics:
         self.assigned_partitions = Gauge(
             "streamrec_assigned_partitions",
             "Partitions of the by-user topic (and user table) this worker owns.",
+            registry=r,
+        )
+        self.redis_write_seconds = Histogram(
+            "streamrec_redis_write_seconds",
+            "Round trip of one coalesced vector write to Redis.",
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.redis_errors = Counter(

@@ -1,15 +1,15 @@
 """One accepted click's path, independent of Faust so it reads and tests top to bottom:
 
-dedup by event id -> user context update and item representation update (the model)
--> vectors to Redis (the model already upserted them into its FAISS index) -> top-K
-with the exclusion policy -> the recommendation event.
+dedup by event id -> user context update and item representation update (the model,
+which also upserts the changed item vectors into its FAISS index) -> vectors queued for
+Redis (`VectorPublisher`, flushed off this path) -> top-K with the exclusion policy ->
+the recommendation event.
 
 The Faust agents in `stream/app.py` feed it and persist the `UserRecord` it returns.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -17,12 +17,9 @@ from dataclasses import dataclass
 import orjson
 
 from model.base import Interaction, Recommender, UserContext
-from serving.redis_store import VectorStore
 from stream.events import Click, Recommendation, RecommendedItem
 from stream.metrics import WorkerMetrics
-
-log = logging.getLogger(__name__)
-
+from stream.publisher import VectorPublisher
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
@@ -61,7 +58,7 @@ class ClickProcessor:
     def __init__(
         self,
         recommender: Recommender,
-        store: VectorStore | None,
+        publisher: VectorPublisher | None,
         metrics: WorkerMetrics,
         *,
         top_k: int,
@@ -69,17 +66,16 @@ class ClickProcessor:
         dedup_window: int,
     ) -> None:
         self.recommender = recommender
-        self.store = store
+        self.publisher = publisher
         self.metrics = metrics
         self.top_k = top_k
         self.exclude = exclude
         self.dedup_window = dedup_window
-        self._vector_version = 0
 
     def new_record(self) -> UserRecord:
         return UserRecord(self.recommender.new_context())
 
-    async def process(self, click: Click, record: UserRecord, event_id: str) -> Outcome:
+    def process(self, click: Click, record: UserRecord, event_id: str) -> Outcome:
         """Apply one click. Idempotent per `event_id` within the user's dedup window."""
         if event_id in record.event_ids:
             self.metrics.duplicates_skipped.inc()
@@ -95,17 +91,15 @@ class ClickProcessor:
             session_id=click.session_id,
         )
         update = self.recommender.learn_one(record.context, interaction)
+        if self.publisher is not None:
+            self.publisher.submit(update.item_vectors, click.user_id, update.user_vector)
         after_model = time.perf_counter()
         stage.labels(stage="model_update").observe(after_model - started)
-
-        await self._publish_vectors(click.user_id, update.item_vectors, update.user_vector)
-        after_write = time.perf_counter()
-        stage.labels(stage="vector_write").observe(after_write - after_model)
 
         items = self.recommender.recommend(
             update.context, self.top_k, exclude=self._excluded(update.context, click)
         )
-        stage.labels(stage="search").observe(time.perf_counter() - after_write)
+        stage.labels(stage="search").observe(time.perf_counter() - after_model)
 
         event_ids = (*record.event_ids, event_id)[-self.dedup_window :]
         recommendation = Recommendation(
@@ -124,19 +118,3 @@ class ClickProcessor:
         if self.exclude == "last":
             return {click.item_id}
         return ()
-
-    async def _publish_vectors(self, user_id: str, items, user_vector) -> None:  # type: ignore[no-untyped-def]
-        if self.store is None or (not items and user_vector is None):
-            return
-        # Versions only need to grow within this writer; a nanosecond clock also keeps
-        # them growing across restarts of the single writer of an item.
-        self._vector_version = max(self._vector_version + 1, time.time_ns())
-        try:
-            await self.store.put_vectors(
-                items=items,
-                users={user_id: user_vector} if user_vector is not None else {},
-                version=self._vector_version,
-            )
-        except Exception as exc:  # Redis is a rebuildable copy: count, log, keep serving.
-            self.metrics.redis_errors.inc()
-            log.warning("vector write to Redis failed: %s", exc)

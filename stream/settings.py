@@ -36,6 +36,9 @@ class Settings:
     user_ttl_s: int = field(
         default=604800, metadata={"help": "seconds a user vector stays in Redis after its last write"}
     )
+    vector_flush_ms: int = field(
+        default=50, metadata={"help": "how often refreshed vectors are flushed to Redis (ms)"}
+    )
     # Topics.
     clicks_topic: str = field(default="clicks", metadata={"help": "input topic of click events"})
     recommendations_topic: str = field(
@@ -46,6 +49,11 @@ class Settings:
     )
     partitions: int = field(
         default=4, metadata={"help": "partition count of every topic the worker creates"}
+    )
+    fetch_max_wait_ms: int = field(
+        default=10,
+        metadata={"help": "longest a consumer fetch waits for data; the embedded broker "
+                  "answers only when it ends (500 suits Apache Kafka)"},
     )
     app_id: str = field(
         default="streamrec", metadata={"help": "consumer group and internal topic prefix"}
@@ -82,7 +90,8 @@ class Settings:
             raise SettingsError(
                 f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, not {self.exclude!r}"
             )
-        for name in ("partitions", "dim", "top_k", "max_event_bytes", "dedup_window"):
+        for name in ("partitions", "dim", "top_k", "max_event_bytes", "dedup_window",
+                     "vector_flush_ms", "fetch_max_wait_ms"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0 < self.web_port < 65536:

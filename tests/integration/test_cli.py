@@ -1,0 +1,117 @@
+"""The `streamrec` command as a user runs it: the demo, errors, Ctrl-C, no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from stream.devservices import DevStack, free_port
+
+pytestmark = pytest.mark.integration
+SERVICE_NAMES = ("tansu", "valkey-server")
+
+
+def streamrec(*args: str, timeout: float = 240, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args],
+        capture_output=True, text=True, timeout=timeout, **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def our_services() -> set[int]:
+    """PIDs of embedded brokers, Redis servers and workers that are alive now."""
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if any(name in cmdline for name in SERVICE_NAMES) or "stream.cli worker" in cmdline:
+            found.add(process.pid)
+    return found
+
+
+def test_dev_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
+    before = our_services()
+    done = streamrec("dev", "--events", "600", "--rate", "300", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("events_produced", "events_rejected", "recommendations",
+                "latency_ms_p50", "latency_ms_p99"):
+        assert key in summary
+    assert summary["events_produced"] == 600
+    # Every 100th record is malformed, so 6 land in the DLQ.
+    assert summary["events_rejected"] == 6
+    assert summary["recommendations"] == summary["events_accepted"]
+    assert summary["events_accepted"] == 600 - 6 - summary["duplicates_sent"]
+    assert 0 <= summary["latency_ms_p50"] <= summary["latency_ms_p99"]
+    assert our_services() - before == set(), "the demo left processes behind"
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
+    before = our_services()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "dev", "--events", "100000", "--rate", "200", "--quiet"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        # Wait until the worker is up (a third service appears), then interrupt.
+        while len(our_services() - before) < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(our_services() - before) >= 3, "the demo never started its services"
+        time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    time.sleep(0.5)
+    assert our_services() - before == set()
+
+
+def test_unreachable_broker_is_one_line_naming_host_and_port() -> None:
+    port = free_port()
+    done = streamrec("produce", "--bootstrap-servers", f"127.0.0.1:{port}", "--generate", "1")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"Kafka broker unreachable at 127.0.0.1:{port}" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_redis_stops_the_worker_with_one_line(dev_stack: DevStack, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path), "STREAMREC_APP_ID": "redisless"}
+    done = streamrec(
+        "worker", "--bootstrap-servers", dev_stack.bootstrap_servers,
+        "--redis-url", f"redis://127.0.0.1:{port}/0", env=env,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert f"Redis unreachable at redis://127.0.0.1:{port}/0" in done.stderr
+
+
+def test_bad_dataset_path_and_bad_setting_are_one_line_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.tsv"
+    done = streamrec("produce", "--file", str(missing))
+    assert done.returncode == 1 and f"no dataset file at {missing}" in done.stderr
+    done = streamrec("worker", env={**os.environ, "STREAMREC_TOP_K": "many"})
+    assert done.returncode == 1
+    assert "STREAMREC_TOP_K must be a whole number" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_explains_every_command_and_setting() -> None:
+    top = streamrec("--help")
+    assert top.returncode == 0
+    for command in ("worker", "produce", "consume", "dev"):
+        assert command in top.stdout
+    worker = streamrec("worker", "--help")
+    assert "STREAMREC_BOOTSTRAP_SERVERS" in worker.stdout and "STREAMREC_WEB_HOST" in worker.stdout

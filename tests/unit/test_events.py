@@ -1,0 +1,396 @@
+"""`decode_click` routes every bad record to a reason and never raises; wire round trips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.events import (
+    EVENT_TYPES,
+    MAX_CONTEXT_KEYS,
+    MAX_FUTURE_SKEW_S,
+    MAX_ID_CHARS,
+    MIN_EVENT_TIME,
+    Click,
+    Recommendation,
+    RecommendedItem,
+    Rejected,
+    decode_click,
+)
+from stream.generate import malformed_records
+
+NOW = 1_700_000_000.0  # the Kafka record time of every test record
+MAX_BYTES = 4096
+GOOD = {"user_id": "u1", "item_id": "i1"}
+
+
+def decode(value: bytes | None, *, max_bytes: int = MAX_BYTES) -> Click | Rejected:
+    return decode_click(value, record_timestamp=NOW, max_bytes=max_bytes)
+
+
+def decode_obj(data: Any) -> Click | Rejected:
+    return decode(orjson.dumps(data))
+
+
+def reason_of(result: Click | Rejected) -> str:
+    assert isinstance(result, Rejected), f"expected a rejection, got {result!r}"
+    return result.reason
+
+
+# --- rejections -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, b""])
+def test_empty_value_is_rejected(value: bytes | None) -> None:
+    assert reason_of(decode(value)) == "empty"
+
+
+def test_value_over_max_bytes_is_too_large() -> None:
+    value = orjson.dumps({**GOOD, "pad": "x" * 100})
+    assert reason_of(decode(value, max_bytes=len(value) - 1)) == "too_large"
+    # Exactly at the limit is fine.
+    assert isinstance(decode(value, max_bytes=len(value)), Click)
+
+
+@pytest.mark.parametrize("value", [b"{not json", b"{", b"NaN", b"Infinity", b'{"a": 1,}', b"\x00"])
+def test_invalid_json(value: bytes) -> None:
+    assert reason_of(decode(value)) == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "value", [b"\xff\xfe\x00garbage", b'{"user_id": "\xff", "item_id": "i1"}', b'"\xed\xa0\x80"']
+)
+def test_invalid_utf8(value: bytes) -> None:
+    assert reason_of(decode(value)) == "invalid_utf8"
+
+
+@pytest.mark.parametrize("data", [[GOOD], "u1", 42, None, True])
+def test_json_that_is_not_an_object(data: Any) -> None:
+    assert reason_of(decode_obj(data)) == "not_an_object"
+
+
+@pytest.mark.parametrize("missing", ["user_id", "item_id"])
+def test_missing_required_field(missing: str) -> None:
+    data = {k: v for k, v in GOOD.items() if k != missing}
+    result = decode_obj(data)
+    assert reason_of(result) == "missing_field"
+    assert missing in result.detail  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("key", ["user_id", "item_id", "session_id", "event_id"])
+@pytest.mark.parametrize(
+    "bad",
+    [42, 1.5, True, ["u1"], {"id": "u1"}, "", "x" * (MAX_ID_CHARS + 1)],
+    ids=["int", "float", "bool", "list", "object", "empty", "too_long"],
+)
+def test_bad_ids_are_invalid_fields(key: str, bad: Any) -> None:
+    result = decode_obj({**GOOD, key: bad})
+    assert reason_of(result) == "invalid_field"
+    assert key in result.detail  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("key", ["user_id", "item_id", "session_id", "event_id"])
+def test_id_of_exactly_max_chars_is_accepted(key: str) -> None:
+    assert isinstance(decode_obj({**GOOD, key: "x" * MAX_ID_CHARS}), Click)
+
+
+def test_null_user_id_is_invalid_not_missing() -> None:
+    assert reason_of(decode_obj({**GOOD, "user_id": None})) == "invalid_field"
+
+
+@pytest.mark.parametrize("event_type", ["teleport", "", "CLICK", 1, None])
+def test_unknown_event_type_is_invalid_field(event_type: Any) -> None:
+    assert reason_of(decode_obj({**GOOD, "event_type": event_type})) == "invalid_field"
+
+
+@pytest.mark.parametrize("event_type", [["click"], {"type": "click"}], ids=["list", "object"])
+def test_unhashable_event_type_is_invalid_field_not_an_exception(event_type: Any) -> None:
+    # Bug: `event_type not in EVENT_TYPES` (a frozenset) raises TypeError for a JSON
+    # array or object, so this record crashes the agent instead of going to the DLQ.
+    value = orjson.dumps({**GOOD, "event_type": event_type})
+    try:
+        result = decode(value)
+    except TypeError as exc:
+        pytest.fail(f"decode_click raised {exc!r} for {value!r}; it must return Rejected")
+    assert reason_of(result) == "invalid_field"
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [True, False, "1700000000", None, [NOW], {"s": NOW}],
+    ids=["true", "false", "string", "null", "list", "object"],
+)
+def test_non_numeric_or_bool_timestamp_is_invalid_field(timestamp: Any) -> None:
+    assert reason_of(decode_obj({**GOOD, "timestamp": timestamp})) == "invalid_field"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_non_finite_timestamp_is_rejected(literal: bytes) -> None:
+    # orjson refuses NaN/Infinity literals and overflowing numbers while parsing, so a
+    # non-finite timestamp never reaches the field check: the reason is invalid_json.
+    value = b'{"user_id": "u1", "item_id": "i1", "timestamp": ' + literal + b"}"
+    assert reason_of(decode(value)) == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        NOW + MAX_FUTURE_SKEW_S + 1,
+        1e13,  # milliseconds mistaken for seconds
+        MIN_EVENT_TIME - 1,  # before 1990
+        0,
+        -1.0,
+    ],
+    ids=["over_a_day_ahead", "milliseconds", "before_1990", "zero", "negative"],
+)
+def test_out_of_range_timestamp_is_bad_timestamp(timestamp: float) -> None:
+    assert reason_of(decode_obj({**GOOD, "timestamp": timestamp})) == "bad_timestamp"
+
+
+@pytest.mark.parametrize(
+    "timestamp", [MIN_EVENT_TIME, NOW + MAX_FUTURE_SKEW_S, NOW - 10 * 365 * 86_400, int(NOW)]
+)
+def test_timestamp_at_the_edges_of_the_range_is_accepted(timestamp: float) -> None:
+    result = decode_obj({**GOOD, "timestamp": timestamp})
+    assert isinstance(result, Click)
+    assert result.timestamp == float(timestamp)
+    assert isinstance(result.timestamp, float)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        [],
+        "k=v",
+        None,
+        {"nested": {"a": 1}},
+        {"list": [1]},
+        {"flag": True},
+        {"none": None},
+        {f"k{i}": i for i in range(MAX_CONTEXT_KEYS + 1)},
+    ],
+    ids=["list", "string", "null", "nested", "list_value", "bool_value", "null_value", "too_many"],
+)
+def test_bad_context_is_invalid_field(context: Any) -> None:
+    result = decode_obj({**GOOD, "context": context})
+    assert reason_of(result) == "invalid_field"
+    assert "context" in result.detail  # type: ignore[union-attr]
+
+
+# --- accepted records -------------------------------------------------------------------
+
+
+def test_defaults_event_type_click_and_record_timestamp() -> None:
+    result = decode_obj(GOOD)
+    assert result == Click(user_id="u1", item_id="i1", timestamp=NOW, event_type="click")
+    assert result.session_id is None and result.event_id is None  # type: ignore[union-attr]
+    assert dict(result.context) == {}  # type: ignore[union-attr]
+
+
+def test_missing_timestamp_takes_this_records_timestamp() -> None:
+    result = decode_click(orjson.dumps(GOOD), record_timestamp=1_234_567_890.5, max_bytes=MAX_BYTES)
+    assert isinstance(result, Click)
+    assert result.timestamp == 1_234_567_890.5
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_every_known_event_type_is_accepted(event_type: str) -> None:
+    result = decode_obj({**GOOD, "event_type": event_type})
+    assert isinstance(result, Click)
+    assert result.event_type == event_type
+
+
+def test_optional_fields_are_kept() -> None:
+    context = {f"k{i}": i for i in range(MAX_CONTEXT_KEYS - 3)} | {
+        "device": "ios",
+        "price": 9.5,
+        "qty": 2,
+    }
+    data = {
+        **GOOD,
+        "timestamp": NOW - 60,
+        "event_type": "purchase",
+        "session_id": "s1",
+        "event_id": "e1",
+        "context": context,
+        "unknown_extra_field": "ignored",
+    }
+    result = decode_obj(data)
+    assert result == Click(
+        user_id="u1",
+        item_id="i1",
+        timestamp=NOW - 60,
+        event_type="purchase",
+        session_id="s1",
+        event_id="e1",
+        context=context,
+    )
+
+
+def test_null_optional_ids_are_treated_as_absent() -> None:
+    result = decode_obj({**GOOD, "session_id": None, "event_id": None})
+    assert isinstance(result, Click)
+    assert result.session_id is None and result.event_id is None
+
+
+def test_click_to_json_decodes_back_to_the_same_click() -> None:
+    click = Click("u1", "i1", NOW - 5, "view", "s1", "e1", {"device": "web", "n": 3})
+    assert decode(click.to_json()) == click
+
+
+# --- generated malformed records --------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_bytes", [256, MAX_BYTES, 65536])
+def test_every_generated_malformed_record_has_its_reason(max_bytes: int) -> None:
+    records = malformed_records(max_bytes)
+    got = [reason_of(decode(value, max_bytes=max_bytes)) for value, _ in records]
+    assert got == [reason for _, reason in records]
+    # The generator covers every reason the DLQ documents except invalid_field variants.
+    assert {
+        "empty",
+        "too_large",
+        "invalid_json",
+        "invalid_utf8",
+        "not_an_object",
+        "missing_field",
+        "invalid_field",
+        "bad_timestamp",
+    } <= set(got)
+
+
+# --- never raises -----------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_decode_click_never_raises_on_arbitrary_bytes(value: bytes) -> None:
+    result = decode(value, max_bytes=256)
+    assert isinstance(result, Click | Rejected)
+
+
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+)
+_json = st.recursive(
+    _json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_valid_id = st.text(min_size=1, max_size=8)
+_maybe_valid = _valid_id | _json
+# Ids are mostly valid so that the later checks (event_type, timestamp, context) run.
+_click_objects = st.fixed_dictionaries(
+    {"user_id": _maybe_valid, "item_id": _maybe_valid},
+    optional={
+        "event_type": st.sampled_from(sorted(EVENT_TYPES)) | _json,
+        "timestamp": st.floats(MIN_EVENT_TIME, NOW) | _json,
+        "session_id": _maybe_valid,
+        "event_id": _maybe_valid,
+        "context": st.dictionaries(st.text(max_size=4), _json, max_size=4) | _json,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_click_objects)
+def test_decode_click_never_raises_on_arbitrary_json_objects(data: dict[str, Any]) -> None:
+    # Arbitrary bytes almost never get past the parser; this drives every field check.
+    # It fails today for the unhashable-event_type bug above.
+    result = decode_obj(data)
+    assert isinstance(result, Click | Rejected)
+
+
+# --- recommendations --------------------------------------------------------------------
+
+
+def make_recommendation() -> Recommendation:
+    return Recommendation(
+        user_id="u1",
+        items=(RecommendedItem("i2", 0.75), RecommendedItem("i3", -1.25)),
+        model_version="torch-3",
+        source_event_id="e1",
+        event_time=NOW,
+        emitted_at=NOW + 0.5,
+    )
+
+
+def test_recommendation_round_trips_through_json() -> None:
+    rec = make_recommendation()
+    assert Recommendation.from_json(rec.to_json()) == rec
+
+
+def test_recommendation_with_no_items_round_trips() -> None:
+    rec = Recommendation("u1", (), "m", "e1", NOW, NOW)
+    assert Recommendation.from_json(rec.to_json()) == rec
+
+
+def _broken(**changes: Any) -> bytes:
+    data = orjson.loads(make_recommendation().to_json())
+    for key, value in changes.items():
+        if value is ...:
+            del data[key]
+        else:
+            data[key] = value
+    return orjson.dumps(data)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b"null",
+        _broken(user_id=...),
+        _broken(user_id=42),
+        _broken(items=...),
+        _broken(items=None),
+        _broken(items=[{"score": 1.0}]),
+        _broken(items=[{"item_id": "i2"}]),
+        _broken(items=[{"item_id": "i2", "score": "high"}]),
+        _broken(model_version=None),
+        _broken(source_event_id=...),
+        _broken(event_time=None),
+        _broken(emitted_at=...),
+    ],
+    ids=[
+        "empty",
+        "truncated",
+        "array",
+        "null",
+        "no_user",
+        "int_user",
+        "no_items",
+        "null_items",
+        "item_without_id",
+        "item_without_score",
+        "text_score",
+        "null_model_version",
+        "no_source_event_id",
+        "null_event_time",
+        "no_emitted_at",
+    ],
+)
+def test_recommendation_from_json_rejects_broken_events(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        Recommendation.from_json(raw)
+
+
+def test_recommendation_from_json_rejects_a_null_item_id() -> None:
+    # Bug: item ids go through `str(...)`, so null becomes the item "None" (and 42 the
+    # item "42") instead of a ValueError, while user_id is checked to be a string.
+    raw = _broken(items=[{"item_id": None, "score": 1.0}])
+    with pytest.raises(ValueError):
+        parsed = Recommendation.from_json(raw)
+        pytest.fail(f"accepted a null item_id as {parsed.items[0].item_id!r}")

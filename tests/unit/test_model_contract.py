@@ -1,0 +1,281 @@
+"""The `Recommender` contract, run against every model in the registry.
+
+Like river's `check_estimator`: each `check_*` takes a factory for fresh models and a
+stream of generated events, and asserts one clause of the contract in
+`model/base.py`. Adding a model to `MODEL_NAMES` runs all of them on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import random
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pytest
+import torch
+
+from model import (
+    MODEL_NAMES,
+    Interaction,
+    Recommender,
+    Scored,
+    TorchRecommender,
+    UserContext,
+    build_recommender,
+)
+
+Factory = Callable[[], Recommender]
+
+
+def generate_events(n: int, *, seed: int, users: int = 25, items: int = 60) -> list[Interaction]:
+    """Sessions of Zipf-popular items: enough structure for every model to learn."""
+    rng = random.Random(seed)
+    weights = [1.0 / (rank + 1) for rank in range(items)]
+    catalogue = [f"item-{j}" for j in range(items)]
+    t = 1_700_000_000.0
+    events = []
+    for _ in range(n):
+        t += rng.expovariate(1.0)
+        user = f"user-{rng.randrange(users)}"
+        item = rng.choices(catalogue, weights)[0]
+        events.append(Interaction(user, item, t))
+    return events
+
+
+def feed(
+    model: Recommender,
+    events: Iterable[Interaction],
+    contexts: dict[str, UserContext] | None = None,
+) -> dict[str, UserContext]:
+    contexts = {} if contexts is None else contexts
+    for event in events:
+        context = contexts.get(event.user_id, model.new_context())
+        contexts[event.user_id] = model.learn_one(context, event).context
+    return contexts
+
+
+def recommend_all(
+    model: Recommender, contexts: dict[str, UserContext], k: int = 10
+) -> dict[str, list[Scored]]:
+    return {
+        user: model.recommend(ctx, k, exclude=ctx.recent[-3:]) for user, ctx in contexts.items()
+    }
+
+
+# The checks.
+
+
+def check_is_a_recommender(make: Factory, events: list[Interaction]) -> None:
+    model = make()
+    assert isinstance(model, Recommender)
+    assert model.name in MODEL_NAMES
+    version = model.version
+    feed(model, events[:50])
+    assert model.version == version, "the version must not change while learning"
+
+
+def check_learn_one_does_not_mutate_its_inputs(make: Factory, events: list[Interaction]) -> None:
+    model = make()
+    contexts = feed(model, events[:-50])
+    for event in events[-50:]:
+        context = contexts.get(event.user_id, model.new_context())
+        before = (dataclasses.replace(context), context.to_dict(), dataclasses.replace(event))
+        update = model.learn_one(context, event)
+        assert (context, context.to_dict(), event) == before
+        assert update.context is not context
+        contexts[event.user_id] = update.context
+
+
+def check_update_does_not_alias_model_state(make: Factory, events: list[Interaction]) -> None:
+    # The worker hands these arrays to Redis and FAISS; writing to them must not
+    # change the model.
+    model = make()
+    contexts = feed(model, events)
+    before = recommend_all(model, contexts)
+    event = events[-1]
+    update = model.learn_one(contexts[event.user_id], event)
+    after = recommend_all(model, contexts)
+    for vector in update.item_vectors.values():
+        assert vector.dtype == np.float32
+        vector[:] = 1e6
+    if update.user_vector is not None:
+        update.user_vector[:] = 1e6
+    assert recommend_all(model, contexts) == after
+    assert before.keys() == after.keys()
+
+
+def check_seeded_determinism(make: Factory, events: list[Interaction]) -> None:
+    first, second = make(), make()
+    contexts_a, contexts_b = feed(first, events), feed(second, events)
+    assert contexts_a == contexts_b
+    assert recommend_all(first, contexts_a) == recommend_all(second, contexts_b)
+
+
+def check_state_dict_round_trip(make: Factory, events: list[Interaction]) -> None:
+    half = len(events) // 2
+    original = make()
+    contexts = feed(original, events[:half])
+    # Through torch.save/torch.load(weights_only=True): what a checkpoint file will do.
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    buffer.seek(0)
+    restored = make()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert recommend_all(restored, contexts) == recommend_all(original, contexts)
+    # Learning continues identically too (weights, optimiser state, random stream).
+    contexts_a = feed(original, events[half:], dict(contexts))
+    contexts_b = feed(restored, events[half:], dict(contexts))
+    assert contexts_a == contexts_b
+    assert recommend_all(restored, contexts_b) == recommend_all(original, contexts_a)
+
+
+def check_state_dict_is_a_snapshot(make: Factory, events: list[Interaction]) -> None:
+    model = make()
+    contexts = feed(model, events[:100])
+    state = model.state_dict()
+    expected = recommend_all(model, contexts)
+    feed(model, events[100:])
+    restored = make()
+    restored.load_state_dict(state)
+    assert recommend_all(restored, contexts) == expected
+
+
+def check_excluded_ids_never_returned(make: Factory, events: list[Interaction]) -> None:
+    model = make()
+    contexts = feed(model, events)
+    for context in contexts.values():
+        best = [s.item_id for s in model.recommend(context, 5)]
+        exclude = {*context.recent, *best, "never-seen"}
+        results = model.recommend(context, 10, exclude=exclude)
+        assert not {s.item_id for s in results} & exclude
+
+
+def check_returns_k_when_k_are_known(make: Factory, events: list[Interaction]) -> None:
+    model = make()
+    contexts = feed(model, events)
+    known = {e.item_id for e in events}
+    context = contexts[events[-1].user_id]
+    exclude = set(context.recent)
+    for k in (1, 10, len(known) - len(exclude), len(known) + 5):
+        results = model.recommend(context, k, exclude=exclude)
+        assert len(results) == min(k, len(known - exclude))
+        assert len({s.item_id for s in results}) == len(results), "an id came back twice"
+        assert {s.item_id for s in results} <= known
+    assert model.recommend(context, 0) == []
+
+
+def check_best_first(make: Factory, events: list[Interaction]) -> None:
+    model = make()
+    contexts = feed(model, events)
+    for results in recommend_all(model, contexts, k=20).values():
+        scores = [s.score for s in results]
+        assert all(np.isfinite(scores))
+        assert scores == sorted(scores, reverse=True)
+
+
+def check_new_user_gets_k_items(make: Factory, events: list[Interaction]) -> None:
+    model = make()
+    assert model.recommend(model.new_context(), 5) == [], "nothing is known yet"
+    feed(model, events)
+    results = model.recommend(model.new_context(), 10)
+    assert len(results) == 10
+    # And after one click, with that click excluded.
+    update = model.learn_one(model.new_context(), Interaction("newcomer", "item-0", 2e9))
+    results = model.recommend(update.context, 10, exclude={"item-0"})
+    assert len(results) == 10 and "item-0" not in {s.item_id for s in results}
+
+
+def check_context_json_round_trip(make: Factory, events: list[Interaction]) -> None:
+    # Contexts live in a Faust table as JSON.
+    model = make()
+    contexts = feed(model, events)
+    for context in contexts.values():
+        decoded = UserContext.from_dict(json.loads(json.dumps(context.to_dict())))
+        assert decoded == context
+        assert model.recommend(decoded, 10) == model.recommend(context, 10)
+
+
+def check_context_is_bounded(make: Factory, events: list[Interaction]) -> None:
+    model = make()
+    context = model.new_context()
+    for event in events:
+        context = model.learn_one(context, dataclasses.replace(event, user_id="one")).context
+    assert context.clicks == len(events)
+    assert context.recent[-1] == events[-1].item_id
+    assert 1 <= len(context.recent) <= 50
+    assert context.last_timestamp == max(e.timestamp for e in events)
+
+
+CHECKS = [
+    check_is_a_recommender,
+    check_learn_one_does_not_mutate_its_inputs,
+    check_update_does_not_alias_model_state,
+    check_seeded_determinism,
+    check_state_dict_round_trip,
+    check_state_dict_is_a_snapshot,
+    check_excluded_ids_never_returned,
+    check_returns_k_when_k_are_known,
+    check_best_first,
+    check_new_user_gets_k_items,
+    check_context_json_round_trip,
+    check_context_is_bounded,
+]
+
+EVENTS = generate_events(400, seed=7)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__[len("check_") :])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_recommender_contract(name: str, check: Callable[[Factory, list[Interaction]], None]):
+    # A small dim keeps the torch model fast here; the default is exercised elsewhere.
+    check(lambda: build_recommender(name, dim=16, seed=3), EVENTS)
+
+
+# Clauses only the torch model has: vectors that move, and a seed that matters.
+
+
+def test_torch_update_carries_exactly_the_vectors_that_changed():
+    model = TorchRecommender(dim=8, seed=1)
+    contexts: dict[str, UserContext] = {}
+    for event in EVENTS[:200]:
+        before = {i: model.item_vector(i) for i in model.index.ids}  # type: ignore[attr-defined]
+        context = contexts.get(event.user_id, model.new_context())
+        update = model.learn_one(context, event)
+        contexts[event.user_id] = update.context
+        after = {i: model.item_vector(i) for i in model.index.ids}  # type: ignore[attr-defined]
+        moved = {i for i in after if i not in before or not np.array_equal(before[i], after[i])}
+        assert set(update.item_vectors) == moved
+        assert len(moved) <= 2
+        if context.recent:
+            assert moved <= {context.recent[-1], event.item_id}
+        for item_id, vector in update.item_vectors.items():
+            np.testing.assert_array_equal(vector, model.item_vector(item_id))
+        assert update.user_vector is not None
+        np.testing.assert_array_equal(update.user_vector, np.float32(update.context.state[8:]))
+
+
+def test_torch_seed_changes_the_model():
+    a, b = TorchRecommender(dim=8, seed=0), TorchRecommender(dim=8, seed=1)
+    contexts_a, contexts_b = feed(a, EVENTS[:100]), feed(b, EVENTS[:100])
+    assert recommend_all(a, contexts_a) != recommend_all(b, contexts_b)
+
+
+def test_torch_model_does_not_touch_the_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    feed(TorchRecommender(dim=8, seed=0), EVENTS[:50])
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_torch_load_rejects_another_dimension():
+    with pytest.raises(ValueError, match="dim"):
+        TorchRecommender(dim=8).load_state_dict(TorchRecommender(dim=16).state_dict())
+
+
+def test_registry_rejects_unknown_names_listing_the_choices():
+    with pytest.raises(ValueError, match="torch, popularity, covisit"):
+        build_recommender("sasrec")

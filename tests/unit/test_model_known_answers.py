@@ -1,0 +1,208 @@
+"""Synthetic streams with a planted answer each model must find.
+
+Every test states the answer it expects and why; a model that ignores the pattern it
+is meant to learn (popularity in place of sequence, no decay, ...) fails it.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from model import (
+    CoVisitation,
+    Interaction,
+    RecentPopularity,
+    Recommender,
+    TorchRecommender,
+    UserContext,
+)
+
+PAIRS = {f"a{i}": f"b{i}" for i in range(5)}  # a_i is always followed by b_i
+NOISE = [f"noise-{j}" for j in range(100)]
+
+
+def planted_sessions(sessions: int, seed: int) -> list[Interaction]:
+    """Sessions of 4-8 Zipf-popular noise clicks; 60% of them also contain one planted
+    pair a_i -> b_i clicked back to back. With 300 sessions (about 2,100 clicks)
+    noise-0 is by far the most clicked item (about 300 clicks) and each b_i gets 20-45,
+    fewer than each of noise-0..noise-5, so popularity alone puts no b_i in a top 5."""
+    rng = random.Random(seed)
+    weights = [1.0 / (rank + 1) for rank in range(len(NOISE))]
+    events = []
+    t = 1_700_000_000.0
+    for s in range(sessions):
+        clicks = rng.choices(NOISE, weights, k=rng.randint(4, 8))
+        if rng.random() < 0.6:
+            a = rng.choice(sorted(PAIRS))
+            at = rng.randint(0, len(clicks))
+            clicks[at:at] = [a, PAIRS[a]]
+        for item in clicks:
+            t += rng.uniform(1.0, 30.0)
+            events.append(Interaction(f"session-{s}", item, t))
+    return events
+
+
+EVENTS = planted_sessions(300, seed=11)
+
+
+def train(model: Recommender, events: list[Interaction]) -> Recommender:
+    contexts: dict[str, UserContext] = {}
+    for event in events:
+        context = contexts.get(event.user_id, model.new_context())
+        contexts[event.user_id] = model.learn_one(context, event).context
+    return model
+
+
+def clicked(model: Recommender, items: list[str]) -> UserContext:
+    """The context of a new user after clicking `items`, one second apart."""
+    context = model.new_context()
+    for t, item in enumerate(items):
+        context = model.learn_one(context, Interaction("probe", item, 2e9 + t)).context
+    return context
+
+
+def ranked(model: Recommender, context: UserContext, k: int) -> list[str]:
+    return [s.item_id for s in model.recommend(context, k)]
+
+
+def test_the_planted_successors_are_not_the_popular_items():
+    # Guards the tests below: if b_i were popular, popularity could pass them.
+    top = ranked(train(RecentPopularity(half_life_s=1e9), EVENTS), UserContext(), 5)
+    assert top[0] == "noise-0"
+    assert not set(top) & set(PAIRS.values())
+
+
+@pytest.fixture(scope="module")
+def covisit() -> CoVisitation:
+    model = train(CoVisitation(), EVENTS)
+    assert isinstance(model, CoVisitation)
+    return model
+
+
+@pytest.fixture(scope="module")
+def torch_model() -> TorchRecommender:
+    model = train(TorchRecommender(seed=0), EVENTS)
+    assert isinstance(model, TorchRecommender)
+    return model
+
+
+@pytest.mark.parametrize("a", sorted(PAIRS))
+def test_covisit_puts_the_successor_first(covisit: CoVisitation, a: str):
+    # Expected: after ... noise-7, a_i the next click is b_i, top-1.
+    context = UserContext(recent=("noise-7", a), clicks=2, last_timestamp=2e9)
+    assert ranked(covisit, context, 1) == [PAIRS[a]]
+    # Its estimated P(b_i | a_i) is the largest of a_i's successors.
+    successors = covisit.neighbours(a)
+    assert max(successors, key=successors.__getitem__) == PAIRS[a]
+
+
+@pytest.mark.parametrize("a", sorted(PAIRS))
+def test_torch_ranks_the_successor_in_its_top_three(torch_model: TorchRecommender, a: str):
+    # Expected: b_i within the top 3 after a new user clicks noise-7 then a_i; the
+    # stream's most popular items (noise-0, noise-1, ...) come after it.
+    context = clicked(torch_model, ["noise-7", a])
+    assert PAIRS[a] in ranked(torch_model, context, 3)
+
+
+def test_torch_depends_on_the_last_click(torch_model: TorchRecommender):
+    # Expected: the five probes (one per a_i) get five different top-1 items, each
+    # its own b_i; one list for everyone would mean the GRU state is ignored.
+    tops = {a: ranked(torch_model, clicked(torch_model, ["noise-7", a]), 1)[0] for a in PAIRS}
+    assert tops == PAIRS
+
+
+def test_popularity_puts_the_planted_hit_first():
+    # Expected: "hit" gets every third click, three times the next most popular item.
+    rng = random.Random(5)
+    model = RecentPopularity()
+    context = model.new_context()
+    for t in range(3000):
+        item = "hit" if t % 3 == 0 else f"other-{rng.randrange(20)}"
+        context = model.learn_one(context, Interaction("u", item, float(t))).context
+    top = model.recommend(context, 3)
+    assert top[0].item_id == "hit"
+    assert top[0].score == pytest.approx(1 / 3, rel=0.05)
+    # And excluded, the next one comes first.
+    assert model.recommend(context, 1, exclude={"hit"})[0].item_id.startswith("other-")
+
+
+@pytest.mark.parametrize(("half_life_s", "expected"), [(60.0, "new"), (1e9, "old")])
+def test_popularity_decays_by_event_time(half_life_s: float, expected: str):
+    # "old": 100 clicks in the first 100 s; "new": 10 clicks 1000 s later. With a
+    # 60 s half-life the old clicks weigh 2 ** -15 of a new one, so "new" leads; with
+    # no decay to speak of, "old" leads 100 to 10.
+    model = RecentPopularity(half_life_s=half_life_s)
+    for t in range(100):
+        model.observe("old", float(t))
+    for t in range(10):
+        model.observe("new", 1000.0 + t)
+    assert model.top(1)[0].item_id == expected
+
+
+def test_popularity_survives_rescaling_over_many_half_lives():
+    # 1 s half-life over 300 s: the lazy weights are rescaled several times. Expected:
+    # "late" (one click at t=300) beats "early" (a click every second until t=200),
+    # and shares stay finite and sum to one.
+    model = RecentPopularity(half_life_s=1.0)
+    for t in range(200):
+        model.observe("early", float(t))
+    model.observe("late", 300.0)
+    top = model.top(2)
+    assert [s.item_id for s in top] == ["late", "early"]
+    assert sum(s.score for s in top) == pytest.approx(1.0)
+    assert 0.0 < top[1].score < 1e-20
+
+
+def test_popularity_cache_agrees_with_a_full_ranking():
+    # A cache of 4 must give the same answers as one holding everything, including
+    # when the exclusions reach past it.
+    small, full = RecentPopularity(cache_size=4), RecentPopularity(cache_size=10_000)
+    rng = random.Random(2)
+    for t in range(2000):
+        item = f"i{min(rng.randrange(60), rng.randrange(60))}"
+        small.observe(item, float(t))
+        full.observe(item, float(t))
+        if t % 97 == 0:
+            exclude = {f"i{rng.randrange(60)}" for _ in range(10)}
+            assert small.top(8, exclude) == full.top(8, exclude)
+
+
+def test_covisit_learns_nothing_across_a_session_gap():
+    # Expected: x then y 2 hours later are separate visits, so no x -> y transition;
+    # a repeat click on x within the session counts as x -> x.
+    model = CoVisitation(session_gap_s=1800.0, backward_weight=0.0)
+    context = clicked(model, ["x", "x"])
+    model.learn_one(context, Interaction("probe", "y", 2e9 + 7200))
+    assert model.neighbours("x") == {"x": 1.0}
+
+
+def test_covisit_weights_closer_predecessors_more():
+    # Expected: after p, q the click r adds q -> r with weight 1 and p -> r with 1/2,
+    # so P(r | q) = 1 and P(r | p) = 1/3 (p -> q holds the other 2/3).
+    model = CoVisitation(backward_weight=0.0)
+    clicked(model, ["p", "q", "r"])
+    assert model.neighbours("q") == {"r": 1.0}
+    assert model.neighbours("p") == pytest.approx({"q": 2 / 3, "r": 1 / 3})
+
+
+def test_covisit_bounds_each_neighbour_list():
+    model = CoVisitation(max_neighbours=10, backward_weight=0.0)
+    for j in range(500):
+        clicked(model, ["hub", f"leaf-{j}"])
+    assert len(model.neighbours("hub")) <= 20
+
+
+def test_covisit_trusts_the_most_recent_click_most():
+    # x -> x1 and y -> y1 are both certain, and x1 is the more popular item. Expected:
+    # after x then y, y's successor y1 comes first (vote 1 against 2 ** -1.5 for x1).
+    model = CoVisitation(backward_weight=0.0)
+    clicked(model, ["x", "x1"])
+    clicked(model, ["y", "y1"])
+    for _ in range(5):
+        clicked(model, ["x1"])
+    context = UserContext(recent=("x", "y"), clicks=2)
+    top = model.recommend(context, 2)
+    assert [s.item_id for s in top] == ["y1", "x1"]
+    assert top[1].score == pytest.approx(2**-1.5, rel=1e-6)
