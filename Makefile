@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/streamrec dev --events 5000 --rate 500
+	$(VENV)/bin/streamrec dev --events 5000 --rate 250
 
 test: install
 	$(PY) -m pytest -q tests

@@ -52,7 +52,8 @@ class ExactIndex:
 
     def vector(self, item_id: str) -> np.ndarray:
         """A copy of one item's vector; KeyError if the id is unknown."""
-        return self._vectors[self._rows[item_id]].copy()
+        vector: np.ndarray = self._vectors[self._rows[item_id]].copy()
+        return vector
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or replace vectors (shape (len(ids), dim)). Idempotent; a repeated id

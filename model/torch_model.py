@@ -90,9 +90,9 @@ class TorchRecommender:
         self.popularity = RecentPopularity(half_life_s, max_recent=max_recent)
 
         self._generator = torch.Generator().manual_seed(seed)
-        # skip_init: nn.GRUCell would initialise from torch's global RNG, which would
-        # both ignore our seed and disturb the caller's random state.
-        self.gru = nn.utils.skip_init(nn.GRUCell, dim, dim)
+        # Built on the meta device: nn.GRUCell would initialise from torch's global RNG,
+        # which would both ignore our seed and disturb the caller's random state.
+        self.gru = nn.GRUCell(dim, dim, device="meta").to_empty(device="cpu")
         # The GRU's parameters become views into one flat tensor so that the Adagrad
         # step is three tensor ops instead of a dozen (optimizer overhead dominated the
         # per-event cost at batch size 1).
