@@ -7,7 +7,7 @@
   (Ludewig and Jannach, "Evaluation of session-based recommendation algorithms", 2018,
   https://arxiv.org/abs/1803.09587).
 
-Both are plain Python: no tensors, no seed, nothing random.
+Both are plain Python (NumPy only for a rare full ranking): no seed, nothing random.
 """
 
 from __future__ import annotations

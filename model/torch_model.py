@@ -51,6 +51,11 @@ class TorchRecommender:
     fewer than k items. A context without a state of the right size (for instance one
     written by a baseline) is treated as starting from a zero state.
 
+    Defaults were chosen on the yoochoose-100k sample (train on `train_full`, then
+    predict-then-learn every next click of the test day): 64 negatives and lr 0.1 score
+    HR@20 0.640 and MRR@20 0.310, against 0.557 and 0.254 with 8 negatives and lr 0.05;
+    `CoVisitation` scores 0.698 and 0.372 there, the bar this model has yet to clear.
+
     Not thread-safe. Does not set torch's thread count: that is the caller's decision.
     The same seed and the same events give the same outputs.
 
@@ -241,7 +246,8 @@ class TorchRecommender:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, embeddings of known items,
-        optimiser and generator state, popularity counts. Tensors are copies."""
+        Adagrad and generator state, popularity counts. Tensors are copies; the whole
+        dict loads with `torch.load(..., weights_only=True)`."""
         n = len(self._ids)
         return {
             "dim": self.dim,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -198,3 +199,18 @@ def test_vectors_reach_redis_and_metrics_count_the_stream(worker: Any) -> None:
     emitted = metric(worker.metrics_url, "streamrec_recommendations_emitted_total")
     assert consumed >= emitted >= 50
     assert metric(worker.metrics_url, "streamrec_click_to_recommendation_seconds_count") == emitted
+
+
+def test_web_server_binds_loopback_only_and_serves_no_table_contents(worker: Any) -> None:
+    import psutil
+
+    listening = [
+        c.laddr for c in psutil.Process(worker.process.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert listening, "the worker listens on nothing"
+    assert {address.ip for address in listening} == {"127.0.0.1"}
+    table_view = f"http://127.0.0.1:{worker.settings.web_port}/table/user_contexts/"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(table_view, timeout=5)
+    assert refused.value.code == 404
