@@ -214,3 +214,29 @@ def test_web_server_binds_loopback_only_and_serves_no_table_contents(worker: Any
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(table_view, timeout=5)
     assert refused.value.code == 404
+
+
+def test_a_baseline_worker_learns_a_planted_sequence_from_the_stream(worker_factory: Any) -> None:
+    # STREAMREC_MODEL picks the recommender; covisit must learn "after A comes B" from
+    # the live stream alone, so a new user who clicks A is told B first.
+    covisit = worker_factory(model="covisit")
+    settings = covisit.settings
+    tag = uuid.uuid4().hex[:6]
+    now = time.time()
+    events: list[dict[str, Any]] = []
+    for n in range(30):
+        user = f"{tag}-u{n}"
+        for step, item in enumerate(["A", "B", f"noise{n}"]):
+            events.append({"user_id": user, "item_id": item, "timestamp": now,
+                           "event_id": f"{tag}-{n}-{step}"})
+    # P is twice as popular as B, so a model that ignored the sequence would say P.
+    events += [{"user_id": f"{tag}-p{n}", "item_id": "P", "timestamp": now,
+                "event_id": f"{tag}-p{n}"} for n in range(60)]
+    probe = {"user_id": f"{tag}-probe", "item_id": "A", "timestamp": now, "event_id": f"{tag}-probe"}
+    send(settings, events)
+    recommendations_for(settings, {e["event_id"] for e in events})
+    send(settings, [probe])
+    (rec,) = recommendations_for(settings, {probe["event_id"]})
+    assert rec.model_version.startswith("covisit")
+    assert rec.items[0].item_id == "B"
+    assert "A" not in {item.item_id for item in rec.items}
