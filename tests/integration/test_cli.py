@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ import pytest
 from stream.devservices import DevStack, free_port
 
 pytestmark = pytest.mark.integration
-SERVICE_NAMES = ("tansu", "valkey-server")
 
 
 def streamrec(*args: str, timeout: float = 240, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -26,21 +26,40 @@ def streamrec(*args: str, timeout: float = 240, **kwargs: object) -> subprocess.
     )
 
 
-def our_services() -> set[int]:
-    """PIDs of embedded brokers, Redis servers and workers that are alive now."""
-    found = set()
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if any(name in cmdline for name in SERVICE_NAMES) or "stream.cli worker" in cmdline:
-            found.add(process.pid)
-    return found
+class Demo:
+    """`streamrec dev` in a child process, with every descendant it ever had recorded
+    (polled), so the test can check that each one is gone after it exits."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "dev", *args],
+            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.descendants: set[psutil.Process] = set()
+
+    def poll_children(self) -> int:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.descendants |= set(psutil.Process(self.process.pid).children(recursive=True))
+        return len(self.descendants)
+
+    def wait(self, timeout_s: float) -> tuple[str, str]:
+        deadline = time.monotonic() + timeout_s
+        while self.process.poll() is None and time.monotonic() < deadline:
+            self.poll_children()
+            time.sleep(0.2)
+        return self.process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+
+    def survivors(self) -> set[psutil.Process]:
+        time.sleep(0.5)
+        return {p for p in self.descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
 
 
 def test_dev_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
-    before = our_services()
-    done = streamrec("dev", "--events", "600", "--rate", "300", "--quiet", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    demo = Demo("--events", "600", "--rate", "300", "--quiet", cwd=tmp_path)
+    stdout, stderr = demo.wait(timeout_s=240)
+    assert demo.process.returncode == 0, stderr[-2000:]
+    assert demo.poll_children() >= 3, "broker, Redis and worker were never seen running"
+    summary = json.loads(stdout.strip().splitlines()[-1])
     for key in ("events_produced", "events_rejected", "recommendations",
                 "latency_ms_p50", "latency_ms_p99"):
         assert key in summary
@@ -50,31 +69,26 @@ def test_dev_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert summary["recommendations"] == summary["events_accepted"]
     assert summary["events_accepted"] == 600 - 6 - summary["duplicates_sent"]
     assert 0 <= summary["latency_ms_p50"] <= summary["latency_ms_p99"]
-    assert our_services() - before == set(), "the demo left processes behind"
+    assert demo.survivors() == set(), "the demo left processes behind"
 
 
 def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
-    before = our_services()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "dev", "--events", "100000", "--rate", "200", "--quiet"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    demo = Demo("--events", "100000", "--rate", "200", "--quiet", cwd=tmp_path)
     try:
         deadline = time.monotonic() + 90
-        # Wait until the worker is up (a third service appears), then interrupt.
-        while len(our_services() - before) < 3 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert len(our_services() - before) >= 3, "the demo never started its services"
+        # Wait until broker, Redis and the worker are up, then interrupt.
+        while demo.poll_children() < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert demo.poll_children() >= 3, "the demo never started its services"
         time.sleep(2)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        demo.process.send_signal(signal.SIGINT)
+        _, stderr = demo.process.communicate(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130
+        if demo.process.poll() is None:
+            demo.process.kill()
+    assert demo.process.returncode == 130
     assert "Traceback" not in stderr
-    time.sleep(0.5)
-    assert our_services() - before == set()
+    assert demo.survivors() == set()
 
 
 def test_unreachable_broker_is_one_line_naming_host_and_port() -> None:
