@@ -60,6 +60,36 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Online quality (stream/quality.py): each click scored against the user's
+        # previous recommendation. Counters for exact rates, gauges for a window.
+        self.online_predictions = Counter(
+            "streamrec_online_predictions",
+            "Clicks scored against the user's previous recommendation.",
+            registry=r,
+        )
+        self.online_hits = Counter(
+            "streamrec_online_hits",
+            "Scored clicks whose item was in the user's previous recommendation (hit @ top_k).",
+            registry=r,
+        )
+        self.online_reciprocal_rank = Counter(
+            "streamrec_online_reciprocal_rank",
+            "Sum of 1/rank of scored clicks in the previous recommendation (0 for a miss).",
+            registry=r,
+        )
+        self.online_hit_rate = Gauge(
+            "streamrec_online_hit_rate",
+            "Hit rate @ top_k over the last window of scored clicks.",
+            registry=r,
+        )
+        self.online_mrr = Gauge(
+            "streamrec_online_mrr", "MRR @ top_k over the last window of scored clicks.", registry=r
+        )
+        self.online_coverage = Gauge(
+            "streamrec_online_coverage",
+            "Share of clicked items shown in the last window of recommendations.",
+            registry=r,
+        )
         self.index_items = Gauge(
             "streamrec_index_items", "Item vectors held in the worker's index.", registry=r
         )
@@ -98,14 +128,10 @@ class WorkerMetrics:
 
 
 def exported_names(metrics: WorkerMetrics) -> set[str]:
-    """Every sample name the worker can expose (e.g. `..._seconds_bucket`, `..._total`)."""
+    """Every sample name a query can use (`..._total`, `..._bucket`, a gauge's name);
+    not family names such as a counter without `_total`, which Prometheus never stores."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     names: set[str] = set()
     for family in metrics.registry.collect():
-        names.add(family.name)
-        for sample in family.samples:
-            names.add(sample.name)
-        if family.type == "counter":
-            names.add(family.name + "_total")
-        if family.type == "histogram":
-            names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
     return names

@@ -20,22 +20,35 @@ from model.base import Interaction, Recommender, UserContext
 from stream.events import Click, Recommendation, RecommendedItem
 from stream.metrics import WorkerMetrics
 from stream.publisher import VectorPublisher
+from stream.quality import OnlineQuality
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
-    """What the worker's user table holds per user: the model context and the ids of
-    the user's most recent applied events (to skip repeats)."""
+    """What the worker's user table holds per user: the model context, the ids of the
+    user's most recent applied events (to skip repeats) and the items last recommended
+    (to score the next click for live quality)."""
 
     context: UserContext
     event_ids: tuple[str, ...] = ()
+    last_recommended: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"context": self.context.to_dict(), "event_ids": self.event_ids})
+        return orjson.dumps(
+            {
+                "context": self.context.to_dict(),
+                "event_ids": self.event_ids,
+                "last_recommended": self.last_recommended,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserRecord:
         data = orjson.loads(raw)
-        return cls(UserContext.from_dict(data["context"]), tuple(data["event_ids"]))
+        return cls(
+            UserContext.from_dict(data["context"]),
+            tuple(data["event_ids"]),
+            tuple(data.get("last_recommended", ())),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,7 @@ class ClickProcessor:
         self.top_k = top_k
         self.exclude = exclude
         self.dedup_window = dedup_window
+        self.quality = OnlineQuality(metrics)
 
     def new_record(self) -> UserRecord:
         return UserRecord(self.recommender.new_context())
@@ -81,6 +95,7 @@ class ClickProcessor:
             self.metrics.duplicates_skipped.inc()
             return Outcome(record, None, duplicate=True)
 
+        self.quality.score_click(record.last_recommended, click.item_id)
         stage = self.metrics.stage_seconds
         started = time.perf_counter()
         interaction = Interaction(
@@ -110,7 +125,9 @@ class ClickProcessor:
             event_time=click.timestamp,
             emitted_at=time.time(),
         )
-        return Outcome(UserRecord(update.context, event_ids), recommendation)
+        shown = tuple(s.item_id for s in items)
+        self.quality.record_shown(shown)
+        return Outcome(UserRecord(update.context, event_ids, shown), recommendation)
 
     def _excluded(self, context: UserContext, click: Click) -> Collection[str]:
         if self.exclude == "seen":

@@ -240,3 +240,29 @@ def test_a_baseline_worker_learns_a_planted_sequence_from_the_stream(worker_fact
     assert rec.model_version.startswith("covisit")
     assert rec.items[0].item_id == "B"
     assert "A" not in {item.item_id for item in rec.items}
+
+
+def test_online_hit_rate_equals_one_computed_offline_from_the_topics(worker_factory: Any) -> None:
+    # A fresh worker, so its counters cover exactly this stream.
+    fresh = worker_factory()
+    settings = fresh.settings
+    events = clicks(400, uuid.uuid4().hex[:6], users=20, items=30, seed=7)
+    send(settings, events)
+    recs = {r.source_event_id: r for r in recommendations_for(settings, {e["event_id"] for e in events})}
+    # Offline: each click scored against the recommendation after the user's previous click.
+    previous: dict[str, list[str]] = {}
+    predictions = hits = 0
+    reciprocal_ranks = 0.0
+    for event in events:
+        shown = previous.get(event["user_id"])
+        if shown:
+            predictions += 1
+            if event["item_id"] in shown:
+                hits += 1
+                reciprocal_ranks += 1 / (shown.index(event["item_id"]) + 1)
+        previous[event["user_id"]] = [i.item_id for i in recs[event["event_id"]].items]
+    assert predictions > 300 and hits > 0
+    url = fresh.metrics_url
+    assert metric(url, "streamrec_online_predictions_total") == predictions
+    assert metric(url, "streamrec_online_hits_total") == hits
+    assert metric(url, "streamrec_online_reciprocal_rank_total") == pytest.approx(reciprocal_ranks)

@@ -1,0 +1,82 @@
+"""Live recommendation quality: did the user's next click land in what we last showed?
+
+Each accepted click is scored against the recommendation the same user received after
+their previous click: a hit if the clicked item is in it, with reciprocal rank 1/rank.
+Counters give Prometheus the exact long-run rates (`rate(hits) / rate(predictions)`);
+the gauges are the same figures over the last `window` predictions, for the live page
+and for users without Prometheus. Coverage is the share of the index's items that
+were clicked so far and appear in the recommendations of that window.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Sequence
+
+from stream.metrics import WorkerMetrics
+
+
+class OnlineQuality:
+    """Sliding-window hit rate, MRR and coverage; O(k) per observation."""
+
+    def __init__(self, metrics: WorkerMetrics, window: int = 1000) -> None:
+        self.metrics = metrics
+        self.window = window
+        self._reciprocal_ranks: deque[float] = deque()
+        self._hits = 0
+        self._rr_sum = 0.0
+        self._shown: deque[tuple[str, ...]] = deque()
+        self._shown_counts: Counter[str] = Counter()
+        self._catalogue: set[str] = set()
+
+    @property
+    def hit_rate(self) -> float:
+        n = len(self._reciprocal_ranks)
+        return self._hits / n if n else 0.0
+
+    @property
+    def mrr(self) -> float:
+        n = len(self._reciprocal_ranks)
+        return self._rr_sum / n if n else 0.0
+
+    @property
+    def coverage(self) -> float:
+        return len(self._shown_counts) / len(self._catalogue) if self._catalogue else 0.0
+
+    def score_click(self, previous: Sequence[str], clicked: str) -> float | None:
+        """Score a click against the user's previous recommendation; returns the
+        reciprocal rank (0.0 for a miss), or None when there was nothing to score."""
+        self._catalogue.add(clicked)
+        if not previous:
+            return None
+        try:
+            reciprocal_rank = 1.0 / (list(previous).index(clicked) + 1)
+        except ValueError:
+            reciprocal_rank = 0.0
+        self._reciprocal_ranks.append(reciprocal_rank)
+        self._hits += reciprocal_rank > 0
+        self._rr_sum += reciprocal_rank
+        if len(self._reciprocal_ranks) > self.window:
+            dropped = self._reciprocal_ranks.popleft()
+            self._hits -= dropped > 0
+            self._rr_sum -= dropped
+        self.metrics.online_predictions.inc()
+        if reciprocal_rank > 0:
+            self.metrics.online_hits.inc()
+            self.metrics.online_reciprocal_rank.inc(reciprocal_rank)
+        self.metrics.online_hit_rate.set(self.hit_rate)
+        self.metrics.online_mrr.set(self.mrr)
+        return reciprocal_rank
+
+    def record_shown(self, items: Sequence[str]) -> None:
+        """Remember a recommendation for the coverage window."""
+        shown = tuple(items)
+        self._shown.append(shown)
+        self._shown_counts.update(shown)
+        if len(self._shown) > self.window:
+            old = self._shown.popleft()
+            self._shown_counts.subtract(old)
+            for item in old:
+                if self._shown_counts[item] <= 0:
+                    del self._shown_counts[item]
+        self.metrics.online_coverage.set(self.coverage)
