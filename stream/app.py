@@ -23,17 +23,17 @@ from typing import Any
 
 import faust
 from kafka.partitioner.default import murmur2
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from model.base import Recommender
 from serving.faiss_index import FaissIndex
 from serving.redis_store import RedisVectorStore
 from stream.events import Click, Rejected, decode_click
 from stream.metrics import WorkerMetrics
-from stream.pipeline import ClickProcessor, UserRecord
+from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
 from stream.publisher import VectorPublisher
 from stream.settings import Settings
 from stream.transport import streamrec_app
+from stream.views import RecentRecommendations, register_views
 
 log = logging.getLogger(__name__)
 # Keys and values stay bytes end to end: we decode once, ourselves (stream/events.py).
@@ -52,9 +52,15 @@ class Worker:
     processor: ClickProcessor
 
 
-def create_worker(settings: Settings, recommender: Recommender, index: FaissIndex) -> Worker:
+def create_worker(
+    settings: Settings,
+    recommender: Recommender,
+    index: FaissIndex,
+    timed_index: TimedIndex | None = None,
+) -> Worker:
     """Build the Faust app for `settings`. `recommender` must search through `index`
-    when it has vectors (the torch model); baselines ignore it."""
+    (directly, or through `timed_index` wrapping it) when it has vectors (the torch
+    model); baselines ignore it."""
     app = streamrec_app(
         settings.app_id,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
@@ -84,6 +90,7 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
         settings.redis_url, prefix=settings.redis_prefix, user_ttl_s=settings.user_ttl_s
     )
     publisher = VectorPublisher(store, metrics)
+    recent = RecentRecommendations()
     processor = ClickProcessor(
         recommender,
         publisher,
@@ -91,6 +98,7 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
         top_k=settings.top_k,
         exclude=settings.exclude,
         dedup_window=settings.dedup_window,
+        timed_index=timed_index,
     )
 
     partitions = {"partitions": settings.partitions}
@@ -111,7 +119,7 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
         the table write lands in that partition's changelog."""
         raw = users.get(user_key)
         record = UserRecord.from_bytes(raw) if raw else processor.new_record()
-        outcome = processor.process(click, record, event_id)
+        outcome = processor.process(click, record, event_id, clicked_at)
         if outcome.recommendation is None:
             return
         users[user_key] = outcome.record.to_bytes()
@@ -119,6 +127,7 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
         await recommendations.send(key=user_key, value=outcome.recommendation.to_json())
         metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - started)
         metrics.recommendations_emitted.inc()
+        recent.add(outcome.recommendation)
         metrics.click_to_recommendation.observe(max(0.0, time.time() - clicked_at))
         metrics.index_items.set(len(index))
 
@@ -172,6 +181,25 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
     async def flush_vectors() -> None:
         await publisher.flush()
 
+    @app.timer(interval=5.0)
+    async def report_state() -> None:
+        metrics.users_in_state.set(len(users))
+        consumer = app.consumer
+        read_offsets = consumer._read_offset  # last offset handed to each stream
+        for tp in consumer.assignment():
+            if tp.topic not in (settings.clicks_topic, settings.by_user_topic):
+                continue
+            # The high watermark of fetch responses, not ListOffsets: right on Apache
+            # Kafka, and not the figure the embedded broker under-reports (FIELD-NOTES).
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            read = read_offsets.get(tp)
+            next_offset = 0 if read is None else read + 1
+            metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                max(0, highwater - next_offset)
+            )
+
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
         metrics.assigned_partitions.set(
@@ -183,10 +211,7 @@ def create_worker(settings: Settings, recommender: Recommender, index: FaissInde
     async def on_rebalanced(app: Any, **kwargs: Any) -> None:
         metrics.ready.set(1)
 
-    @app.page("/metrics")
-    async def metrics_view(web: Any, request: Any) -> Any:
-        # As a header: aiohttp refuses a content_type argument that carries a charset.
-        return web.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    register_views(app, metrics, recent)
 
     return Worker(app, settings, metrics, index, recommender, processor)
 

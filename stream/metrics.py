@@ -13,8 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )
-# model_update includes the upsert of the changed item vectors into the FAISS index.
-STAGES = ("decode", "model_update", "search", "produce")
+# model_update excludes index_update, the upsert of changed item vectors into FAISS that
+# the model does inside learn_one (timed by stream.pipeline.TimedIndex).
+STAGES = ("decode", "model_update", "index_update", "search", "produce")
+VECTOR_STORES = ("index", "redis")
 
 
 class WorkerMetrics:
@@ -90,6 +92,28 @@ class WorkerMetrics:
             "Share of clicked items shown in the last window of recommendations.",
             registry=r,
         )
+        self.vector_freshness = Histogram(
+            "streamrec_vector_freshness_seconds",
+            "Click record timestamp to the clicked item's new vector being visible, by store.",
+            ["store"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_updates = Counter(
+            "streamrec_model_updates", "Clicks the model has learned from.", registry=r
+        )
+        self.users_in_state = Gauge(
+            "streamrec_users_in_state",
+            "Users whose context this worker holds (its partitions of the user table).",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "streamrec_consumer_lag",
+            "Records not yet read, per input partition: the high watermark of the last fetch "
+            "response minus the next offset to read.",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.index_items = Gauge(
             "streamrec_index_items", "Item vectors held in the worker's index.", registry=r
         )
@@ -121,6 +145,8 @@ class WorkerMetrics:
         # Pre-create the bounded label sets so dashboards show zeros, not gaps.
         for stage in STAGES:
             self.stage_seconds.labels(stage=stage)
+        for store in VECTOR_STORES:
+            self.vector_freshness.labels(store=store)
 
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""

@@ -11,12 +11,14 @@ The Faust agents in `stream/app.py` feed it and persist the `UserRecord` it retu
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import orjson
 
-from model.base import Interaction, Recommender, UserContext
+from model.base import Interaction, Recommender, Scored, UserContext
 from stream.events import Click, Recommendation, RecommendedItem
 from stream.metrics import WorkerMetrics
 from stream.publisher import VectorPublisher
@@ -61,6 +63,30 @@ class Outcome:
     duplicate: bool = False
 
 
+class TimedIndex:
+    """Wraps the worker's item index to time the upserts the model makes inside
+    `learn_one`, so index time and model time are reported as separate stages."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+        self.upsert_seconds = 0.0
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        started = time.perf_counter()
+        self.index.upsert(ids, vectors)
+        self.upsert_seconds += time.perf_counter() - started
+
+    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[Scored]:
+        return self.index.search(query, k, exclude)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take_upsert_seconds(self) -> float:
+        elapsed, self.upsert_seconds = self.upsert_seconds, 0.0
+        return elapsed
+
+
 class ClickProcessor:
     """Applies accepted clicks to the model, the vector store and the index.
 
@@ -77,8 +103,10 @@ class ClickProcessor:
         top_k: int,
         exclude: str,
         dedup_window: int,
+        timed_index: TimedIndex | None = None,
     ) -> None:
         self.recommender = recommender
+        self.timed_index = timed_index
         self.publisher = publisher
         self.metrics = metrics
         self.top_k = top_k
@@ -89,8 +117,14 @@ class ClickProcessor:
     def new_record(self) -> UserRecord:
         return UserRecord(self.recommender.new_context())
 
-    def process(self, click: Click, record: UserRecord, event_id: str) -> Outcome:
-        """Apply one click. Idempotent per `event_id` within the user's dedup window."""
+    def process(
+        self, click: Click, record: UserRecord, event_id: str, clicked_at: float | None = None
+    ) -> Outcome:
+        """Apply one click. Idempotent per `event_id` within the user's dedup window.
+
+        `clicked_at` (the click's record timestamp) is the start of the vector
+        freshness measurements; None skips them.
+        """
         if event_id in record.event_ids:
             self.metrics.duplicates_skipped.inc()
             return Outcome(record, None, duplicate=True)
@@ -106,10 +140,19 @@ class ClickProcessor:
             session_id=click.session_id,
         )
         update = self.recommender.learn_one(record.context, interaction)
-        if self.publisher is not None:
-            self.publisher.submit(update.item_vectors, click.user_id, update.user_vector)
         after_model = time.perf_counter()
-        stage.labels(stage="model_update").observe(after_model - started)
+        self.metrics.model_updates.inc()
+        index_seconds = self.timed_index.take_upsert_seconds() if self.timed_index else 0.0
+        stage.labels(stage="index_update").observe(index_seconds)
+        stage.labels(stage="model_update").observe(after_model - started - index_seconds)
+        if clicked_at is not None and update.item_vectors:
+            self.metrics.vector_freshness.labels(store="index").observe(
+                max(0.0, time.time() - clicked_at)
+            )
+        if self.publisher is not None:
+            self.publisher.submit(
+                update.item_vectors, click.user_id, update.user_vector, clicked_at
+            )
 
         items = self.recommender.recommend(
             update.context, self.top_k, exclude=self._excluded(update.context, click)

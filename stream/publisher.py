@@ -29,6 +29,8 @@ class VectorPublisher:
         self.metrics = metrics
         self._items: dict[str, np.ndarray] = {}
         self._users: dict[str, np.ndarray] = {}
+        # When the click behind each pending item vector was produced (for freshness).
+        self._clicked_at: dict[str, float] = {}
         self._version = 0
 
     @property
@@ -36,10 +38,16 @@ class VectorPublisher:
         return len(self._items) + len(self._users)
 
     def submit(
-        self, items: Mapping[str, np.ndarray], user_id: str, user_vector: np.ndarray | None
+        self,
+        items: Mapping[str, np.ndarray],
+        user_id: str,
+        user_vector: np.ndarray | None,
+        clicked_at: float | None = None,
     ) -> None:
         """Queue vectors for the next flush. Never blocks, never fails."""
         self._items.update(items)
+        if clicked_at is not None:
+            self._clicked_at.update(dict.fromkeys(items, clicked_at))
         if user_vector is not None:
             self._users[user_id] = user_vector
 
@@ -50,8 +58,8 @@ class VectorPublisher:
         """
         if not self._items and not self._users:
             return 0
-        items, users = self._items, self._users
-        self._items, self._users = {}, {}
+        items, users, clicked_at = self._items, self._users, self._clicked_at
+        self._items, self._users, self._clicked_at = {}, {}, {}
         # Versions only need to grow within this writer; a microsecond clock also keeps
         # them growing across restarts of the single writer of an item, and stays below
         # 2**53, where Redis's Lua numbers (doubles) stop comparing exactly.
@@ -65,6 +73,12 @@ class VectorPublisher:
             # Anything submitted while we awaited is newer and wins over the retry.
             self._items = {**items, **self._items}
             self._users = {**users, **self._users}
+            self._clicked_at = {**clicked_at, **self._clicked_at}
             return 0
         self.metrics.redis_write_seconds.observe(time.perf_counter() - started)
+        now = time.time()
+        freshness = self.metrics.vector_freshness.labels(store="redis")
+        for item_id in items:
+            if item_id in clicked_at:
+                freshness.observe(max(0.0, now - clicked_at[item_id]))
         return written

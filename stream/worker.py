@@ -9,6 +9,7 @@ import redis
 from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.app import Worker, create_worker
+from stream.pipeline import TimedIndex
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -38,8 +39,11 @@ def build_worker(settings: Settings) -> Worker:
     Path(settings.data_dir, settings.app_id).mkdir(parents=True, exist_ok=True)
     check_redis(settings.redis_url)
     index = FaissIndex(settings.dim)
-    recommender = build_recommender(settings.model, dim=settings.dim, seed=settings.seed, index=index)
-    return create_worker(settings, recommender, index)
+    timed_index = TimedIndex(index)
+    recommender = build_recommender(
+        settings.model, dim=settings.dim, seed=settings.seed, index=timed_index
+    )
+    return create_worker(settings, recommender, index, timed_index)
 
 
 def run_worker(settings: Settings) -> None:

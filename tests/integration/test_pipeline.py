@@ -266,3 +266,26 @@ def test_online_hit_rate_equals_one_computed_offline_from_the_topics(worker_fact
     assert metric(url, "streamrec_online_predictions_total") == predictions
     assert metric(url, "streamrec_online_hits_total") == hits
     assert metric(url, "streamrec_online_reciprocal_rank_total") == pytest.approx(reciprocal_ranks)
+    # The rest of the exposition after this known stream.
+    assert metric(url, "streamrec_events_consumed_total") == len(events)
+    assert metric(url, "streamrec_recommendations_emitted_total") == len(events)
+    assert metric(url, "streamrec_model_updates_total") == len(events)
+    # A user's first click on a known item changes no item vector, so fewer than all.
+    assert 300 < metric(url, 'streamrec_vector_freshness_seconds_count{store="index"}') <= len(events)
+    assert metric(url, "streamrec_duplicates_skipped_total") == 0
+    deadline = time.monotonic() + 10  # users_in_state is refreshed every 5 s
+    while metric(url, "streamrec_users_in_state") != 20 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert metric(url, "streamrec_users_in_state") == 20
+
+
+def test_the_metrics_exposition_passes_promtool(worker: Any) -> None:
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package `prometheus`)")
+    body = urllib.request.urlopen(worker.metrics_url, timeout=5).read()
+    checked = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
