@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# `make demo HOLD=1` keeps the stack up after the summary to watch the live dashboard.
 demo: install
-	$(VENV)/bin/streamrec dev --events 5000 --rate 250
+	$(VENV)/bin/streamrec dev --events 5000 --rate 250 $(if $(HOLD),--hold)
 
 test: install
 	$(PY) -m pytest -q tests

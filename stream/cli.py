@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--model", choices=MODELS, default="torch", help="recommender (default torch)")
     dev.add_argument("--users", type=int, default=500, help="synthetic users (default 500)")
     dev.add_argument("--items", type=int, default=300, help="synthetic items (default 300)")
-    dev.add_argument("--hold", action="store_true", help="keep the stack up after the summary")
+    dev.add_argument("--hold", action="store_true",
+                     help="keep the stack up after the summary, to watch the live dashboard")
     dev.add_argument("--quiet", action="store_true", help="no progress output, summary only")
     return parser
 
@@ -147,12 +148,14 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from stream.dev import run_dev
+    from stream.dev import print_table, run_dev
 
     summary = run_dev(
         events=args.events, rate=args.rate, model=args.model, users=args.users,
         items=args.items, hold=args.hold, progress=not args.quiet,
     )
+    if not args.quiet:
+        print_table(summary)
     print(orjson.dumps(summary).decode(), flush=True)
     return 0 if summary["recommendations"] == summary["events_accepted"] else 1
 

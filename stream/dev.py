@@ -161,7 +161,8 @@ def run_dev(
         ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
         say(progress, f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}; starting worker ...")
         worker = start_worker(settings, stack.workdir / "worker.log")
-        say(progress, f"worker ready; metrics at http://{settings.web_host}:{settings.web_port}/metrics")
+        web = f"http://{settings.web_host}:{settings.web_port}"
+        say(progress, f"worker ready; live dashboard at {web}/dashboard (metrics: {web}/metrics)")
 
         records = demo_stream(
             events, users=users, items=items, seed=seed, bad_every=bad_every,
@@ -199,9 +200,9 @@ def run_dev(
             "model": model,
         }
         if hold:
-            say(True, f"holding; metrics at http://{settings.web_host}:{settings.web_port}/metrics"
-                      " (Ctrl-C to stop)")
+            print_table(summary)
             print(orjson.dumps(summary).decode(), flush=True)
+            say(True, f"holding the stack up; dashboard at {web}/dashboard (Ctrl-C to stop)")
             while True:
                 time.sleep(3600)
         return summary
@@ -232,6 +233,14 @@ def wait_for(count: Any, expected: int, timeout_s: float, progress: bool) -> Non
             time.sleep(0.1)
     finally:
         bar.close()
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    """The summary as an aligned two-column table on stderr, for people."""
+    width = max(len(key) for key in summary)
+    for key, value in summary.items():
+        print(f"  {key:<{width}}  {value}", file=sys.stderr)
+    sys.stderr.flush()
 
 
 def say(enabled: bool, text: str) -> None:
