@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from stream import train_cmd
 from stream.settings import MODELS, Settings, SettingsError, describe
 
 EPILOG_SETTINGS = "settings (environment variables; flags override them):\n" + "\n".join(
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--web-host", help="STREAMREC_WEB_HOST (default loopback only)")
     worker.add_argument("--web-port", type=int, help="STREAMREC_WEB_PORT")
     worker.add_argument("--partitions", type=int, help="STREAMREC_PARTITIONS")
+    worker.add_argument("--checkpoint", help="STREAMREC_CHECKPOINT: model file to start from")
 
     produce = commands.add_parser(
         "produce",
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--hold", action="store_true",
                      help="keep the stack up after the summary, to watch the live dashboard")
     dev.add_argument("--quiet", action="store_true", help="no progress output, summary only")
+    train_cmd.add_parser(commands)
     return parser
 
 
@@ -102,6 +105,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(
         bootstrap_servers=args.bootstrap_servers, redis_url=args.redis_url, model=args.model,
         web_host=args.web_host, web_port=args.web_port, partitions=args.partitions,
+        checkpoint=args.checkpoint,
     )
     run_worker(settings)
     return 0
@@ -162,6 +166,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker, "produce": cmd_produce, "consume": cmd_consume, "dev": cmd_dev,
+    "train": train_cmd.run,
 }
 
 

@@ -72,6 +72,14 @@ class Settings:
         metadata={"help": "what is never recommended: seen (recent items), last, none"},
     )
     seed: int = field(default=0, metadata={"help": "random seed of the model"})
+    checkpoint: str = field(
+        default="",
+        metadata={"help": "model file from `streamrec train` to start from (empty: a fresh model)"},
+    )
+    checkpoint_sha256: str = field(
+        default="",
+        metadata={"help": "expected SHA-256 of the checkpoint file (empty: its .sha256 sidecar)"},
+    )
     max_event_bytes: int = field(
         default=65536, metadata={"help": "larger click values go to the DLQ as too_large"}
     )

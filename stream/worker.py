@@ -6,6 +6,8 @@ from pathlib import Path
 
 import redis
 
+from model.base import Recommender
+from model.checkpoint import load_checkpoint
 from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.app import Worker, create_worker
@@ -31,18 +33,32 @@ def check_redis(url: str, timeout_s: float = 5.0) -> None:
 
 
 def build_worker(settings: Settings) -> Worker:
-    """Preflight (broker, topics, Redis), then the model, the index and the Faust app.
+    """The model and index (a bad checkpoint fails before any connection), then the
+    preflight (broker, topics, Redis), then the Faust app.
 
-    Raises BrokerUnreachable / RedisUnreachable / ValueError with a one-line message.
+    Raises CheckpointError / BrokerUnreachable / RedisUnreachable / ValueError, each with
+    a one-line message.
     """
+    index = FaissIndex(settings.dim)
+    timed_index = TimedIndex(index)
+    recommender: Recommender
+    if settings.checkpoint:
+        # The checkpoint names its model and version; STREAMREC_MODEL is not consulted.
+        # Loading checks the file's hash before parsing it (safetensors, never pickle).
+        recommender, _ = load_checkpoint(
+            settings.checkpoint,
+            index=timed_index,
+            dim=settings.dim,
+            expected_sha256=settings.checkpoint_sha256 or None,
+        )
+        timed_index.take_upsert_seconds()  # the bulk load is not the first event's cost
+    else:
+        recommender = build_recommender(
+            settings.model, dim=settings.dim, seed=settings.seed, index=timed_index
+        )
     ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
     Path(settings.data_dir, settings.app_id).mkdir(parents=True, exist_ok=True)
     check_redis(settings.redis_url)
-    index = FaissIndex(settings.dim)
-    timed_index = TimedIndex(index)
-    recommender = build_recommender(
-        settings.model, dim=settings.dim, seed=settings.seed, index=timed_index
-    )
     return create_worker(settings, recommender, index, timed_index)
 
 

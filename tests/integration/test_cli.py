@@ -129,3 +129,21 @@ def test_help_explains_every_command_and_setting() -> None:
         assert command in top.stdout
     worker = streamrec("worker", "--help")
     assert "STREAMREC_BOOTSTRAP_SERVERS" in worker.stdout and "STREAMREC_WEB_HOST" in worker.stdout
+
+
+def test_a_tampered_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "clicks.tsv"
+    data.write_text("SessionId\tItemId\tTime\n" + "".join(
+        f"s{n}\ti{n % 7}\t{1_600_000_000 + n}\n" for n in range(50)))
+    model_file = tmp_path / "model.safetensors"
+    trained = streamrec("train", "--data", str(data), "--model", "covisit", "--out",
+                        str(model_file), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    raw = bytearray(model_file.read_bytes())
+    raw[-1] ^= 0xFF
+    model_file.write_bytes(bytes(raw))
+    done = streamrec("worker", "--checkpoint", str(model_file),
+                     "--bootstrap-servers", f"127.0.0.1:{free_port()}")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert str(model_file) in done.stderr and len(done.stderr.strip().splitlines()) == 1

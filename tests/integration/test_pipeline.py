@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,3 +292,30 @@ def test_the_metrics_exposition_passes_promtool(worker: Any) -> None:
     body = urllib.request.urlopen(worker.metrics_url, timeout=5).read()
     checked = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+
+
+def test_a_worker_starts_from_a_trained_checkpoint(worker_factory: Any, tmp_path: Path) -> None:
+    # `streamrec train` learns "after A comes B" offline; a worker started from its
+    # checkpoint recommends B to a brand-new user who clicks A, and names the version.
+    rows = ["SessionId\tItemId\tTime"]
+    for n in range(40):
+        rows += [f"s{n}\tA\t{1_600_000_000 + 3 * n}", f"s{n}\tB\t{1_600_000_001 + 3 * n}"]
+    rows += [f"p{n}\tP\t{1_600_001_000 + n}" for n in range(80)]  # P: most popular
+    data = tmp_path / "history.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    model_file = tmp_path / "covisit.safetensors"
+    trained = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "train", "--data", str(data), "--model", "covisit",
+         "--out", str(model_file), "--quiet"], capture_output=True, text=True, timeout=120,
+    )
+    assert trained.returncode == 0, trained.stderr
+    version = orjson.loads(trained.stdout.strip().splitlines()[-1])["version"]
+
+    started = worker_factory(checkpoint=str(model_file))
+    settings = started.settings
+    probe = {"user_id": f"probe-{uuid.uuid4().hex[:6]}", "item_id": "A",
+             "timestamp": time.time(), "event_id": uuid.uuid4().hex}
+    send(settings, [probe])
+    (rec,) = recommendations_for(settings, {probe["event_id"]})
+    assert rec.model_version == version
+    assert rec.items[0].item_id == "B"

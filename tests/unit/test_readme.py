@@ -12,7 +12,7 @@ MAKEFILE = (Path(__file__).parents[2] / "Makefile").read_text()
 
 
 def test_settings_table_lists_every_setting_with_its_default() -> None:
-    rows = dict(re.findall(r"^\| `(STREAMREC_[A-Z_]+)` \| `([^`]*)` \|", README, re.MULTILINE))
+    rows = dict(re.findall(r"^\| `(STREAMREC_[A-Z0-9_]+)` \| `([^`]*)` \|", README, re.MULTILINE))
     expected = {name: default for name, default, _ in describe()}
     assert rows == expected
 
