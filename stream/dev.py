@@ -40,7 +40,7 @@ def start_worker(settings: Settings, log_path: Path, timeout: float = 90.0) -> A
             raise ServiceError(
                 f"worker exited with code {process.returncode}: {_last_line(log_path)}"
             )
-        if _metric(url, "streamrec_worker_ready") == 1.0:
+        if scrape_metric(url, "streamrec_worker_ready") == 1.0:
             return process
         time.sleep(0.25)
     stop(process)
@@ -53,7 +53,7 @@ def _last_line(log_path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def _metric(url: str, name: str) -> float | None:
+def scrape_metric(url: str, name: str) -> float | None:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             body = response.read().decode()
@@ -176,7 +176,7 @@ def run_dev(
         expected = len(sent.sent_at_ms)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         wait_for(
-            lambda: int(_metric(metrics_url, "streamrec_recommendations_emitted_total") or 0),
+            lambda: int(scrape_metric(metrics_url, "streamrec_recommendations_emitted_total") or 0),
             expected, drain_timeout_s, progress,
         )
         outputs = read_outputs(settings)
