@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from stream import train_cmd
+from stream import evaluate_cmd, train_cmd
 from stream.settings import MODELS, Settings, SettingsError, describe
 
 EPILOG_SETTINGS = "settings (environment variables; flags override them):\n" + "\n".join(
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the stack up after the summary, to watch the live dashboard")
     dev.add_argument("--quiet", action="store_true", help="no progress output, summary only")
     train_cmd.add_parser(commands)
+    evaluate_cmd.add_parser(commands)
     return parser
 
 
@@ -166,7 +167,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "worker": cmd_worker, "produce": cmd_produce, "consume": cmd_consume, "dev": cmd_dev,
-    "train": train_cmd.run,
+    "train": train_cmd.run, "evaluate": evaluate_cmd.run,
 }
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from model.base import Interaction
 from model.checkpoint import save_checkpoint
-from model.evaluation import RankingMetrics, time_ordered
+from model.evaluation import RankingMetrics, next_clicks, time_ordered
 from model.registry import build_recommender
 from stream.consumer import make_consumer
 from stream.dev import scrape_metric, start_worker, wait_for
@@ -94,7 +94,7 @@ def session_split_through_kafka(
             lists = _read_lists(settings, len(payloads))
         finally:
             stop(worker, timeout=15)
-    following = _next_click(test)
+    following = next_clicks(test)
     for n, event in enumerate(test):
         metrics.see(event.item_id)
         target = following[n]
@@ -105,18 +105,6 @@ def session_split_through_kafka(
     result["events_per_s"] = len(test) / seconds if seconds else 0.0
     result["recommendation_events"] = len(lists)
     return result
-
-
-def _next_click(events: Sequence[Interaction]) -> list[str | None]:
-    """For each event, the same session's next click (None for a session's last)."""
-    following: list[str | None] = [None] * len(events)
-    previous: dict[str, int] = {}
-    for position, event in enumerate(events):
-        earlier = previous.get(event.user_id)
-        if earlier is not None:
-            following[earlier] = event.item_id
-        previous[event.user_id] = position
-    return following
 
 
 def _read_lists(settings: Settings, expected: int) -> dict[str, list[str]]:

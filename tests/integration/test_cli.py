@@ -147,3 +147,27 @@ def test_a_tampered_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert str(model_file) in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_through_kafka_agrees_with_the_in_process_replay(tmp_path: Path) -> None:
+    # Planted sessions (item i is followed by item i+1) streamed through the real
+    # pipeline must score like the in-process replay of the same protocol.
+    def sessions(prefix: str, count: int, start: int) -> str:
+        rows = []
+        for n in range(count):
+            first = n % 9
+            rows += [f"{prefix}{n}\ti{(first + step) % 12}\t{start + 10 * n + step}"
+                     for step in range(4)]
+        return "SessionId\tItemId\tTime\n" + "\n".join(rows) + "\n"
+
+    (tmp_path / "x_train_full.txt").write_text(sessions("s", 120, 1_600_000_000))
+    (tmp_path / "x_test.txt").write_text(sessions("t", 30, 1_600_100_000))
+    done = streamrec("evaluate", "--data", str(tmp_path / "x_train_full.txt"),
+                     "--protocol", "session-split", "--models", "covisit",
+                     "--through-kafka", "--json", "--quiet")
+    assert done.returncode == 0, done.stderr[-2000:]
+    models = json.loads(done.stdout)["models"]
+    assert set(models) == {"covisit", "covisit@kafka"}
+    assert models["covisit@kafka"]["predictions"] == models["covisit"]["predictions"] == 90
+    assert models["covisit@kafka"]["HR@10"] == pytest.approx(models["covisit"]["HR@10"], abs=0.05)
+    assert models["covisit"]["HR@10"] > 0.9

@@ -1,0 +1,271 @@
+"""`streamrec evaluate`: replay a dataset through every model under one protocol.
+
+Where the data comes from:
+- `--protocol prequential` and `--protocol last-out` read one file, `--data FILE`.
+- `--protocol session-split` reads a training file and a test file: `--train FILE
+  --test FILE`, or `--data` naming either a session-rec `*_train_full.txt` file (its
+  test file is the sibling with `_test.txt` in place of `_train_full.txt`) or a
+  directory holding exactly one such pair.
+
+User errors (missing file, bad format, unknown model, bad --k) print one line
+`streamrec evaluate: error: ...` on stderr and return 1; `run` handles them itself, so
+it behaves the same whether called by `stream.cli` or directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from model import evaluation
+from model.base import Interaction
+from model.registry import MODEL_NAMES, build_recommender
+from stream.datasets import FORMATS, DatasetError, read_interactions
+
+PROTOCOLS = ("prequential", "last-out", "session-split")
+_TRAIN_SUFFIX = "_train_full.txt"
+_TEST_SUFFIX = "_test.txt"
+
+
+class EvaluateError(ValueError):
+    """A bad flag value or flag combination; the message says which."""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `evaluate` subcommand to an `add_subparsers()` object; returns it."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "evaluate",
+        help="score every model on a dataset offline (HR, MRR, NDCG, coverage)",
+        description="Replay a dataset in time order through each model under one protocol "
+        "and print HR@K, MRR@K, NDCG@K, catalogue coverage and throughput per model. "
+        "prequential: score each event before learning it. last-out: hold out each user's "
+        "last event, rank all items except the user's training items. session-split: "
+        "learn --train, then predict each test session's next click.",
+    )
+    parser.add_argument(
+        "--data",
+        help="dataset file; for session-split a *_train_full.txt "
+        "file or a directory with one *_train_full.txt / *_test.txt pair",
+    )
+    parser.add_argument("--train", help="session-split training file (with --test)")
+    parser.add_argument("--test", help="session-split test file (with --train)")
+    parser.add_argument(
+        "--format", default="session-rec", choices=FORMATS, help="file format (default session-rec)"
+    )
+    parser.add_argument(
+        "--protocol",
+        default="prequential",
+        choices=PROTOCOLS,
+        help="evaluation protocol (default prequential)",
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(MODEL_NAMES),
+        help=f"comma-separated models (default {','.join(MODEL_NAMES)})",
+    )
+    parser.add_argument("--k", default="10,20", help="comma-separated cut-offs (default 10,20)")
+    parser.add_argument("--dim", type=int, default=64, help="torch model dimension (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="torch model seed (default 0)")
+    parser.add_argument(
+        "--limit", type=int, metavar="N", help="use only the first N events (by time) of each file"
+    )
+    parser.add_argument(
+        "--through-kafka", action="store_true",
+        help="session-split only: also run each model through the live pipeline (embedded "
+        "broker and Redis, a worker started from a checkpoint of the training file) and "
+        "report it as <model>@kafka beside the in-process figures",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print; 0 on success, 1 after a one-line message for a user error."""
+    try:
+        report = evaluate(args)
+    except (DatasetError, EvaluateError) as exc:
+        print(f"streamrec evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(report).decode(), flush=True)
+    else:
+        print(format_table(report), flush=True)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """The report `run` prints: {"dataset", "protocol", "models": {name: metrics}}."""
+    import torch
+
+    models = parse_models(args.models)
+    ks = parse_ks(args.k)
+    if args.limit is not None and args.limit < 1:
+        raise EvaluateError(f"--limit must be at least 1, not {args.limit}")
+    if args.dim < 1:
+        raise EvaluateError(f"--dim must be at least 1, not {args.dim}")
+    if getattr(args, "through_kafka", False) and args.protocol != "session-split":
+        raise EvaluateError("--through-kafka runs the session-split protocol only")
+    dataset, files = resolve_data(args.protocol, args.data, args.train, args.test)
+    streams = [load(path, args.format, args.limit) for path in files]
+
+    total = sum(len(events) for events in streams)
+    results: dict[str, Any] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: repeatable timings and results
+    try:
+        for name in models:
+            model = build_recommender(name, dim=args.dim, seed=args.seed)
+            with _progress_bar(name, total, disabled=args.quiet) as progress:
+                if args.protocol == "prequential":
+                    result = evaluation.prequential(model, streams[0], ks, progress)
+                elif args.protocol == "last-out":
+                    result = evaluation.last_out(model, streams[0], ks, progress)
+                else:
+                    result = evaluation.session_split(model, streams[0], streams[1], ks, progress)
+            results[name] = result
+            if getattr(args, "through_kafka", False):
+                from stream.live_eval import session_split_through_kafka
+
+                results[f"{name}@kafka"] = session_split_through_kafka(
+                    name, streams[0], streams[1], ks, dim=args.dim, seed=args.seed,
+                    progress=not args.quiet and sys.stderr.isatty(),
+                )
+    finally:
+        torch.set_num_threads(threads)
+    return {"dataset": dataset, "protocol": args.protocol, "models": results}
+
+
+def parse_models(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODEL_NAMES]
+    if unknown or not names:
+        raise EvaluateError(
+            f"unknown model {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"choose from {','.join(MODEL_NAMES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        return evaluation.check_ks(int(part) for part in text.split(","))
+    except ValueError:
+        raise EvaluateError(
+            f"--k must be comma-separated integers >= 1, like 10,20, not {text!r}"
+        ) from None
+
+
+def resolve_data(
+    protocol: str, data: str | None, train: str | None, test: str | None
+) -> tuple[str, list[Path]]:
+    """(the dataset's name for the report, the files the protocol reads)."""
+    if protocol != "session-split":
+        if train or test:
+            raise EvaluateError("--train/--test are for --protocol session-split; use --data")
+        if not data:
+            raise EvaluateError(f"--protocol {protocol} needs --data FILE")
+        return data, [Path(data)]
+    if train or test:
+        if data or not (train and test):
+            raise EvaluateError("session-split takes --train and --test together, or --data")
+        return f"{train} + {test}", [Path(train), Path(test)]
+    if not data:
+        raise EvaluateError("session-split needs --train FILE --test FILE, or --data")
+    train_path, test_path = session_pair(Path(data))
+    return data, [train_path, test_path]
+
+
+def session_pair(path: Path) -> tuple[Path, Path]:
+    """The (train, test) files for `--data`: a `*_train_full.txt` file and its
+    `*_test.txt` sibling, or the one such pair in a directory. DatasetError otherwise."""
+    if not path.exists():
+        raise DatasetError(f"no dataset file or directory at {path}")
+    if path.is_dir():
+        trains = sorted(path.glob(f"*{_TRAIN_SUFFIX}"))
+        if len(trains) != 1:
+            raise DatasetError(
+                f"{path} must hold exactly one *{_TRAIN_SUFFIX} file, found {len(trains)}; "
+                "or pass --train FILE --test FILE"
+            )
+        path = trains[0]
+    if not path.name.endswith(_TRAIN_SUFFIX):
+        raise DatasetError(
+            f"{path} is not a *{_TRAIN_SUFFIX} file; session-split needs a training and a "
+            "test file: pass --train FILE --test FILE"
+        )
+    test = path.with_name(path.name[: -len(_TRAIN_SUFFIX)] + _TEST_SUFFIX)
+    if not test.is_file():
+        raise DatasetError(f"no test file {test} next to {path}")
+    return path, test
+
+
+def load(path: Path, fmt: str, limit: int | None) -> list[Interaction]:
+    rows = read_interactions(path, fmt)[:limit]
+    if not rows:
+        raise DatasetError(f"{path} holds no events")
+    return [
+        Interaction(
+            user_id=row["user_id"],
+            item_id=row["item_id"],
+            timestamp=row["timestamp"],
+            session_id=row.get("session_id"),
+        )
+        for row in rows
+    ]
+
+
+@contextmanager
+def _progress_bar(name: str, total: int, *, disabled: bool) -> Iterator[Callable[[int], object]]:
+    """A tqdm bar's `update` on stderr; drawn only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total,
+        desc=name,
+        unit="ev",
+        file=sys.stderr,
+        disable=disabled or not sys.stderr.isatty(),
+    )
+    try:
+        yield bar.update
+    finally:
+        bar.close()
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Models as rows, metrics as columns, aligned; a header line names the run."""
+    models = report["models"]
+    if not models:
+        return ""
+    columns = list(next(iter(models.values())))
+    rows = [
+        [name, *(_cell(column, result[column]) for column in columns)]
+        for name, result in models.items()
+    ]
+    header = ["model", *columns]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [cells[0].ljust(widths[0])]
+        padded += [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join(padded)
+
+    title = f"{report['protocol']} on {report['dataset']}"
+    return "\n".join([title, line(header), *(line(row) for row in rows)])
+
+
+def _cell(column: str, value: Any) -> str:
+    if column == "predictions":
+        return f"{value:,}"
+    if column == "seconds":
+        return f"{value:.1f}"
+    if column == "events_per_s":
+        return f"{value:,.0f}"
+    return f"{value:.4f}"

@@ -1,0 +1,186 @@
+"""`streamrec evaluate`, run through its own `add_parser` and `run` on generated files:
+the JSON shape, the table, the ways to name session-split data, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from stream.evaluate_cmd import add_parser, format_table, run
+
+METRIC_KEYS = {
+    "HR@10",
+    "MRR@10",
+    "NDCG@10",
+    "HR@20",
+    "MRR@20",
+    "NDCG@20",
+    "coverage",
+    "predictions",
+    "seconds",
+    "events_per_s",
+}
+
+
+def evaluate(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser(prog="streamrec")
+    add_parser(parser.add_subparsers(dest="command"))
+    code = run(parser.parse_args(["evaluate", *argv]))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_sessions(path: Path, sessions: int, start: float, seed: int) -> Path:
+    """session-rec TSV: sessions of 2-6 clicks walking item n -> n + 1 (mod 30)."""
+    rng = random.Random(seed)
+    lines = ["SessionId\tItemId\tTime"]
+    for session in range(sessions):
+        item, t = rng.randrange(30), start + 60.0 * session
+        for _ in range(rng.randint(2, 6)):
+            lines.append(f"{seed}{session}\t{item}\t{t}")
+            item, t = (item + 1) % 30, t + 5.0
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def session_files(tmp_path: Path) -> tuple[Path, Path]:
+    train = write_sessions(tmp_path / "tiny_train_full.txt", 40, 1_000_000.0, seed=1)
+    test = write_sessions(tmp_path / "tiny_test.txt", 10, 2_000_000.0, seed=2)
+    (tmp_path / "empty").mkdir()
+    return train, test
+
+
+def test_json_has_every_model_and_metric(
+    session_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, _ = session_files
+    code, out, err = evaluate(
+        ["--data", str(train), "--protocol", "prequential", "--dim", "8", "--json"], capsys
+    )
+    assert (code, err) == (0, "")  # no progress bar when stderr is not a terminal
+    report = json.loads(out)  # exactly one JSON object on stdout
+    assert set(report) == {"dataset", "protocol", "models"}
+    assert report["protocol"] == "prequential" and report["dataset"] == str(train)
+    assert list(report["models"]) == ["torch", "popularity", "covisit"]
+    events = len(train.read_text().splitlines()) - 1
+    for result in report["models"].values():
+        assert set(result) == METRIC_KEYS
+        assert result["predictions"] == events
+        assert 0.0 <= result["HR@10"] <= result["HR@20"] <= 1.0
+
+
+@pytest.mark.parametrize("how", ["train-test", "train-file", "directory"])
+def test_session_split_data_can_be_named_three_ways(
+    how: str, session_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, test = session_files
+    data = {
+        "train-test": ["--train", str(train), "--test", str(test)],
+        "train-file": ["--data", str(train)],
+        "directory": ["--data", str(train.parent)],
+    }[how]
+    code, out, err = evaluate(
+        [*data, "--protocol", "session-split", "--models", "covisit", "--k", "5", "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(out)["models"]["covisit"]
+    rows = test.read_text().splitlines()[1:]
+    sessions = {row.split("\t")[0] for row in rows}
+    assert result["predictions"] == len(rows) - len(sessions)
+    assert {"HR@5", "MRR@5", "NDCG@5"} <= set(result)
+    # Every test session walks the chain the training sessions taught.
+    assert result["HR@5"] > 0.9
+
+
+def test_table_has_a_row_per_model(
+    session_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, _ = session_files
+    code, out, _ = evaluate(
+        [
+            "--data",
+            str(train),
+            "--protocol",
+            "last-out",
+            "--models",
+            "popularity,covisit",
+            "--limit",
+            "50",
+        ],
+        capsys,
+    )
+    assert code == 0
+    title, header, *rows = out.strip().splitlines()
+    assert title.startswith("last-out on ")
+    assert header.split()[:4] == ["model", "HR@10", "MRR@10", "NDCG@10"]
+    assert [row.split()[0] for row in rows] == ["popularity", "covisit"]
+    assert len({len(line) for line in (header, *rows)}) == 1  # aligned
+
+
+def test_format_table_aligns_columns() -> None:
+    report = {
+        "dataset": "d",
+        "protocol": "p",
+        "models": {
+            "a": {"HR@10": 0.5, "predictions": 1234, "seconds": 1.24, "events_per_s": 99.4},
+            "long-name": {"HR@10": 0.25, "predictions": 7, "seconds": 10.0, "events_per_s": 5.0},
+        },
+    }
+    assert format_table(report).splitlines() == [
+        "p on d",
+        "model       HR@10  predictions  seconds  events_per_s",
+        "a          0.5000        1,234      1.2            99",
+        "long-name  0.2500            7     10.0             5",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--data", "{tmp}/missing.txt"], "no dataset file at {tmp}/missing.txt"),
+        (["--data", "{train}", "--format", "movielens"], "is not a movielens file"),
+        (["--data", "{train}", "--models", "torch,bogus"], "unknown model 'bogus'"),
+        (["--data", "{train}", "--k", "10,x"], "--k must be"),
+        (["--data", "{train}", "--k", "0"], "--k must be"),
+        (["--data", "{train}", "--limit", "0"], "--limit must be"),
+        (["--protocol", "last-out"], "needs --data"),
+        (["--train", "{train}", "--test", "{test}"], "--train/--test are for"),
+        (["--protocol", "session-split", "--data", "{test}"], "is not a *_train_full.txt"),
+        (["--protocol", "session-split", "--train", "{train}"], "together"),
+        (["--protocol", "session-split", "--data", "{tmp}/nowhere"], "no dataset file or"),
+        (["--protocol", "session-split", "--data", "{tmp}/empty"], "exactly one"),
+    ],
+    ids=[
+        "missing",
+        "format",
+        "model",
+        "k-text",
+        "k-zero",
+        "limit",
+        "no-data",
+        "train-test",
+        "not-train-file",
+        "train-alone",
+        "missing-pair",
+        "empty-dir",
+    ],
+)
+def test_user_errors_are_one_line_and_exit_1(
+    argv: list[str],
+    message: str,
+    session_files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    train, test = session_files
+    names = {"tmp": str(train.parent), "train": str(train), "test": str(test)}
+    code, out, err = evaluate([arg.format(**names) for arg in argv], capsys)
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("streamrec evaluate: error: ")
+    assert message.format(**names) in err
