@@ -1,0 +1,112 @@
+"""Item-to-item transition memory: the counting half of the torch model's scorer.
+
+Counts which items follow which within a session, so `TorchRecommender` can turn a
+user's last few clicks into per-candidate evidence P(next = j | clicked r_d) for each
+of the `window` most recent clicks r_1 (the last) ... r_window. The memory holds no
+weights of its own: how much each distance, repeat and embedding signal counts is
+learned by the torch model's mixer (see `model.torch_model`).
+
+The counting follows the sequential-rules family that session-based evaluations find
+hard to beat (Ludewig and Jannach, "Evaluation of session-based recommendation
+algorithms", 2018, https://arxiv.org/abs/1803.09587), the same as `CoVisitation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class TransitionMemory:
+    """Session transition counts i -> j, learned one click at a time.
+
+    A click on j within `session_gap_s` of the user's previous click adds 1/d to
+    i -> j for each of the previous `window` clicks i (d = 1 for the last one) and
+    `backward_weight` / d to j -> i. Repeats count (i -> i): re-clicks are common in
+    session data. Each item keeps its `max_neighbours` heaviest successors (pruned
+    when twice as many accumulate) and the total weight ever added from it, so a
+    weight over that total estimates P(next = j | clicked i).
+
+    Deterministic: no randomness; ties keep insertion order.
+
+    >>> memory = TransitionMemory(window=2)
+    >>> memory.observe(("a",), "b", same_session=True)
+    >>> memory.observe(("a", "b"), "c", same_session=True)
+    >>> votes = memory.votes(("a", "b"))  # last click "b", the one before it "a"
+    >>> [round(p, 2) for p in votes["c"]]  # P(c | b), P(c | a)
+    [0.8, 0.33]
+    """
+
+    def __init__(
+        self,
+        window: int = 5,
+        backward_weight: float = 0.25,
+        max_neighbours: int = 100,
+        session_gap_s: float = 1800.0,
+    ):
+        if window < 1 or max_neighbours < 1:
+            raise ValueError("window and max_neighbours must be at least 1")
+        self.window = window
+        self.backward_weight = backward_weight
+        self.max_neighbours = max_neighbours
+        self.session_gap_s = float(session_gap_s)
+        self._next: dict[str, dict[str, float]] = {}
+        self._totals: dict[str, float] = {}
+
+    def observe(self, recent: Sequence[str], item: str, *, same_session: bool) -> None:
+        """Count the click on `item` after the user's `recent` items (oldest first)."""
+        if not recent or not same_session:
+            return
+        for distance, prev in enumerate(reversed(recent[-self.window :]), 1):
+            self._add(prev, item, 1.0 / distance)
+            if self.backward_weight > 0 and prev != item:
+                self._add(item, prev, self.backward_weight / distance)
+
+    def _add(self, source: str, target: str, weight: float) -> None:
+        successors = self._next.setdefault(source, {})
+        successors[target] = successors.get(target, 0.0) + weight
+        self._totals[source] = self._totals.get(source, 0.0) + weight
+        if len(successors) > 2 * self.max_neighbours:
+            # Amortised O(1) per insert; the sort is stable, so ties keep their order.
+            kept = sorted(successors.items(), key=lambda kv: -kv[1])[: self.max_neighbours]
+            successors.clear()
+            successors.update(kept)
+
+    def votes(self, recent: Sequence[str]) -> dict[str, list[float]]:
+        """For every kept successor j of the last `window` items of `recent`, the list
+        [P(j | r_1), ..., P(j | r_window)], r_1 being the last item (0.0 where j is not
+        a kept successor of r_d, or the user has fewer than d items)."""
+        votes: dict[str, list[float]] = {}
+        for d, prev in enumerate(reversed(recent[-self.window :])):
+            successors = self._next.get(prev)
+            if not successors:
+                continue
+            total = self._totals[prev]
+            for item, weight in successors.items():
+                row = votes.get(item)
+                if row is None:
+                    row = votes[item] = [0.0] * self.window
+                row[d] += weight / total
+        return votes
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "backward_weight": self.backward_weight,
+            "max_neighbours": self.max_neighbours,
+            "session_gap_s": self.session_gap_s,
+            "next": {i: dict(successors) for i, successors in self._next.items()},
+            "totals": dict(self._totals),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the counts (and hyperparameters) with `state`'s."""
+        self.window = int(state["window"])
+        self.backward_weight = float(state["backward_weight"])
+        self.max_neighbours = int(state["max_neighbours"])
+        self.session_gap_s = float(state["session_gap_s"])
+        self._next = {
+            str(i): {str(j): float(w) for j, w in successors.items()}
+            for i, successors in state["next"].items()
+        }
+        self._totals = {str(i): float(w) for i, w in state["totals"].items()}
