@@ -70,12 +70,14 @@ class Update:
 
     `item_vectors` maps each item whose representation changed to its new float32
     vector, so the caller can push exactly those to Redis. `user_vector` is the user's
-    query vector after the event, or None for models without one.
+    query vector after the event, or None for models without one. `loss` is the training
+    loss of the step the event caused, for models that have one (None otherwise).
     """
 
     context: UserContext
     item_vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
     user_vector: np.ndarray | None = None
+    loss: float | None = None
 
 
 @runtime_checkable

@@ -191,9 +191,10 @@ class TorchRecommender:
         target = self._row(item)
         changed = {target} if target == known else set()
         last = self._rows.get(context.recent[-1]) if context.recent else None
+        loss = None
         if last is not None:
-            h, trained = self._step(h_prev, last, target)
-            if trained:
+            h, loss = self._step(h_prev, last, target)
+            if loss is not None:
                 changed.update((last, target))
         with torch.no_grad():
             h_next = self.gru(self._emb[target].unsqueeze(0), h.unsqueeze(0))[0]
@@ -206,6 +207,7 @@ class TorchRecommender:
             context=advance(context, interaction, max_recent=self.max_recent, state=state),
             item_vectors=vectors,
             user_vector=h_next.numpy().copy(),
+            loss=loss,
         )
 
     def _row(self, item_id: str) -> int:
@@ -228,13 +230,15 @@ class TorchRecommender:
         both = torch.from_numpy(np.array(state, dtype=np.float32))
         return both[: self.dim], both[self.dim :]
 
-    def _step(self, h_prev: torch.Tensor, last: int, target: int) -> tuple[torch.Tensor, bool]:
+    def _step(
+        self, h_prev: torch.Tensor, last: int, target: int
+    ) -> tuple[torch.Tensor, float | None]:
         """h = GRU(emb[last], h_prev), trained to score `target` first; returns h
-        (detached) and whether any weights changed."""
+        (detached) and the sampled-softmax loss of the step, None if nothing trained."""
         n = len(self._ids)
         if self.negatives == 0 or n < 2:
             with torch.no_grad():
-                return self.gru(self._emb[last].unsqueeze(0), h_prev.unsqueeze(0))[0], False
+                return self.gru(self._emb[last].unsqueeze(0), h_prev.unsqueeze(0))[0], None
         # Uniform over the other n - 1 rows: draw from [0, n-1) and skip over target.
         negatives = torch.randint(0, n - 1, (self.negatives,), generator=self._generator)
         negatives += (negatives >= target).long()
@@ -258,7 +262,7 @@ class TorchRecommender:
             else:
                 self._adagrad_row(last, g_last)
                 self._adagrad_row(target, g_target)
-        return h.detach(), True
+        return h.detach(), float(loss.detach())
 
     def _adagrad_row(self, row: int, grad: torch.Tensor) -> None:
         # Adagrad restricted to the one row that has a gradient: a dense optimiser step

@@ -15,6 +15,7 @@ import orjson
 
 from stream import evaluate_cmd, train_cmd
 from stream.settings import MODELS, Settings, SettingsError, describe
+from stream.topics import require_topic
 
 EPILOG_SETTINGS = "settings (environment variables; flags override them):\n" + "\n".join(
     f"  {name:<34} {help_text} (default {default})" for name, default, help_text in describe()
@@ -118,12 +119,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from stream.producer import replay
 
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, clicks_topic=args.topic)
-    if args.file:
+    if args.file:  # a bad file is reported before any connection is tried
         records: Any = read_interactions(args.file, args.format)[: args.limit]
         total = len(records)
     else:
         records = synthetic_clicks(args.generate, users=args.users, items=args.items, seed=args.seed)
         total = args.generate
+    require_topic(settings.bootstrap_servers, settings.clicks_topic)
     result = replay(
         records, bootstrap_servers=settings.bootstrap_servers, topic=settings.clicks_topic,
         rate=args.rate, total=total, progress=sys.stderr.isatty(),
@@ -139,6 +141,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
     topic = args.topic or settings.recommendations_topic
+    require_topic(settings.bootstrap_servers, topic)
     for n, record in enumerate(
         tail(settings.bootstrap_servers, topic, from_beginning=args.from_beginning,
              idle_timeout_s=args.idle_timeout),

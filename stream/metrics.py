@@ -102,6 +102,12 @@ class WorkerMetrics:
         self.model_updates = Counter(
             "streamrec_model_updates", "Clicks the model has learned from.", registry=r
         )
+        self.model_loss = Gauge(
+            "streamrec_model_loss",
+            "Training loss of the online model, exponentially averaged over recent steps "
+            "(stays 0 for the baselines, which have none).",
+            registry=r,
+        )
         self.users_in_state = Gauge(
             "streamrec_users_in_state",
             "Users whose context this worker holds (its partitions of the user table).",

@@ -113,6 +113,7 @@ class ClickProcessor:
         self.exclude = exclude
         self.dedup_window = dedup_window
         self.quality = OnlineQuality(metrics)
+        self._loss_average: float | None = None
 
     def new_record(self) -> UserRecord:
         return UserRecord(self.recommender.new_context())
@@ -142,6 +143,12 @@ class ClickProcessor:
         update = self.recommender.learn_one(record.context, interaction)
         after_model = time.perf_counter()
         self.metrics.model_updates.inc()
+        if update.loss is not None:
+            self._loss_average = (
+                update.loss if self._loss_average is None
+                else 0.99 * self._loss_average + 0.01 * update.loss
+            )
+            self.metrics.model_loss.set(self._loss_average)
         index_seconds = self.timed_index.take_upsert_seconds() if self.timed_index else 0.0
         stage.labels(stage="index_update").observe(index_seconds)
         stage.labels(stage="model_update").observe(after_model - started - index_seconds)

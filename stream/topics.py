@@ -33,6 +33,24 @@ def admin_client(bootstrap_servers: str, timeout_s: float = 10.0) -> KafkaAdminC
         raise BrokerUnreachable(bootstrap_servers) from exc
 
 
+class UnknownTopic(ValueError):
+    def __init__(self, topic: str, bootstrap_servers: str) -> None:
+        super().__init__(
+            f"topic {topic!r} does not exist at {bootstrap_servers} "
+            "(a worker creates its topics on start)"
+        )
+
+
+def require_topic(bootstrap_servers: str, topic: str) -> None:
+    """Raise UnknownTopic unless `topic` exists (BrokerUnreachable if no broker)."""
+    admin = admin_client(bootstrap_servers)
+    try:
+        if topic not in set(admin.list_topics()):
+            raise UnknownTopic(topic, bootstrap_servers)
+    finally:
+        admin.close()
+
+
 def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> list[str]:
     """Create the missing topics; returns the names created. Idempotent.
 

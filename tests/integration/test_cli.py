@@ -171,3 +171,12 @@ def test_evaluate_through_kafka_agrees_with_the_in_process_replay(tmp_path: Path
     assert models["covisit@kafka"]["predictions"] == models["covisit"]["predictions"] == 90
     assert models["covisit@kafka"]["HR@10"] == pytest.approx(models["covisit"]["HR@10"], abs=0.05)
     assert models["covisit"]["HR@10"] > 0.9
+
+
+def test_an_unknown_topic_is_one_line_naming_it(dev_stack: DevStack) -> None:
+    for command in (["consume", "--topic", "no-such-topic", "--idle-timeout", "1"],
+                    ["produce", "--topic", "no-such-topic", "--generate", "1"]):
+        done = streamrec(*command, "--bootstrap-servers", dev_stack.bootstrap_servers)
+        assert done.returncode == 1, command
+        assert "Traceback" not in done.stderr
+        assert f"topic 'no-such-topic' does not exist at {dev_stack.bootstrap_servers}" in done.stderr
