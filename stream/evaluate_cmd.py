@@ -81,6 +81,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "broker and Redis, a worker started from a checkpoint of the training file) and "
         "report it as <model>@kafka beside the in-process figures",
     )
+    parser.add_argument("--chart", metavar="PNG",
+                        help="write a PNG chart of HR@K per window of predictions per model")
+    parser.add_argument("--report", metavar="MD",
+                        help="write a markdown report: command, machine, table, chart")
+    parser.add_argument("--window", type=int, default=500,
+                        help="predictions per window of the chart (default 500)")
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -88,20 +94,40 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print; 0 on success, 1 after a one-line message for a user error."""
+    from stream.evaluation_report import HitLog, write_chart, write_report
+
+    chart = getattr(args, "chart", None)
+    markdown = getattr(args, "report", None)
+    hit_log = HitLog(max(parse_ks(args.k))) if chart or markdown else None
     try:
-        report = evaluate(args)
+        if hit_log is not None and args.window < 1:
+            raise EvaluateError(f"--window must be at least 1, not {args.window}")
+        for target in (chart, markdown):
+            if target and not Path(target).resolve().parent.is_dir():
+                raise EvaluateError(f"no directory for {target}")
+        report = evaluate(args, hit_log)
     except (DatasetError, EvaluateError) as exc:
         print(f"streamrec evaluate: error: {exc}", file=sys.stderr)
         return 1
+    table = format_table(report)
     if args.json:
         print(orjson.dumps(report).decode(), flush=True)
     else:
-        print(format_table(report), flush=True)
+        print(table, flush=True)
+    if hit_log is not None:
+        windows = hit_log.windows(args.window)
+        title = f"{report['protocol']} on {Path(str(report['dataset'])).name}"
+        if chart:
+            write_chart(Path(chart), windows, k=hit_log.k, title=title)
+        if markdown:
+            write_report(Path(markdown), table=table, command=sys.argv[1:],
+                         chart=Path(chart) if chart else None, window=args.window, k=hit_log.k)
     return 0
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """The report `run` prints: {"dataset", "protocol", "models": {name: metrics}}."""
+def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
+    """The report `run` prints: {"dataset", "protocol", "models": {name: metrics}}.
+    With a `HitLog`, every scored prediction of every model is also logged into it."""
     import torch
 
     models = parse_models(args.models)
@@ -122,13 +148,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for name in models:
             model = build_recommender(name, dim=args.dim, seed=args.seed)
+            logged = hit_log.recorder(name) if hit_log is not None else None
             with _progress_bar(name, total, disabled=args.quiet) as progress:
                 if args.protocol == "prequential":
-                    result = evaluation.prequential(model, streams[0], ks, progress)
+                    result = evaluation.prequential(model, streams[0], ks, progress, logged)
                 elif args.protocol == "last-out":
-                    result = evaluation.last_out(model, streams[0], ks, progress)
+                    result = evaluation.last_out(model, streams[0], ks, progress, logged)
                 else:
-                    result = evaluation.session_split(model, streams[0], streams[1], ks, progress)
+                    result = evaluation.session_split(
+                        model, streams[0], streams[1], ks, progress, logged
+                    )
             results[name] = result
             if getattr(args, "through_kafka", False):
                 from stream.live_eval import session_split_through_kafka

@@ -184,3 +184,32 @@ def test_user_errors_are_one_line_and_exit_1(
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("streamrec evaluate: error: ")
     assert message.format(**names) in err
+
+
+def test_chart_and_report_show_quality_over_the_stream(
+    session_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, _ = session_files
+    chart, report = tmp_path / "quality.png", tmp_path / "quality.md"
+    code, out, err = evaluate(
+        ["--data", str(train), "--protocol", "session-split", "--models", "popularity,covisit",
+         "--chart", str(chart), "--report", str(report), "--window", "5", "--quiet"],
+        capsys,
+    )
+    assert code == 0, err
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = report.read_text()
+    assert "![HR@20 per window](quality.png)" in text
+    assert "covisit" in text and "popularity" in text and "session-split" in text
+
+
+def test_hit_log_windows_are_known_answers() -> None:
+    from stream.evaluation_report import HitLog
+
+    log = HitLog(k=2)
+    record = log.recorder("m")
+    for ranked, target in [(["a", "b"], "a"), (["a", "b"], "c"), (["a", "b", "c"], "c"),
+                           (["b"], "b"), (["x"], "y")]:
+        record("u", ranked, target)
+    # Hits: a yes, c no, c at rank 3 > k no, b yes, y no -> windows of 2: 1/2, 1/2, 0/1.
+    assert log.windows(2) == {"m": [(2, 0.5), (4, 0.5), (5, 0.0)]}
