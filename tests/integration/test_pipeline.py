@@ -319,3 +319,32 @@ def test_a_worker_starts_from_a_trained_checkpoint(worker_factory: Any, tmp_path
     (rec,) = recommendations_for(settings, {probe["event_id"]})
     assert rec.model_version == version
     assert rec.items[0].item_id == "B"
+
+
+def test_unkeyed_clicks_are_rerouted_to_their_users_partition(worker_factory: Any) -> None:
+    # Clicks sent without a key land on arbitrary partitions; the worker must forward
+    # them by user id so each user's context still lives in one place.
+    fresh = worker_factory()
+    settings = fresh.settings
+    tag = uuid.uuid4().hex[:6]
+    now = time.time()
+    events = [{"user_id": f"{tag}-u{n % 5}", "item_id": f"i{n}", "timestamp": now,
+               "event_id": f"{tag}-{n}"} for n in range(60)]
+    send(settings, [orjson.dumps(event) for event in events])  # bytes: sent with no key
+    recs = {r.source_event_id: r for r in recommendations_for(settings, {e["event_id"] for e in events})}
+    assert len(recs) == len(events)
+    assert metric(fresh.metrics_url, "streamrec_events_rerouted_total") > 0
+    # Policy `seen`: every earlier click of the same user is excluded, whichever
+    # partition it arrived on, because the user's context is one record.
+    for n, event in enumerate(events):
+        earlier = {e["item_id"] for e in events[:n] if e["user_id"] == event["user_id"]}
+        shown = {item.item_id for item in recs[event["event_id"]].items}
+        assert not shown & earlier, f"{event['event_id']} recommended an item already seen"
+
+
+def test_clicks_keyed_by_user_take_no_extra_hop(worker: Any) -> None:
+    before = metric(worker.metrics_url, "streamrec_events_rerouted_total")
+    events = clicks(50, uuid.uuid4().hex[:6], users=10, items=20, seed=8)
+    send(worker.settings, events)  # dicts: keyed by user id (kafka-python murmur2)
+    recommendations_for(worker.settings, {e["event_id"] for e in events})
+    assert metric(worker.metrics_url, "streamrec_events_rerouted_total") == before
