@@ -27,6 +27,12 @@ from model.transitions import TransitionMemory
 
 _EPS = 1e-10  # Adagrad's default epsilon
 _REPEAT_SPAN = 10  # how many of the user's last items count as repeat candidates
+# The domain's repeat rate (share of clicks on an item already in the user's `recent`)
+# is tracked as an exponential average with this rate; below _RARE_REPEATS the mixer
+# trains on candidates without the user's recent items, as a ranking that excludes
+# seen items will show them.
+_REPEAT_RATE_ALPHA = 0.01
+_RARE_REPEATS = 0.05
 
 
 class TorchRecommender:
@@ -68,6 +74,16 @@ class TorchRecommender:
     vectors retrieval searches with; the extra terms only re-score a candidate set.
     When fewer than k candidates remain after `exclude`, the index and then decayed
     popularity fill the list.
+
+    The mixer also tracks the domain's repeat rate, an exponential average (rate 0.01,
+    starting at 0.25) of "the clicked item is among the context's recent items". Below
+    5% (MovieLens-like data, where a ranking shown to a user excludes what they have
+    seen) the mixer step trains on the ranking that will be shown: the user's recent
+    items are dropped from the candidates, repeat clicks and clicks on items outside
+    the candidate set take no step. Otherwise (yoochoose: about 26% repeats) the step
+    is as above. On ml-latest-small last-out this lifted HR@10 from 0.021 to 0.105:
+    trained on unexcluded candidates, the mixer learned negative weights for the
+    transition vote, which after exclusion pushed items with no evidence to the top.
 
     On the yoochoose-100k sample (train on `train_full`, then predict-then-learn every
     next click of the test day, 10,152 predictions, no exclusions) the defaults score
@@ -126,6 +142,10 @@ class TorchRecommender:
         self._mix = torch.zeros(self._n_features)
         self._mix[1 + window] = 1.0
         self._mix_sq = torch.zeros(self._n_features)
+        # Exponential average of "the clicked item is in the user's recent items";
+        # starts as if repeats were common, so nothing is excluded until evidence says
+        # otherwise.
+        self._repeat_rate = 0.25
         # The last unexcluded candidate set `recommend` built, with the context it was
         # for and the event count then. Predict-then-learn asks for the same set again
         # in `learn_one`; it is reused only if nothing was learned in between, so the
@@ -177,10 +197,15 @@ class TorchRecommender:
         item = interaction.item_id
         self._events += 1
         h_prev, h = self._unpack(context.state)
-        if context.recent and item in self._rows:
-            # Predict-then-learn for the mixer: rank the candidates `recommend` would
-            # have ranked for this context, and step towards the item clicked.
-            self._mix_step(context, h, item)
+        if context.recent:
+            repeat = item in context.recent
+            self._repeat_rate += _REPEAT_RATE_ALPHA * (float(repeat) - self._repeat_rate)
+            if item in self._rows and not (repeat and self._repeat_rate < _RARE_REPEATS):
+                # Predict-then-learn for the mixer: rank the candidates `recommend`
+                # would have ranked for this context, and step towards the item
+                # clicked. Where repeats are rare, the ranking that matters excludes
+                # what the user has seen, so the mixer learns on that ranking.
+                self._mix_step(context, h, item)
         self.popularity.observe(item, interaction.timestamp)
         same_session = (
             interaction.timestamp - context.last_timestamp <= self.transitions.session_gap_s
@@ -357,14 +382,30 @@ class TorchRecommender:
         """One Adagrad step on the softmax cross-entropy of `target` among the
         candidates for `context` (the gradient of that loss in closed form)."""
         cache = self._cache
+        rare_repeats = self._repeat_rate < _RARE_REPEATS
         if cache is not None and cache[0] is context and cache[1] == self._events - 1:
             _, _, ids, features, votes = cache
             if target not in ids:
+                if rare_repeats:
+                    return
                 extra = self._features([target], context, h, votes)
                 ids, features = [*ids, target], torch.cat([features, extra])
         else:
-            ids, features, _ = self._candidates(context, h, (), also=target)
+            ids, features, _ = self._candidates(
+                context, h, (), also="" if rare_repeats else target
+            )
         self._cache = None
+        if rare_repeats:
+            # Train on the ranking that will be shown: no seen items, and no step when
+            # the clicked item is not among the candidates at all (the mixer cannot
+            # rank it, and pulling it in teaches weights for "has no evidence").
+            if target not in ids:
+                return
+            seen = set(context.recent)
+            keep = [c for c, i in enumerate(ids) if i not in seen or i == target]
+            if len(keep) < len(ids):
+                ids = [ids[c] for c in keep]
+                features = features[keep]
         if len(ids) < 2:
             return
         p = torch.softmax(features @ self._mix, 0)
@@ -392,6 +433,7 @@ class TorchRecommender:
             "transitions": self.transitions.state_dict(),
             "mix": self._mix.clone(),
             "mix_sq": self._mix_sq.clone(),
+            "repeat_rate": self._repeat_rate,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -421,6 +463,7 @@ class TorchRecommender:
         self._decay = torch.arange(1, self.transitions.window + 1, dtype=torch.float32).pow(-1.5)
         self._mix = torch.as_tensor(state["mix"], dtype=torch.float32).clone()
         self._mix_sq = torch.as_tensor(state["mix_sq"], dtype=torch.float32).clone()
+        self._repeat_rate = float(state.get("repeat_rate", 0.25))
         if self._owns_index:
             self.index = ExactIndex(self.dim)
         if ids:
