@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from model.base import Interaction, Scored, Update, UserContext
+from model.transitions import TransitionMemory
 
 # A popularity share is at most 1, so this weight makes popularity decide only between
 # items whose co-visitation scores are equal (most often: both zero).
@@ -245,17 +246,20 @@ class CoVisitation:
         half_life_s: float = 3600.0,
         max_recent: int = 50,
     ):
-        if window < 1 or max_neighbours < 1:
-            raise ValueError("window and max_neighbours must be at least 1")
-        self.window = window
-        self.backward_weight = backward_weight
         self.recency_exponent = recency_exponent
-        self.max_neighbours = max_neighbours
-        self.session_gap_s = float(session_gap_s)
         self.max_recent = max_recent
         self.popularity = RecentPopularity(half_life_s, max_recent=max_recent)
-        self._next: dict[str, dict[str, float]] = {}
-        self._totals: dict[str, float] = {}
+        # The counts are the same memory the torch model mixes in (model/transitions.py).
+        self.transitions = TransitionMemory(
+            window=window,
+            backward_weight=backward_weight,
+            max_neighbours=max_neighbours,
+            session_gap_s=session_gap_s,
+        )
+
+    @property
+    def window(self) -> int:
+        return self.transitions.window
 
     @property
     def version(self) -> str:
@@ -267,47 +271,27 @@ class CoVisitation:
     def learn_one(self, context: UserContext, interaction: Interaction) -> Update:
         item = interaction.item_id
         self.popularity.observe(item, interaction.timestamp)
-        same_session = interaction.timestamp - context.last_timestamp <= self.session_gap_s
-        if context.recent and same_session:
-            for distance, prev in enumerate(reversed(context.recent[-self.window :]), 1):
-                self._add(prev, item, 1.0 / distance)
-                if self.backward_weight > 0 and prev != item:
-                    self._add(item, prev, self.backward_weight / distance)
+        same_session = (
+            interaction.timestamp - context.last_timestamp <= self.transitions.session_gap_s
+        )
+        self.transitions.observe(context.recent, item, same_session=same_session)
         return Update(advance(context, interaction, max_recent=self.max_recent))
-
-    def _add(self, source: str, target: str, weight: float) -> None:
-        successors = self._next.setdefault(source, {})
-        successors[target] = successors.get(target, 0.0) + weight
-        self._totals[source] = self._totals.get(source, 0.0) + weight
-        if len(successors) > 2 * self.max_neighbours:
-            self._prune(successors)
-
-    def _prune(self, successors: dict[str, float]) -> None:
-        # Amortised O(1) per insert: one sort per max_neighbours new successors. The
-        # sort is stable, so equal weights keep their first-seen order.
-        kept = sorted(successors.items(), key=lambda kv: -kv[1])[: self.max_neighbours]
-        successors.clear()
-        successors.update(kept)
 
     def neighbours(self, item_id: str) -> dict[str, float]:
         """Estimated P(next = j | clicked item_id) for the kept successors j (a copy)."""
-        total = self._totals.get(item_id, 0.0)
-        successors = self._next.get(item_id, {})
-        return {j: w / total for j, w in successors.items()}
+        return self.transitions.successors(item_id)
 
     def recommend(
         self, context: UserContext, k: int, exclude: Collection[str] = ()
     ) -> list[Scored]:
         if k <= 0:
             return []
-        scores: dict[str, float] = {}
-        for distance, prev in enumerate(reversed(context.recent[-self.window :]), 1):
-            successors = self._next.get(prev)
-            if not successors:
-                continue
-            vote = distance**-self.recency_exponent / self._totals[prev]
-            for item, weight in successors.items():
-                scores[item] = scores.get(item, 0.0) + vote * weight
+        # The last `window` items vote for their successors, the nearer more.
+        weights = [d**-self.recency_exponent for d in range(1, self.window + 1)]
+        scores = {
+            item: sum(w * p for w, p in zip(weights, probabilities, strict=True))
+            for item, probabilities in self.transitions.votes(context.recent).items()
+        }
         # The k most popular non-excluded items are enough to fill any shortfall.
         for scored in self.popularity.top(k, exclude):
             scores.setdefault(scored.item_id, 0.0)
@@ -324,26 +308,13 @@ class CoVisitation:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "window": self.window,
-            "backward_weight": self.backward_weight,
             "recency_exponent": self.recency_exponent,
-            "max_neighbours": self.max_neighbours,
-            "session_gap_s": self.session_gap_s,
-            "next": {i: dict(successors) for i, successors in self._next.items()},
-            "totals": dict(self._totals),
+            "transitions": self.transitions.state_dict(),
             "popularity": self.popularity.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the learned transitions with `state`'s (hyperparameters included)."""
-        self.window = int(state["window"])
-        self.backward_weight = float(state["backward_weight"])
         self.recency_exponent = float(state["recency_exponent"])
-        self.max_neighbours = int(state["max_neighbours"])
-        self.session_gap_s = float(state["session_gap_s"])
-        self._next = {
-            str(i): {str(j): float(w) for j, w in successors.items()}
-            for i, successors in state["next"].items()
-        }
-        self._totals = {str(i): float(w) for i, w in state["totals"].items()}
+        self.transitions.load_state_dict(state["transitions"])
         self.popularity.load_state_dict(state["popularity"])

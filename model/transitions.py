@@ -72,6 +72,11 @@ class TransitionMemory:
             successors.clear()
             successors.update(kept)
 
+    def successors(self, item_id: str) -> dict[str, float]:
+        """Estimated P(next = j | clicked item_id) for the kept successors j (a copy)."""
+        total = self._totals.get(item_id, 0.0)
+        return {j: w / total for j, w in self._next.get(item_id, {}).items()}
+
     def votes(self, recent: Sequence[str]) -> dict[str, list[float]]:
         """For every kept successor j of the last `window` items of `recent`, the list
         [P(j | r_1), ..., P(j | r_window)], r_1 being the last item (0.0 where j is not
