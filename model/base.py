@@ -104,6 +104,20 @@ class ItemIndex(Protocol):
 
 
 @runtime_checkable
+class ItemVectorModel(Protocol):
+    """A recommender whose items have vectors that can be read and set from outside:
+    the worker copies the item owner's canonical vectors into it (multi-worker)."""
+
+    def item_vector(self, item_id: str) -> np.ndarray:
+        """A float32 copy of one item's vector; KeyError for an unknown id."""
+        ...
+
+    def set_item_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite or add item vectors; does not touch any index."""
+        ...
+
+
+@runtime_checkable
 class Recommender(Protocol):
     """One interface for the torch model and every baseline.
 

@@ -13,7 +13,7 @@ et al., 2019, https://arxiv.org/abs/1812.02646).
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -191,6 +191,18 @@ class TorchRecommender:
         """A float32 copy of one item's embedding; KeyError if the id is unknown."""
         return self._emb[self._rows[item_id]].numpy().copy()
 
+    def set_item_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Overwrite (or add) item embeddings with vectors decided elsewhere: the
+        item's owner when several workers share the catalogue. Leaves the index, the
+        Adagrad state and the random generator alone, so it never changes what the
+        model draws next."""
+        rows = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        for item_id, vector in zip(ids, rows, strict=True):
+            row = self._rows.get(item_id)
+            if row is None:
+                row = self._append_row(item_id)
+            self._emb[row] = torch.from_numpy(vector)
+
     # Learning.
 
     def learn_one(self, context: UserContext, interaction: Interaction) -> Update:
@@ -239,11 +251,15 @@ class TorchRecommender:
         row = self._rows.get(item_id)
         if row is not None:
             return row
+        row = self._append_row(item_id)
+        self._emb[row] = torch.randn(self.dim, generator=self._generator) * self.init_std
+        return row
+
+    def _append_row(self, item_id: str) -> int:
         row = len(self._ids)
         if row == len(self._emb):
             self._emb = torch.cat([self._emb, torch.zeros_like(self._emb)])
             self._emb_sq = torch.cat([self._emb_sq, torch.zeros_like(self._emb_sq)])
-        self._emb[row] = torch.randn(self.dim, generator=self._generator) * self.init_std
         self._rows[item_id] = row
         self._ids.append(item_id)
         return row

@@ -40,7 +40,12 @@ class VectorStore(Protocol):
     """Where the worker publishes vectors; `RedisVectorStore` is the real one."""
 
     async def put_vectors(
-        self, *, items: Mapping[str, np.ndarray], users: Mapping[str, np.ndarray], version: int
+        self,
+        *,
+        items: Mapping[str, np.ndarray],
+        users: Mapping[str, np.ndarray],
+        version: int,
+        item_versions: Mapping[str, int] | None = None,
     ) -> int: ...
 
     async def get_item(self, item_id: str) -> tuple[np.ndarray, int] | None: ...
@@ -72,21 +77,29 @@ class RedisVectorStore:
         await self._client.ping()
 
     async def put_vectors(
-        self, *, items: Mapping[str, np.ndarray], users: Mapping[str, np.ndarray], version: int
+        self,
+        *,
+        items: Mapping[str, np.ndarray],
+        users: Mapping[str, np.ndarray],
+        version: int,
+        item_versions: Mapping[str, int] | None = None,
     ) -> int:
-        """Write item and user vectors with `version` in one round trip.
+        """Write item and user vectors with `version` (or an item's own version from
+        `item_versions`) in one round trip.
 
         Returns how many were written; a key whose stored version is not lower is left
         alone (a stale write). Raises redis.RedisError when Redis fails, and ValueError
         for a version outside [0, 2**53), which Lua's doubles cannot compare exactly.
         """
-        if not 0 <= version < MAX_VERSION:
-            raise ValueError(f"version must be in [0, 2**53), not {version}")
+        versions = item_versions or {}
+        for checked in (version, *versions.values()):
+            if not 0 <= checked < MAX_VERSION:
+                raise ValueError(f"version must be in [0, 2**53), not {checked}")
         args: list[int | bytes] = []
         keys: list[str] = []
         for item_id, vector in items.items():
             keys.append(self.item_key(item_id))
-            args += [version, 0, _to_bytes(vector)]
+            args += [versions.get(item_id, version), 0, _to_bytes(vector)]
         for user_id, vector in users.items():
             keys.append(self.user_key(user_id))
             args += [version, self._user_ttl_s, _to_bytes(vector)]

@@ -11,29 +11,45 @@ produced that way are applied where they are read; the rest take one hop through
 by-user topic. Both topics and the table's changelog have the same partition count, so
 Faust assigns partition p of all three to the same worker. Forwarding keeps the click's
 record timestamp, so the latency histogram runs from the moment it was first produced.
+
+Item vectors have one writer each, the worker owning the item id's partition of
+`{app_id}-item-deltas` (the `own_items` agent); every worker follows
+`{app_id}-item-vectors` from the beginning and so converges on the owners' vectors, and
+a fresh worker rebuilds its index (and Redis) from it before taking clicks
+(stream/item_sync.py, serving/item_ledger.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+import numpy as np
 from kafka.partitioner.default import murmur2
 
-from model.base import Recommender
+from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
+from serving.item_ledger import CanonicalVector, DeltaTracker, ItemLedger
 from serving.redis_store import RedisVectorStore
 from stream.events import Click, Rejected, decode_click
+from stream.item_sync import VectorFollower, decode_deltas, encode_deltas, encode_vectors
 from stream.metrics import WorkerMetrics
 from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
 from stream.publisher import VectorPublisher
 from stream.settings import Settings
 from stream.transport import streamrec_app
-from stream.views import RecentRecommendations, register_views
+from stream.views import (
+    RecentRecommendations,
+    register_index_views,
+    register_pull_view,
+    register_views,
+)
 
 log = logging.getLogger(__name__)
 # Keys and values stay bytes end to end: we decode once, ourselves (stream/events.py).
@@ -50,6 +66,8 @@ class Worker:
     index: FaissIndex
     recommender: Recommender
     processor: ClickProcessor
+    ledger: ItemLedger
+    follower: VectorFollower
 
 
 def create_worker(
@@ -91,6 +109,10 @@ def create_worker(
     )
     publisher = VectorPublisher(store, metrics)
     recent = RecentRecommendations()
+    vector_model = _item_vector_model(recommender)
+    # One origin per worker incarnation: the item owners apply its deltas once each.
+    tracker = DeltaTracker(f"{settings.app_id}:{uuid.uuid4().hex[:12]}")
+    ledger = ItemLedger()
     processor = ClickProcessor(
         recommender,
         publisher,
@@ -99,6 +121,32 @@ def create_worker(
         exclude=settings.exclude,
         dedup_window=settings.dedup_window,
         timed_index=timed_index,
+        tracker=tracker if vector_model is not None and timed_index is not None else None,
+    )
+
+    def take_canonical(entries: list[CanonicalVector]) -> None:
+        """A record of the item owners' vectors: keep them, and copy into the model and
+        the index each one that already includes this worker's own changes."""
+        ids, vectors = [], []
+        for entry in entries:
+            ledger.observe(entry)
+            current = ledger.get(entry.item_id)
+            if current is not None and current.version == entry.version and (
+                tracker.may_overwrite(entry)
+            ):
+                ids.append(entry.item_id)
+                vectors.append(entry.vector)
+        if ids and vector_model is not None:
+            vector_model.set_item_vectors(ids, np.stack(vectors))
+            index.upsert(ids, np.stack(vectors))
+            metrics.index_items.set(len(index))
+
+    follower = VectorFollower(
+        settings.bootstrap_servers,
+        settings.item_vectors_topic,
+        settings.partitions,
+        take_canonical,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
 
     partitions = {"partitions": settings.partitions}
@@ -107,11 +155,14 @@ def create_worker(
     by_user = app.topic(settings.by_user_topic, **RAW, **partitions)
     recommendations = app.topic(settings.recommendations_topic, **RAW, **partitions)
     users = app.Table("user_contexts", default=None, **RAW, **partitions)
+    item_deltas = app.topic(settings.item_deltas_topic, **RAW, **partitions)
+    item_vectors = app.topic(settings.item_vectors_topic, **RAW, **partitions)
 
-    def owning_partition(user_key: bytes) -> int:
+    def owning_partition(key: bytes) -> int:
         # The producer default (murmur2, as Faust/aiokafka, kafka-python and the Java
-        # client use): where a record keyed by this user lands, and where its state lives.
-        return (murmur2(user_key) & 0x7FFFFFFF) % settings.partitions
+        # client use): where a record keyed by this user lands, and where its state
+        # lives; for an item id, the partition whose owner writes its vector.
+        return (murmur2(key) & 0x7FFFFFFF) % settings.partitions
 
     async def apply(click: Click, user_key: bytes, event_id: str, clicked_at: float) -> None:
         """Apply one accepted click to the user's state and emit its recommendation.
@@ -133,6 +184,9 @@ def create_worker(
 
     @app.agent(clicks, name="validate")
     async def validate(stream: Any) -> None:
+        # Clicks wait until the index holds the live item vectors (a fresh worker
+        # rebuilds them from the item-vectors topic first).
+        await follower.caught_up.wait()
         async for event in stream.events():
             message = event.message
             started = time.perf_counter()
@@ -170,6 +224,7 @@ def create_worker(
 
     @app.agent(by_user, name="recommend")
     async def recommend(stream: Any) -> None:
+        await follower.caught_up.wait()
         async for event in stream.events():
             click = decode_click(event.value, record_timestamp=time.time(), max_bytes=1 << 30)
             if isinstance(click, Rejected):  # only our own validate agent writes here
@@ -177,8 +232,51 @@ def create_worker(
                 continue
             await apply(click, event.key, click.event_id or "", event.message.timestamp)
 
+    @app.agent(item_deltas, name="own_items")
+    async def own_items(stream: Any) -> None:
+        """The owner of an item id's partition: applies each delta once, writes Redis
+        and tells every worker the new vector."""
+        async for event in stream.events():
+            try:
+                deltas = decode_deltas(event.value or b"")
+            except ValueError as exc:  # only our own workers write here
+                log.error("unreadable item-delta record dropped: %s", exc)
+                continue
+            applied = [entry for d in deltas if (entry := ledger.apply(d)) is not None]
+            if not applied:
+                continue
+            publisher.submit_items(
+                {e.item_id: e.vector for e in applied},
+                {e.item_id: e.version for e in applied},
+                {e.item_id: e.clicked_at for e in applied if e.clicked_at is not None},
+            )
+            await item_vectors.send(
+                value=encode_vectors(applied), partition=event.message.partition
+            )
+
+    @app.task
+    async def follow_item_vectors() -> None:
+        await follower.run()
+
+    @app.task
+    async def rebuild_redis() -> None:
+        """Redis is a copy: once caught up, write every vector this worker holds,
+        compare-and-set, so an emptied Redis is whole again and a newer one is kept."""
+        if vector_model is None:
+            return
+        await follower.caught_up.wait()
+        written = await write_all_items(store, index, ledger)
+        log.info("rebuilt Redis from the model and the item-vectors topic: %d written", written)
+
     @app.timer(interval=settings.vector_flush_ms / 1000)
     async def flush_vectors() -> None:
+        deltas = tracker.drain()
+        if deltas:
+            by_partition: dict[int, list] = {}
+            for delta in deltas:
+                by_partition.setdefault(owning_partition(delta.item_id.encode()), []).append(delta)
+            for partition, batch in sorted(by_partition.items()):
+                await item_deltas.send(value=encode_deltas(batch), partition=partition)
         await publisher.flush()
 
     @app.timer(interval=5.0)
@@ -213,7 +311,48 @@ def create_worker(
 
     register_views(app, metrics, recent)
 
-    return Worker(app, settings, metrics, index, recommender, processor)
+    def pull(user_id: str, k: int) -> bytes:
+        raw = users.get(user_id.encode())
+        record = UserRecord.from_bytes(raw) if raw else None
+        return processor.answer(user_id, record, k).to_json()
+
+    register_pull_view(app, users, pull, settings.top_k)
+
+    def canonical_version(item_id: str) -> int | None:
+        entry = ledger.get(item_id)
+        return None if entry is None else entry.version
+
+    register_index_views(app, index, canonical_version)
+
+    return Worker(app, settings, metrics, index, recommender, processor, ledger, follower)
+
+
+def _item_vector_model(recommender: Recommender) -> ItemVectorModel | None:
+    model = getattr(recommender, "model", recommender)  # a VersionedRecommender wraps it
+    return model if isinstance(model, ItemVectorModel) else None
+
+
+async def write_all_items(
+    store: RedisVectorStore, index: FaissIndex, ledger: ItemLedger, chunk: int = 2000
+) -> int:
+    """Write every item vector in `index` to Redis in chunks, each with its canonical
+    version (0 for one only a checkpoint gave): stale writes are refused by Redis."""
+    written = 0
+    ids = index.ids()
+    for start in range(0, len(ids), chunk):
+        batch = ids[start : start + chunk]
+        versions = {}
+        for item_id in batch:
+            entry = ledger.get(item_id)
+            versions[item_id] = entry.version if entry is not None else 0
+        written += await store.put_vectors(
+            items={i: index.vector(i) for i in batch},
+            users={},
+            version=0,
+            item_versions=versions,
+        )
+        await asyncio.sleep(0)  # let clicks through between chunks
+    return written
 
 
 def _with_event_id(click: Click, event_id: str) -> Click:

@@ -19,10 +19,12 @@ import numpy as np
 import orjson
 
 from model.base import Interaction, Recommender, Scored, UserContext
+from serving.item_ledger import DeltaTracker
 from stream.events import Click, Recommendation, RecommendedItem
 from stream.metrics import WorkerMetrics
 from stream.publisher import VectorPublisher
 from stream.quality import OnlineQuality
+
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
@@ -65,16 +67,32 @@ class Outcome:
 
 class TimedIndex:
     """Wraps the worker's item index to time the upserts the model makes inside
-    `learn_one`, so index time and model time are reported as separate stages."""
+    `learn_one`, so index time and model time are reported as separate stages.
+
+    With `track_changes` on, each upsert also keeps (id, vector before or None, vector
+    after) until `take_changes`: the deltas the item owners must receive."""
 
     def __init__(self, index: Any) -> None:
         self.index = index
         self.upsert_seconds = 0.0
+        self.track_changes = False
+        self._changes: list[tuple[str, np.ndarray | None, np.ndarray]] = []
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         started = time.perf_counter()
-        self.index.upsert(ids, vectors)
+        if self.track_changes:
+            index = self.index
+            befores = [index.vector(i) if i in index else None for i in ids]
+            self.index.upsert(ids, vectors)
+            rows = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+            self._changes += zip(ids, befores, rows.copy(), strict=True)
+        else:
+            self.index.upsert(ids, vectors)
         self.upsert_seconds += time.perf_counter() - started
+
+    def take_changes(self) -> list[tuple[str, np.ndarray | None, np.ndarray]]:
+        changes, self._changes = self._changes, []
+        return changes
 
     def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[Scored]:
         return self.index.search(query, k, exclude)
@@ -104,9 +122,13 @@ class ClickProcessor:
         exclude: str,
         dedup_window: int,
         timed_index: TimedIndex | None = None,
+        tracker: DeltaTracker | None = None,
     ) -> None:
         self.recommender = recommender
         self.timed_index = timed_index
+        self.tracker = tracker
+        if tracker is not None and timed_index is not None:
+            timed_index.track_changes = True
         self.publisher = publisher
         self.metrics = metrics
         self.top_k = top_k
@@ -156,7 +178,14 @@ class ClickProcessor:
             self.metrics.vector_freshness.labels(store="index").observe(
                 max(0.0, time.time() - clicked_at)
             )
-        if self.publisher is not None:
+        if self.tracker is not None and self.timed_index is not None:
+            # Item vectors have one writer each, the item's owner: it gets the deltas
+            # and writes Redis (stream/item_sync.py). This worker writes the user's.
+            for item_id, before, after in self.timed_index.take_changes():
+                self.tracker.record(item_id, before, after, clicked_at)
+            if self.publisher is not None:
+                self.publisher.submit({}, click.user_id, update.user_vector)
+        elif self.publisher is not None:
             self.publisher.submit(
                 update.item_vectors, click.user_id, update.user_vector, clicked_at
             )
@@ -178,6 +207,27 @@ class ClickProcessor:
         shown = tuple(s.item_id for s in items)
         self.quality.record_shown(shown)
         return Outcome(UserRecord(update.context, event_ids, shown), recommendation)
+
+    def answer(self, user_id: str, record: UserRecord | None, k: int) -> Recommendation:
+        """The recommendation `user_id` would get now, without learning anything: the
+        pull API's answer. An unknown user (`record` None) gets the cold-start list.
+        `source_event_id` is the user's last applied event, or "" for an unknown user."""
+        record = record or self.new_record()
+        context = record.context
+        last = context.recent[-1:] if context.recent else ()
+        if self.exclude == "seen":
+            excluded: Collection[str] = set(context.recent)
+        else:
+            excluded = set(last) if self.exclude == "last" else ()
+        items = self.recommender.recommend(context, k, exclude=excluded)
+        return Recommendation(
+            user_id=user_id,
+            items=tuple(RecommendedItem(s.item_id, s.score) for s in items),
+            model_version=self.recommender.version,
+            source_event_id=record.event_ids[-1] if record.event_ids else "",
+            event_time=context.last_timestamp,
+            emitted_at=time.time(),
+        )
 
     def _excluded(self, context: UserContext, click: Click) -> Collection[str]:
         if self.exclude == "seen":

@@ -28,6 +28,7 @@ class VectorPublisher:
         self.store = store
         self.metrics = metrics
         self._items: dict[str, np.ndarray] = {}
+        self._item_versions: dict[str, int] = {}
         self._users: dict[str, np.ndarray] = {}
         # When the click behind each pending item vector was produced (for freshness).
         self._clicked_at: dict[str, float] = {}
@@ -43,13 +44,30 @@ class VectorPublisher:
         user_id: str,
         user_vector: np.ndarray | None,
         clicked_at: float | None = None,
+        item_versions: Mapping[str, int] | None = None,
     ) -> None:
-        """Queue vectors for the next flush. Never blocks, never fails."""
+        """Queue vectors for the next flush. Never blocks, never fails. Items without
+        a version in `item_versions` are written with the flush's clock version."""
         self._items.update(items)
+        for item_id in items:
+            self._item_versions.pop(item_id, None)
+        if item_versions:
+            self._item_versions.update(item_versions)
         if clicked_at is not None:
             self._clicked_at.update(dict.fromkeys(items, clicked_at))
         if user_vector is not None:
             self._users[user_id] = user_vector
+
+    def submit_items(
+        self,
+        items: Mapping[str, np.ndarray],
+        versions: Mapping[str, int],
+        clicked_at: Mapping[str, float],
+    ) -> None:
+        """Queue item vectors, each with its own version (the item owner's writes)."""
+        self._items.update(items)
+        self._item_versions.update(versions)
+        self._clicked_at.update(clicked_at)
 
     async def flush(self) -> int:
         """Write everything pending in one round trip; returns how many were written.
@@ -59,18 +77,25 @@ class VectorPublisher:
         if not self._items and not self._users:
             return 0
         items, users, clicked_at = self._items, self._users, self._clicked_at
+        versions = self._item_versions
         self._items, self._users, self._clicked_at = {}, {}, {}
+        self._item_versions = {}
         # Versions only need to grow within this writer; a microsecond clock also keeps
         # them growing across restarts of the single writer of an item, and stays below
         # 2**53, where Redis's Lua numbers (doubles) stop comparing exactly.
         self._version = max(self._version + 1, time.time_ns() // 1000)
         started = time.perf_counter()
         try:
-            written = await self.store.put_vectors(items=items, users=users, version=self._version)
+            written = await self.store.put_vectors(
+                items=items, users=users, version=self._version, item_versions=versions
+            )
         except Exception as exc:  # Redis is a rebuildable copy: count, keep, retry.
             self.metrics.redis_errors.inc()
             log.warning("vector write to Redis failed (%d pending): %s", len(items) + len(users), exc)
             # Anything submitted while we awaited is newer and wins over the retry.
+            # Versions too, except for items resubmitted meanwhile (theirs are newer).
+            restored = {i: v for i, v in versions.items() if i not in self._items}
+            self._item_versions = {**restored, **self._item_versions}
             self._items = {**items, **self._items}
             self._users = {**users, **self._users}
             self._clicked_at = {**clicked_at, **self._clicked_at}

@@ -115,6 +115,16 @@ class Settings:
         """Internal topic that routes validated clicks by user id."""
         return f"{self.app_id}-{self.clicks_topic}-by-user"
 
+    @property
+    def item_deltas_topic(self) -> str:
+        """Internal topic that routes item-vector changes to each item's owner."""
+        return f"{self.app_id}-item-deltas"
+
+    @property
+    def item_vectors_topic(self) -> str:
+        """Internal topic of the owners' canonical item vectors, read by every worker."""
+        return f"{self.app_id}-item-vectors"
+
     def topics(self) -> list[str]:
         """Every topic the worker needs, all with `partitions` partitions."""
         return [
@@ -123,6 +133,8 @@ class Settings:
             self.dlq_topic,
             self.by_user_topic,
             self.changelog_topic,
+            self.item_deltas_topic,
+            self.item_vectors_topic,
         ]
 
     @classmethod

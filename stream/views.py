@@ -2,15 +2,19 @@
 
 Served by Faust's web server, bound to STREAMREC_WEB_HOST (loopback by default). No
 view serves table contents (user state); `/api/recent` shows only the last few
-recommendation events, which the recommendations topic carries anyway.
+recommendation events, which the recommendations topic carries anyway, and
+`/recommendations/{user_id}` answers with one user's recommendations, not their state.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stream.events import Recommendation
@@ -49,4 +53,52 @@ def register_views(app: Any, metrics: WorkerMetrics, recent: RecentRecommendatio
         return web.bytes(page, headers={"Content-Type": "text/html; charset=utf-8"})
 
 
-__all__ = ["RecentRecommendations", "register_views"]
+MAX_PULL_K = 1000
+
+
+def register_pull_view(
+    app: Any, users: Any, answer: Callable[[str, int], bytes], top_k: int
+) -> None:
+    """`GET /recommendations/{user_id}?k=10`: the JSON of a recommendation event for the
+    user as they stand now, for applications that ask rather than listen. Faust routes
+    the request to the worker that owns the user's table partition (503 while no
+    worker owns it yet); `k` defaults to STREAMREC_TOP_K."""
+
+    @app.page("/recommendations/{user_id}")
+    @app.table_route(table=users, match_info="user_id")
+    async def pull_view(web: Any, request: Any, user_id: str) -> Any:
+        raw_k = request.query.get("k", str(top_k))
+        if not raw_k.isdigit() or not 1 <= int(raw_k) <= MAX_PULL_K:
+            return web.json(
+                {"error": f"k must be an integer from 1 to {MAX_PULL_K}, not {raw_k!r}"},
+                status=400,
+            )
+        return web.bytes(answer(user_id, int(raw_k)), content_type="application/json")
+
+
+def register_index_views(app: Any, index: Any, versions: Callable[[str], int | None]) -> None:
+    """What this worker's FAISS index holds, to check that workers agree:
+    `/api/index` gives the item count and a SHA-256 over the sorted (id, float32
+    vector) pairs; `/api/items/{item_id}` gives one item's vector and the version of
+    the canonical vector it came from (null before any owner wrote it)."""
+
+    @app.page("/api/index")
+    async def index_view(web: Any, request: Any) -> Any:
+        digest = hashlib.sha256()
+        ids = sorted(index.ids())
+        for item_id in ids:
+            digest.update(item_id.encode() + b"\0")
+            digest.update(np.asarray(index.vector(item_id), dtype="<f4").tobytes())
+        return web.json({"items": len(ids), "sha256": digest.hexdigest()})
+
+    @app.page("/api/items/{item_id}")
+    async def item_view(web: Any, request: Any, item_id: str) -> Any:
+        if item_id not in index:
+            return web.json({"error": f"unknown item {item_id!r}"}, status=404)
+        vector = np.asarray(index.vector(item_id), dtype=np.float32)
+        return web.json(
+            {"item_id": item_id, "version": versions(item_id), "vector": vector.tolist()}
+        )
+
+
+__all__ = ["RecentRecommendations", "register_index_views", "register_pull_view", "register_views"]

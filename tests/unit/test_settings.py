@@ -204,7 +204,8 @@ def test_internal_topics_follow_app_id_and_clicks_topic() -> None:
     assert "a" in a.changelog_topic and "clicks-1" in a.by_user_topic
     internal = {a.changelog_topic, a.by_user_topic, b.changelog_topic, b.by_user_topic}
     assert len(internal) == 4
-    assert len(set(a.topics())) == 5
+    assert a.item_deltas_topic.startswith("a-") and a.item_vectors_topic.startswith("a-")
+    assert len(set(a.topics())) == 7
 
 
 def test_describe_covers_every_field_with_its_default_and_help() -> None:

@@ -1,0 +1,181 @@
+"""Item vectors across workers: deltas go to each item's owner, vectors go to everyone.
+
+    user's worker --(summed deltas, every flush)--> {app_id}-item-deltas, partition of
+        the item id --[own_items agent on the owning worker: ItemLedger.apply]-->
+        Redis (compare-and-set by version) and {app_id}-item-vectors
+    {app_id}-item-vectors --(every partition, no consumer group, from the beginning)-->
+        every worker: ItemLedger.observe -> model and FAISS index
+
+One record carries many items (all the deltas bound for one partition in one flush, or
+all the vectors one delta record changed), so the message count follows flushes, not
+clicks. Reading `item-vectors` from the start is also how a fresh worker, or one whose
+index is empty, rebuilds the live item vectors on top of its checkpoint
+(serving/item_ledger.py explains the bookkeeping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from serving.item_ledger import CanonicalVector, ItemDelta
+
+log = logging.getLogger(__name__)
+
+
+def _vector_out(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+def _vector_in(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
+
+
+def encode_deltas(deltas: Sequence[ItemDelta]) -> bytes:
+    return orjson.dumps(
+        [
+            {
+                "item_id": d.item_id,
+                "origin": d.origin,
+                "seq": d.seq,
+                "delta": _vector_out(d.delta),
+                "latest": _vector_out(d.latest),
+                "clicked_at": d.clicked_at,
+            }
+            for d in deltas
+        ]
+    )
+
+
+def decode_deltas(raw: bytes) -> list[ItemDelta]:
+    """Raises ValueError on a record that is not ours."""
+    try:
+        return [
+            ItemDelta(
+                d["item_id"],
+                d["origin"],
+                int(d["seq"]),
+                _vector_in(d["delta"]),
+                _vector_in(d["latest"]),
+                d.get("clicked_at"),
+            )
+            for d in orjson.loads(raw)
+        ]
+    except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"not an item-delta record: {exc!r}") from exc
+
+
+def encode_vectors(entries: Iterable[CanonicalVector]) -> bytes:
+    return orjson.dumps(
+        [
+            {
+                "item_id": e.item_id,
+                "vector": _vector_out(e.vector),
+                "version": e.version,
+                "applied": dict(e.applied),
+                "clicked_at": e.clicked_at,
+            }
+            for e in entries
+        ]
+    )
+
+
+def decode_vectors(raw: bytes) -> list[CanonicalVector]:
+    """Raises ValueError on a record that is not ours."""
+    try:
+        return [
+            CanonicalVector(
+                e["item_id"],
+                _vector_in(e["vector"]),
+                int(e["version"]),
+                dict(e["applied"]),
+                e.get("clicked_at"),
+            )
+            for e in orjson.loads(raw)
+        ]
+    except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"not an item-vectors record: {exc!r}") from exc
+
+
+class VectorFollower:
+    """Reads every partition of the item-vectors topic from the beginning, with no
+    consumer group, and hands each record's vectors to `on_vectors`.
+
+    `caught_up` is set once the reader has reached the end of every partition as it was
+    when reading started (or found the topic empty), so the worker can hold clicks until
+    its index has been rebuilt. End offsets come from fetch responses' high watermarks:
+    the embedded broker under-reports ListOffsets (FIELD-NOTES).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        partitions: int,
+        on_vectors: Callable[[list[CanonicalVector]], None],
+        *,
+        fetch_max_wait_ms: int = 10,
+        idle_caught_up_s: float = 1.0,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
+        self.on_vectors = on_vectors
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.idle_caught_up_s = idle_caught_up_s
+        self.caught_up = asyncio.Event()
+        self.records_read = 0
+
+    async def run(self) -> None:
+        """Follow the topic until cancelled."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers.split(","),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            client_id="streamrec-vector-follower",
+        )
+        await consumer.start()
+        try:
+            consumer.assign(self.partitions)
+            await consumer.seek_to_beginning(*self.partitions)
+            loop = asyncio.get_running_loop()
+            idle_since = loop.time()
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        self._apply(record.value)
+                if batches:
+                    idle_since = loop.time()
+                if not self.caught_up.is_set() and (
+                    await self._at_end(consumer) or loop.time() - idle_since > self.idle_caught_up_s
+                ):
+                    log.info("item vectors caught up: %d records read", self.records_read)
+                    self.caught_up.set()
+        finally:
+            await consumer.stop()
+
+    def _apply(self, value: bytes | None) -> None:
+        self.records_read += 1
+        try:
+            vectors = decode_vectors(value or b"")
+        except ValueError as exc:
+            log.error("unreadable item-vectors record skipped: %s", exc)
+            return
+        self.on_vectors(vectors)
+
+    async def _at_end(self, consumer: AIOKafkaConsumer) -> bool:
+        for tp in self.partitions:
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                return False
+            if await consumer.position(tp) < highwater:
+                return False
+        return True

@@ -1,0 +1,199 @@
+"""Vector serving over real sockets: the pull API, two workers converging on the item
+owners' vectors, and rebuilding Redis and the index from the topics."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from stream.devservices import DevStack, free_port
+from stream.events import Recommendation
+from stream.generate import synthetic_clicks
+from stream.producer import replay
+from stream.settings import Settings
+from tests.conftest import RunningWorker, read_topic, unique_settings
+
+pytestmark = pytest.mark.integration
+
+
+def get_json(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def base_url(settings: Settings) -> str:
+    return f"http://{settings.web_host}:{settings.web_port}"
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError):
+            pass  # the web server is not up yet
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def clicks(n: int, tag: str, **kwargs: Any) -> list[dict[str, Any]]:
+    events = list(synthetic_clicks(n, **kwargs))
+    for event in events:
+        event["user_id"] = f"{tag}-{event['user_id']}"
+        event["event_id"] = f"{tag}-{event['event_id']}"
+        event["timestamp"] = time.time()
+    return events
+
+
+def send_and_drain(settings: Settings, events: list[dict[str, Any]]) -> None:
+    replay(events, bootstrap_servers=settings.bootstrap_servers,
+           topic=settings.clicks_topic, progress=False)
+    records = read_topic(settings, settings.recommendations_topic, until=len(events), timeout_s=90)
+    assert len(records) >= len(events), f"{len(records)} of {len(events)} recommendations"
+
+
+def redis_items(settings: Settings) -> dict[str, tuple[np.ndarray, int]]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        found = {}
+        prefix = f"{settings.redis_prefix}item:"
+        for key in client.scan_iter(match=prefix + "*", count=1000):
+            raw, version = client.hmget(key, ["v", "ver"])
+            found[key.decode()[len(prefix):]] = (np.frombuffer(raw, dtype="<f4"), int(version))
+        return found
+    finally:
+        client.close()
+
+
+def worker_items(settings: Settings, ids: list[str]) -> dict[str, tuple[np.ndarray, int | None]]:
+    found = {}
+    for item_id in ids:
+        status, body = get_json(f"{base_url(settings)}/api/items/{item_id}")
+        if status == 200:
+            found[item_id] = (np.asarray(body["vector"], dtype=np.float32), body["version"])
+    return found
+
+
+@pytest.fixture()
+def spawn(dev_stack: DevStack, tmp_path: Path) -> Iterator[Callable[..., RunningWorker]]:
+    """Start workers that share one app (topics, group, Redis prefix): `spawn(settings)`
+    for another member of a group, `spawn()` for a new app."""
+    started: list[RunningWorker] = []
+
+    def start(settings: Settings | None = None, **overrides: Any) -> RunningWorker:
+        data_dir = tmp_path / f"worker{len(started)}"
+        data_dir.mkdir()
+        if settings is None:
+            settings = unique_settings(dev_stack, data_dir, **overrides)
+        else:
+            settings = dataclasses.replace(settings, web_port=free_port(), data_dir=str(data_dir))
+        worker = RunningWorker(settings, data_dir / "worker.log")
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+def test_the_pull_api_answers_like_a_recommendation_event(spawn: Any) -> None:
+    worker = spawn()
+    settings = worker.settings
+    events = clicks(60, "pull", users=3, items=30, seed=5)
+    send_and_drain(settings, events)
+    user = events[-1]["user_id"]
+    mine = [e for e in events if e["user_id"] == user]
+
+    status, body = get_json(f"{base_url(settings)}/recommendations/{user}?k=5")
+    assert status == 200, body
+    rec = Recommendation.from_json(orjson.dumps(body))
+    assert rec.user_id == user
+    assert len(rec.items) == 5
+    assert rec.source_event_id == mine[-1]["event_id"]
+    # The default policy excludes what the user has seen (of their recent items).
+    assert not {i.item_id for i in rec.items} & {e["item_id"] for e in mine[-50:]}
+    scores = [i.score for i in rec.items]
+    assert scores == sorted(scores, reverse=True)
+
+    status, body = get_json(f"{base_url(settings)}/recommendations/nobody-yet?k=3")
+    assert status == 200 and body["source_event_id"] == "" and len(body["items"]) == 3
+
+    status, body = get_json(f"{base_url(settings)}/recommendations/{user}?k=zero")
+    assert status == 400 and "k must be an integer" in body["error"]
+
+
+def test_two_workers_converge_on_the_item_owners_vectors(spawn: Any) -> None:
+    first = spawn(partitions=4)
+    wait_for(lambda: get_json(f"{base_url(first.settings)}/api/index")[0] == 200, 60, "worker 1")
+    second = spawn(first.settings)
+    wait_for(lambda: get_json(f"{base_url(second.settings)}/api/index")[0] == 200, 60, "worker 2")
+    time.sleep(8)  # the group rebalances onto both members
+    settings = first.settings
+    # Keyed by user, so both workers apply clicks; items are shared across users, so
+    # both workers change the same items and the owners must sum their deltas.
+    events = clicks(1500, "conv", users=40, items=120, seed=11)
+    send_and_drain(settings, events)
+    item_ids = sorted({e["item_id"] for e in events})
+
+    def converged() -> bool:
+        digests = [get_json(f"{base_url(w.settings)}/api/index")[1] for w in (first, second)]
+        return digests[0] == digests[1] and digests[0]["items"] == len(item_ids)
+
+    wait_for(converged, 30, "both indexes to hold the same items and vectors")
+    in_redis = redis_items(settings)
+    assert sorted(in_redis) == item_ids
+    for worker in (first, second):
+        held = worker_items(worker.settings, item_ids)
+        assert sorted(held) == item_ids
+        for item_id, (vector, version) in held.items():
+            stored, stored_version = in_redis[item_id]
+            assert version == stored_version, item_id
+            np.testing.assert_array_equal(vector, stored, err_msg=item_id)
+    # Both workers really took part: each applied some of the clicks.
+    for worker in (first, second):
+        body = urllib.request.urlopen(f"{base_url(worker.settings)}/metrics").read().decode()
+        applied = [ln for ln in body.splitlines() if ln.startswith("streamrec_model_updates_total ")]
+        assert applied and float(applied[0].split()[1]) > 0, "a worker applied no clicks"
+
+
+def test_a_worker_rebuilds_an_emptied_redis_and_its_index_from_the_topics(spawn: Any) -> None:
+    first = spawn()
+    settings = first.settings
+    events = clicks(400, "rebuild", users=10, items=50, seed=3)
+    send_and_drain(settings, events)
+    item_ids = sorted({e["item_id"] for e in events})
+    wait_for(lambda: sorted(redis_items(settings)) == item_ids, 20, "vectors in Redis")
+    before = redis_items(settings)
+    first_digest = get_json(f"{base_url(settings)}/api/index")[1]
+    first.stop()
+
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = list(client.scan_iter(match=f"{settings.redis_prefix}*"))
+    client.delete(*keys)
+    client.close()
+    assert redis_items(settings) == {}
+
+    # A new process: empty index, empty Redis, same topics.
+    second = spawn(settings)
+    wait_for(lambda: sorted(redis_items(settings)) == item_ids, 60, "Redis rebuilt")
+    after = redis_items(settings)
+    for item_id in item_ids:
+        np.testing.assert_array_equal(after[item_id][0], before[item_id][0], err_msg=item_id)
+        assert after[item_id][1] == before[item_id][1]
+    assert get_json(f"{base_url(second.settings)}/api/index")[1] == first_digest
