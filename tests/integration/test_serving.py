@@ -168,7 +168,8 @@ def test_two_workers_converge_on_the_item_owners_vectors(spawn: Any) -> None:
     # Both workers really took part: each applied some of the clicks.
     for worker in (first, second):
         body = urllib.request.urlopen(f"{base_url(worker.settings)}/metrics").read().decode()
-        applied = [ln for ln in body.splitlines() if ln.startswith("streamrec_model_updates_total ")]
+        name = "streamrec_model_updates_total "
+        applied = [ln for ln in body.splitlines() if ln.startswith(name)]
         assert applied and float(applied[0].split()[1]) > 0, "a worker applied no clicks"
 
 
