@@ -268,7 +268,17 @@ def create_worker(
         written = await write_all_items(store, index, ledger)
         log.info("rebuilt Redis from the model and the item-vectors topic: %d written", written)
 
-    @app.timer(interval=settings.vector_flush_ms / 1000)
+    @app.task
+    async def flush_loop() -> None:
+        # A loop, not an @app.timer: a flush awaits the broker and Redis while clicks
+        # are processed in between, and Faust would log every such flush as overlapping.
+        while True:
+            await asyncio.sleep(settings.vector_flush_ms / 1000)
+            try:
+                await flush_vectors()
+            except Exception:  # a send or Redis failure must not end the loop
+                log.exception("vector flush failed; retrying with the next one")
+
     async def flush_vectors() -> None:
         deltas = tracker.drain()
         if deltas:

@@ -88,6 +88,16 @@ def worker_items(settings: Settings, ids: list[str]) -> dict[str, tuple[np.ndarr
     return found
 
 
+def settled(worker: RunningWorker, item_ids: list[str]) -> bool:
+    """The worker's index holds every item, each at the version and vector in Redis."""
+    in_redis = redis_items(worker.settings)
+    held = worker_items(worker.settings, item_ids)
+    return sorted(in_redis) == item_ids == sorted(held) and all(
+        held[i][1] == in_redis[i][1] and np.array_equal(held[i][0], in_redis[i][0])
+        for i in item_ids
+    )
+
+
 @pytest.fixture()
 def spawn(dev_stack: DevStack, tmp_path: Path) -> Iterator[Callable[..., RunningWorker]]:
     """Start workers that share one app (topics, group, Redis prefix): `spawn(settings)`
@@ -179,7 +189,7 @@ def test_a_worker_rebuilds_an_emptied_redis_and_its_index_from_the_topics(spawn:
     events = clicks(400, "rebuild", users=10, items=50, seed=3)
     send_and_drain(settings, events)
     item_ids = sorted({e["item_id"] for e in events})
-    wait_for(lambda: sorted(redis_items(settings)) == item_ids, 20, "vectors in Redis")
+    wait_for(lambda: settled(first, item_ids), 30, "the worker's index to equal Redis")
     before = redis_items(settings)
     first_digest = get_json(f"{base_url(settings)}/api/index")[1]
     first.stop()
