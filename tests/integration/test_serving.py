@@ -4,6 +4,7 @@ owners' vectors, and rebuilding Redis and the index from the topics."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -208,3 +209,32 @@ def test_a_worker_rebuilds_an_emptied_redis_and_its_index_from_the_topics(spawn:
         np.testing.assert_array_equal(after[item_id][0], before[item_id][0], err_msg=item_id)
         assert after[item_id][1] == before[item_id][1]
     assert get_json(f"{base_url(second.settings)}/api/index")[1] == first_digest
+
+
+def test_pull_queries_never_fail_while_the_stream_updates_the_index(spawn: Any) -> None:
+    worker = spawn()
+    settings = worker.settings
+    warm = clicks(50, "busy-warm", users=5, items=80, seed=8)
+    send_and_drain(settings, warm)
+    users = sorted({e["user_id"] for e in warm})
+    outcomes: list[tuple[int, int]] = []
+    stop = False
+
+    def ask() -> None:
+        n = 0
+        while not stop:
+            status, body = get_json(f"{base_url(settings)}/recommendations/{users[n % 5]}?k=10")
+            outcomes.append((status, len(body.get("items", ())) if status == 200 else -1))
+            n += 1
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        # Every click upserts item vectors into the index the queries search.
+        send_and_drain(settings, clicks(800, "busy", users=5, items=80, seed=9))
+    finally:
+        stop = True
+        asker.join()
+    assert len(outcomes) > 20, "too few queries overlapped the stream to mean anything"
+    assert all(status == 200 for status, _ in outcomes), {s for s, _ in outcomes}
+    assert all(count == 10 for _, count in outcomes)
