@@ -16,6 +16,7 @@ from model.checkpoint import load_checkpoint
 from serving.faiss_index import FaissIndex
 from serving.item_ledger import DeltaTracker
 from stream.events import Click
+from stream.item_sync import encode_deltas
 from stream.metrics import WorkerMetrics
 from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
 
@@ -27,7 +28,7 @@ def ceiling_events_per_s(
     timed = TimedIndex(index)
     model, _ = load_checkpoint(checkpoint, index=timed, dim=dim)
     timed.take_upsert_seconds()
-    tracker = DeltaTracker("bench")
+    tracker = DeltaTracker()
     processor = ClickProcessor(
         model, None, WorkerMetrics(), top_k=top_k, exclude="seen", dedup_window=128,
         timed_index=timed, tracker=tracker,
@@ -37,15 +38,17 @@ def ceiling_events_per_s(
         Click(e["user_id"], e["item_id"], e["timestamp"], event_id=e["event_id"]) for e in events
     ]
     started = time.perf_counter()
-    for click in clicks:
+    for offset, click in enumerate(clicks):
         raw = users.get(click.user_id)
         record = UserRecord.from_bytes(raw) if raw else processor.new_record()
-        outcome = processor.process(click, record, click.event_id or "", click.timestamp)
+        outcome = processor.process(
+            click, record, click.event_id or "", click.timestamp, source="c0", offset=offset
+        )
         users[click.user_id] = outcome.record.to_bytes()
         assert outcome.recommendation is not None
         outcome.recommendation.to_json()
-        if tracker.pending > 512:
-            tracker.drain()  # the worker drains every flush; the cost is the same
+        if tracker.pending > 256:
+            encode_deltas(tracker.drain())  # the worker sends a batch's deltas
     seconds = time.perf_counter() - started
     close = getattr(index, "close", None)
     if close:

@@ -4,21 +4,26 @@ A click is applied by the worker that owns its *user*, and the model there chang
 clicked items' vectors at once (so that user's next recommendation reflects it). The
 *item* vectors, though, must have one writer each and be the same in every worker. So:
 
-1. The user's worker records each change it made to an item vector as a delta
-   (`DeltaTracker.record`) and, every few milliseconds, sends the summed deltas to the
-   item's owner: the worker that owns the item id's partition (`DeltaTracker.drain`).
+1. The user's worker records each click's change to an item vector as a delta
+   (`DeltaTracker.record`), tagged with where the click was read (its input
+   topic-partition, the *source*, and offset), and sends the deltas of a batch of
+   clicks to each item's owner: the worker owning the item id's partition.
 2. The owner adds each delta to the item's canonical vector exactly once
-   (`ItemLedger.apply`: a delta carries its origin's sequence number, and the ledger
-   remembers the last one applied per origin, so a redelivered delta is skipped), gives
-   it a new version, writes Redis and broadcasts the vector to every worker.
+   (`ItemLedger.apply`: it remembers, per item, the last offset applied from each
+   source, so a click replayed after a crash is skipped), gives it a new version,
+   writes Redis and broadcasts the vector, with that per-source map, to every worker.
 3. Every worker keeps the canonical vectors it hears (`ItemLedger.observe`) and copies
    one into its model and index when it has no change of its own still on the way for
    that item (`DeltaTracker.may_overwrite`); otherwise a later broadcast, which includes
    its change, will do. Once the stream drains, every worker holds the owner's vectors.
 
 Deltas add, so concurrent learning on one item from two workers is summed, never lost
-to a last-writer-wins race. Pure Python and NumPy; no I/O, not thread-safe (the worker
-calls it from its event loop).
+to a last-writer-wins race. Offsets only work as an idempotence key because one source
+partition is applied by one worker at a time, in order, and a click's deltas are made
+durable before the click's user state is (stream/app.py).
+
+Pure Python and NumPy; no I/O, not thread-safe (the worker calls it from its event
+loop).
 """
 
 from __future__ import annotations
@@ -29,24 +34,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Origins (worker incarnations) remembered per item. A restarted worker is a new origin;
-# forgetting the oldest ones only matters if a dead incarnation's deltas are replayed
-# after 16 newer incarnations changed the same item.
-MAX_ORIGINS_PER_ITEM = 16
+# Sources remembered per item: one per input topic-partition that applies clicks (the
+# clicks topic and the by-user topic), so a handful; the cap only guards against a
+# misconfiguration that would grow it without bound.
+MAX_SOURCES_PER_ITEM = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class ItemDelta:
-    """A change one origin made to an item vector since its last delta for that item.
+    """The change one click made to one item vector.
 
-    `latest` is the origin's vector after the change: an owner that has never seen the
-    item (new, or created on another worker) starts from it instead of adding `delta`.
-    `clicked_at` is the earliest click behind the change (for freshness), or None.
+    `source` names the input topic-partition the click was read from and `offset` its
+    position there: the owner applies a delta only if that offset is past the last one
+    it applied from that source for the item, so a click replayed after a crash changes
+    the canonical vector once. `latest` is the vector after the change: an owner that
+    has never seen the item (new, or created on another worker) starts from it instead
+    of adding `delta`. `clicked_at` is the click's time (for freshness), or None.
     """
 
     item_id: str
-    origin: str
-    seq: int
+    source: str
+    offset: int
     delta: np.ndarray
     latest: np.ndarray
     clicked_at: float | None = None
@@ -54,24 +62,25 @@ class ItemDelta:
 
 @dataclass(frozen=True, slots=True)
 class CanonicalVector:
-    """The owner's vector of an item, its version, and the last sequence number applied
-    from each origin (so a worker can tell whether its own changes are included)."""
+    """The owner's vector of an item, its version, the last offset applied from each
+    source (so a worker can tell whether its own changes are included) and how many
+    clicks' deltas it sums."""
 
     item_id: str
     vector: np.ndarray
     version: int
     applied: Mapping[str, int] = field(default_factory=dict)
     clicked_at: float | None = None
+    events: int = 0
 
 
 class DeltaTracker:
-    """The user-owning side: sums this worker's changes per item until they are sent."""
+    """The user-owning side: the item changes of applied clicks until they are sent."""
 
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-        self._seq = 0
-        self._pending: dict[str, list] = {}  # item -> [delta, latest, clicked_at]
-        self._sent: dict[str, int] = {}  # item -> last seq sent and not yet seen back
+    def __init__(self) -> None:
+        self._pending: list[ItemDelta] = []
+        self._pending_items: dict[str, int] = {}  # item -> deltas pending
+        self._sent: dict[str, dict[str, int]] = {}  # item -> source -> last offset sent
 
     @property
     def pending(self) -> int:
@@ -82,40 +91,35 @@ class DeltaTracker:
         item_id: str,
         before: np.ndarray | None,
         after: np.ndarray,
+        *,
+        source: str,
+        offset: int,
         clicked_at: float | None = None,
     ) -> None:
-        """Note that this worker changed `item_id` from `before` (None: it created the
-        item) to `after`. Never blocks."""
+        """Note that the click at `source`/`offset` changed `item_id` from `before`
+        (None: it created the item) to `after`. Never blocks."""
         after = np.array(after, dtype=np.float32)
         change = np.zeros_like(after) if before is None else after - before
-        entry = self._pending.get(item_id)
-        if entry is None:
-            self._pending[item_id] = [change, after, clicked_at]
-            return
-        entry[0] = entry[0] + change
-        entry[1] = after
-        if entry[2] is None:
-            entry[2] = clicked_at
+        self._pending.append(ItemDelta(item_id, source, offset, change, after, clicked_at))
+        self._pending_items[item_id] = self._pending_items.get(item_id, 0) + 1
 
     def drain(self) -> list[ItemDelta]:
-        """Everything pending as deltas, each with the next sequence number; clears it."""
-        deltas = []
-        for item_id, (change, latest, clicked_at) in self._pending.items():
-            self._seq += 1
-            self._sent[item_id] = self._seq
-            deltas.append(ItemDelta(item_id, self.origin, self._seq, change, latest, clicked_at))
-        self._pending = {}
+        """Every pending delta, in the order recorded; clears them."""
+        deltas, self._pending, self._pending_items = self._pending, [], {}
+        for delta in deltas:
+            sent = self._sent.setdefault(delta.item_id, {})
+            sent[delta.source] = max(sent.get(delta.source, -1), delta.offset)
         return deltas
 
     def may_overwrite(self, canonical: CanonicalVector) -> bool:
         """True when `canonical` already includes every change this worker made to the
         item, so copying it into the local model loses nothing."""
-        if canonical.item_id in self._pending:
+        if canonical.item_id in self._pending_items:
             return False
         sent = self._sent.get(canonical.item_id)
         if sent is None:
             return True
-        if canonical.applied.get(self.origin, 0) >= sent:
+        if all(canonical.applied.get(src, -1) >= offset for src, offset in sent.items()):
             del self._sent[canonical.item_id]
             return True
         return False
@@ -142,26 +146,29 @@ class ItemLedger:
         return iter(list(self._entries.values()))
 
     def apply(self, delta: ItemDelta) -> CanonicalVector | None:
-        """Add one delta to the item's canonical vector, once: returns the new entry, or
-        None when this origin's delta with this sequence number was already applied."""
+        """Add one click's delta to the item's canonical vector, once: returns the new
+        entry, or None when a delta from that source at or past that offset was
+        already applied (a replay)."""
         current = self._entries.get(delta.item_id)
         applied = dict(current.applied) if current else {}
-        if delta.seq <= applied.get(delta.origin, 0):
+        if delta.offset <= applied.get(delta.source, -1):
             self.duplicates += 1
             return None
         if current is None:
             vector = np.array(delta.latest, dtype=np.float32)
-            version = 0
+            version, events = 0, 0
         else:
             vector = current.vector + delta.delta
-            version = current.version
-        applied[delta.origin] = delta.seq
-        while len(applied) > MAX_ORIGINS_PER_ITEM:
+            version, events = current.version, current.events
+        applied[delta.source] = delta.offset
+        while len(applied) > MAX_SOURCES_PER_ITEM:
             del applied[min(applied, key=applied.__getitem__)]
         # A microsecond clock keeps versions growing across owners and restarts, and
         # below 2**53 (Redis compares them as Lua doubles).
         version = max(version + 1, int(self._clock() * 1_000_000))
-        entry = CanonicalVector(delta.item_id, vector, version, applied, delta.clicked_at)
+        entry = CanonicalVector(
+            delta.item_id, vector, version, applied, delta.clicked_at, events + 1
+        )
         self._entries[delta.item_id] = entry
         return entry
 

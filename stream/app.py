@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +34,9 @@ from kafka.partitioner.default import murmur2
 
 from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
-from serving.item_ledger import CanonicalVector, DeltaTracker, ItemLedger
+from serving.item_ledger import CanonicalVector, DeltaTracker, ItemDelta, ItemLedger
 from serving.redis_store import RedisVectorStore
-from stream.events import Click, Rejected, decode_click
+from stream.events import Click, Recommendation, Rejected, decode_click
 from stream.item_sync import VectorFollower, decode_deltas, encode_deltas, encode_vectors
 from stream.metrics import WorkerMetrics
 from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
@@ -110,9 +109,9 @@ def create_worker(
     publisher = VectorPublisher(store, metrics)
     recent = RecentRecommendations()
     vector_model = _item_vector_model(recommender)
-    # One origin per worker incarnation: the item owners apply its deltas once each.
-    tracker = DeltaTracker(f"{settings.app_id}:{uuid.uuid4().hex[:12]}")
+    tracker = DeltaTracker()
     ledger = ItemLedger()
+    unsynced: set[int] = set()  # item-delta partitions owned but not yet caught up on
     processor = ClickProcessor(
         recommender,
         publisher,
@@ -154,7 +153,12 @@ def create_worker(
     dlq = app.topic(settings.dlq_topic, **RAW, **partitions)
     by_user = app.topic(settings.by_user_topic, **RAW, **partitions)
     recommendations = app.topic(settings.recommendations_topic, **RAW, **partitions)
-    users = app.Table("user_contexts", default=None, **RAW, **partitions)
+    # use_partitioner: a batch holds clicks of several partitions, so a write cannot
+    # take its changelog partition from "the current event"; the key's murmur2
+    # partition is the user's owning partition anyway (see owning_partition).
+    users = app.Table(
+        "user_contexts", default=None, use_partitioner=True, **RAW, **partitions
+    )
     item_deltas = app.topic(settings.item_deltas_topic, **RAW, **partitions)
     item_vectors = app.topic(settings.item_vectors_topic, **RAW, **partitions)
 
@@ -164,79 +168,157 @@ def create_worker(
         # lives; for an item id, the partition whose owner writes its vector.
         return (murmur2(key) & 0x7FFFFFFF) % settings.partitions
 
-    async def apply(click: Click, user_key: bytes, event_id: str, clicked_at: float) -> None:
-        """Apply one accepted click to the user's state and emit its recommendation.
-        Must run in a task whose current event sits on the user's owning partition, so
-        the table write lands in that partition's changelog."""
-        raw = users.get(user_key)
-        record = UserRecord.from_bytes(raw) if raw else processor.new_record()
-        outcome = processor.process(click, record, event_id, clicked_at)
-        if outcome.recommendation is None:
+    async def apply_batch(batch: list[Accepted]) -> None:
+        """Apply accepted clicks in order, make their item-vector deltas durable, then
+        write the users' records and emit the recommendations.
+
+        That order is what makes a replay after a crash apply each click once: a click
+        whose user record reached the changelog has its deltas in Kafka too, so the
+        replay skips it by event id; a click whose record did not is applied again, and
+        the item owners skip its deltas by source offset. Faust flushes everything sent
+        before it commits an offset, so a committed click is never replayed at all.
+        """
+        records: dict[bytes, UserRecord] = {}
+        emitted: list[tuple[Accepted, Recommendation]] = []
+        for accepted in batch:
+            record = current_record(accepted.user_key) or processor.new_record()
+            outcome = processor.process(
+                accepted.click, record, accepted.event_id, accepted.clicked_at,
+                source=accepted.source, offset=accepted.offset,
+            )
+            if outcome.recommendation is not None:
+                records[accepted.user_key] = in_flight[accepted.user_key] = outcome.record
+                emitted.append((accepted, outcome.recommendation))
+        if not emitted:
             return
-        users[user_key] = outcome.record.to_bytes()
         started = time.perf_counter()
-        await recommendations.send(key=user_key, value=outcome.recommendation.to_json())
-        metrics.stage_seconds.labels(stage="produce").observe(time.perf_counter() - started)
-        metrics.recommendations_emitted.inc()
-        recent.add(outcome.recommendation)
-        metrics.click_to_recommendation.observe(max(0.0, time.time() - clicked_at))
+        await send_deltas()
+        for user_key, record in records.items():
+            # Only the newest record of a user is written: if the other agent applied
+            # a later click meanwhile, its record includes this one's and it writes.
+            if in_flight.get(user_key) is record:
+                users[user_key] = record.to_bytes()
+                del in_flight[user_key]
+        for accepted, recommendation in emitted:
+            await recommendations.send(key=accepted.user_key, value=recommendation.to_json())
+        per_event = (time.perf_counter() - started) / len(emitted)
+        now = time.time()
+        for accepted, recommendation in emitted:
+            metrics.stage_seconds.labels(stage="produce").observe(per_event)
+            metrics.recommendations_emitted.inc()
+            recent.add(recommendation)
+            metrics.click_to_recommendation.observe(max(0.0, now - accepted.clicked_at))
         metrics.index_items.set(len(index))
+
+    # Records applied but not yet written to the table: the other agent (a user's
+    # clicks can arrive both in place and through the by-user topic) and the pull API
+    # must see them while a batch waits for its deltas to be durable.
+    in_flight: dict[bytes, UserRecord] = {}
+
+    def current_record(user_key: bytes) -> UserRecord | None:
+        record = in_flight.get(user_key)
+        if record is not None:
+            return record
+        raw = users.get(user_key)
+        return UserRecord.from_bytes(raw) if raw else None
+
+    async def send_deltas() -> None:
+        """Send every pending item-vector delta to its item's owner and wait until the
+        broker has them all (one round trip per batch of clicks)."""
+        deltas = tracker.drain()
+        if not deltas:
+            return
+        by_partition: dict[int, list[ItemDelta]] = {}
+        for delta in deltas:
+            by_partition.setdefault(owning_partition(delta.item_id.encode()), []).append(delta)
+        pending = [
+            await item_deltas.send(value=encode_deltas(group), partition=partition)
+            for partition, group in sorted(by_partition.items())
+        ]
+        await asyncio.gather(*pending)
+
+    def batches(stream: Any) -> Any:
+        return stream.take_events(settings.batch_size, within=settings.batch_wait_ms / 1000)
 
     @app.agent(clicks, name="validate")
     async def validate(stream: Any) -> None:
         # Clicks wait until the index holds the live item vectors (a fresh worker
         # rebuilds them from the item-vectors topic first).
         await follower.caught_up.wait()
-        async for event in stream.events():
-            message = event.message
-            started = time.perf_counter()
-            metrics.events_consumed.inc()
-            click = decode_click(
-                event.value, record_timestamp=message.timestamp, max_bytes=settings.max_event_bytes
-            )
-            metrics.stage_seconds.labels(stage="decode").observe(time.perf_counter() - started)
-            if isinstance(click, Rejected):
-                metrics.events_rejected.labels(reason=click.reason).inc()
-                await dlq.send(
-                    key=event.key,
-                    value=event.value or b"",
-                    headers=[
-                        ("error", click.reason.encode()),
-                        ("detail", click.detail.encode("utf-8", "replace")),
-                    ],
+        async for events in batches(stream):
+            accepted: list[Accepted] = []
+            for event in events:
+                message = event.message
+                started = time.perf_counter()
+                metrics.events_consumed.inc()
+                click = decode_click(
+                    event.value,
+                    record_timestamp=message.timestamp,
+                    max_bytes=settings.max_event_bytes,
                 )
-                continue
-            # A click without an event_id is named by its record's position, so a
-            # redelivery of the same record after a crash is still recognised.
-            event_id = click.event_id or f"{message.topic}:{message.partition}:{message.offset}"
-            user_key = click.user_id.encode()
-            if message.partition == owning_partition(user_key):
-                # Keyed by user with the default partitioner: this record already sits
-                # where the user's state lives, so apply it here, with no second hop.
-                await apply(click, user_key, event_id, message.timestamp)
-                continue
-            metrics.events_rerouted.inc()
-            await by_user.send(
-                key=user_key,
-                value=_with_event_id(click, event_id).to_json(),
-                timestamp=message.timestamp,  # latency still runs from the original click
-            )
+                metrics.stage_seconds.labels(stage="decode").observe(
+                    time.perf_counter() - started
+                )
+                if isinstance(click, Rejected):
+                    metrics.events_rejected.labels(reason=click.reason).inc()
+                    await dlq.send(
+                        key=event.key,
+                        value=event.value or b"",
+                        headers=[
+                            ("error", click.reason.encode()),
+                            ("detail", click.detail.encode("utf-8", "replace")),
+                        ],
+                    )
+                    continue
+                # A click without an event_id is named by its record's position, so a
+                # redelivery of the same record after a crash is still recognised.
+                event_id = click.event_id or f"{message.topic}:{message.partition}:{message.offset}"
+                user_key = click.user_id.encode()
+                if message.partition == owning_partition(user_key):
+                    # Keyed by user with the default partitioner: this record already
+                    # sits where the user's state lives, so apply it here, no hop.
+                    accepted.append(Accepted(
+                        click, user_key, event_id, message.timestamp,
+                        f"c{message.partition}", message.offset,
+                    ))
+                    continue
+                metrics.events_rerouted.inc()
+                await by_user.send(
+                    key=user_key,
+                    value=_with_event_id(click, event_id).to_json(),
+                    timestamp=message.timestamp,  # latency runs from the original click
+                )
+            await apply_batch(accepted)
 
     @app.agent(by_user, name="recommend")
     async def recommend(stream: Any) -> None:
         await follower.caught_up.wait()
-        async for event in stream.events():
-            click = decode_click(event.value, record_timestamp=time.time(), max_bytes=1 << 30)
-            if isinstance(click, Rejected):  # only our own validate agent writes here
-                log.error("unreadable routed click dropped: %s", click.detail)
-                continue
-            await apply(click, event.key, click.event_id or "", event.message.timestamp)
+        async for events in batches(stream):
+            accepted: list[Accepted] = []
+            for event in events:
+                message = event.message
+                click = decode_click(event.value, record_timestamp=time.time(), max_bytes=1 << 30)
+                if isinstance(click, Rejected):  # only our own validate agent writes here
+                    log.error("unreadable routed click dropped: %s", click.detail)
+                    continue
+                accepted.append(Accepted(
+                    click, event.key, click.event_id or "", message.timestamp,
+                    f"u{message.partition}", message.offset,
+                ))
+            await apply_batch(accepted)
 
     @app.agent(item_deltas, name="own_items")
     async def own_items(stream: Any) -> None:
         """The owner of an item id's partition: applies each delta once, writes Redis
         and tells every worker the new vector."""
         async for event in stream.events():
+            partition = event.message.partition
+            if partition in unsynced:
+                # Newly owned: first read every vector the previous owner broadcast,
+                # so its last changes are the base for ours (and its applied offsets
+                # stop replayed deltas).
+                await follower.sync({partition})
+                unsynced.discard(partition)
             try:
                 deltas = decode_deltas(event.value or b"")
             except ValueError as exc:  # only our own workers write here
@@ -250,9 +332,7 @@ def create_worker(
                 {e.item_id: e.version for e in applied},
                 {e.item_id: e.clicked_at for e in applied if e.clicked_at is not None},
             )
-            await item_vectors.send(
-                value=encode_vectors(applied), partition=event.message.partition
-            )
+            await item_vectors.send(value=encode_vectors(applied), partition=partition)
 
     @app.task
     async def follow_item_vectors() -> None:
@@ -270,24 +350,11 @@ def create_worker(
 
     @app.task
     async def flush_loop() -> None:
-        # A loop, not an @app.timer: a flush awaits the broker and Redis while clicks
-        # are processed in between, and Faust would log every such flush as overlapping.
+        # A loop, not an @app.timer: a flush awaits Redis while clicks are processed
+        # in between, and Faust would log every such flush as overlapping.
         while True:
             await asyncio.sleep(settings.vector_flush_ms / 1000)
-            try:
-                await flush_vectors()
-            except Exception:  # a send or Redis failure must not end the loop
-                log.exception("vector flush failed; retrying with the next one")
-
-    async def flush_vectors() -> None:
-        deltas = tracker.drain()
-        if deltas:
-            by_partition: dict[int, list] = {}
-            for delta in deltas:
-                by_partition.setdefault(owning_partition(delta.item_id.encode()), []).append(delta)
-            for partition, batch in sorted(by_partition.items()):
-                await item_deltas.send(value=encode_deltas(batch), partition=partition)
-        await publisher.flush()
+            await publisher.flush()  # never raises: failures are counted and retried
 
     @app.timer(interval=5.0)
     async def report_state() -> None:
@@ -310,6 +377,8 @@ def create_worker(
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        owned = {tp.partition for tp in assigned if tp.topic == settings.item_deltas_topic}
+        unsynced.update(owned)
         metrics.assigned_partitions.set(
             sum(1 for tp in assigned if tp.topic == settings.by_user_topic)
         )
@@ -322,9 +391,7 @@ def create_worker(
     register_views(app, metrics, recent)
 
     def pull(user_id: str, k: int) -> bytes:
-        raw = users.get(user_id.encode())
-        record = UserRecord.from_bytes(raw) if raw else None
-        return processor.answer(user_id, record, k).to_json()
+        return processor.answer(user_id, current_record(user_id.encode()), k).to_json()
 
     register_pull_view(app, users, pull, settings.top_k)
 
@@ -335,6 +402,18 @@ def create_worker(
     register_index_views(app, index, canonical_version)
 
     return Worker(app, settings, metrics, index, recommender, processor, ledger, follower)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid click to apply, with where it was read (its deltas' idempotence key)."""
+
+    click: Click
+    user_key: bytes
+    event_id: str
+    clicked_at: float
+    source: str
+    offset: int
 
 
 def _item_vector_model(recommender: Recommender) -> ItemVectorModel | None:

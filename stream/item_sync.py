@@ -42,8 +42,8 @@ def encode_deltas(deltas: Sequence[ItemDelta]) -> bytes:
         [
             {
                 "item_id": d.item_id,
-                "origin": d.origin,
-                "seq": d.seq,
+                "source": d.source,
+                "offset": d.offset,
                 "delta": _vector_out(d.delta),
                 "latest": _vector_out(d.latest),
                 "clicked_at": d.clicked_at,
@@ -59,8 +59,8 @@ def decode_deltas(raw: bytes) -> list[ItemDelta]:
         return [
             ItemDelta(
                 d["item_id"],
-                d["origin"],
-                int(d["seq"]),
+                d["source"],
+                int(d["offset"]),
                 _vector_in(d["delta"]),
                 _vector_in(d["latest"]),
                 d.get("clicked_at"),
@@ -80,6 +80,7 @@ def encode_vectors(entries: Iterable[CanonicalVector]) -> bytes:
                 "version": e.version,
                 "applied": dict(e.applied),
                 "clicked_at": e.clicked_at,
+                "events": e.events,
             }
             for e in entries
         ]
@@ -96,6 +97,7 @@ def decode_vectors(raw: bytes) -> list[CanonicalVector]:
                 int(e["version"]),
                 dict(e["applied"]),
                 e.get("clicked_at"),
+                int(e.get("events", 0)),
             )
             for e in orjson.loads(raw)
         ]
@@ -131,6 +133,9 @@ class VectorFollower:
         self.idle_caught_up_s = idle_caught_up_s
         self.caught_up = asyncio.Event()
         self.records_read = 0
+        self._rounds = 0  # fetch rounds completed
+        self._at_end_of: set[int] = set()  # partitions read to their high watermark
+        self._progress = asyncio.Event()
 
     async def run(self) -> None:
         """Follow the topic until cancelled."""
@@ -154,8 +159,13 @@ class VectorFollower:
                         self._apply(record.value)
                 if batches:
                     idle_since = loop.time()
+                self._at_end_of = await self._partitions_at_end(consumer)
+                self._rounds += 1
+                self._progress.set()
+                self._progress.clear()
                 if not self.caught_up.is_set() and (
-                    await self._at_end(consumer) or loop.time() - idle_since > self.idle_caught_up_s
+                    len(self._at_end_of) == len(self.partitions)
+                    or loop.time() - idle_since > self.idle_caught_up_s
                 ):
                     log.info("item vectors caught up: %d records read", self.records_read)
                     self.caught_up.set()
@@ -171,11 +181,17 @@ class VectorFollower:
             return
         self.on_vectors(vectors)
 
-    async def _at_end(self, consumer: AIOKafkaConsumer) -> bool:
+    async def sync(self, partitions: set[int]) -> None:
+        """Return once this follower has read `partitions` to their end as seen by a
+        fetch made after the call: everything written to them before it is applied."""
+        target = self._rounds + 2  # the round in progress may predate the call
+        while self._rounds < target or not partitions <= self._at_end_of:
+            await self._progress.wait()
+
+    async def _partitions_at_end(self, consumer: AIOKafkaConsumer) -> set[int]:
+        done = set()
         for tp in self.partitions:
             highwater = consumer.highwater(tp)
-            if highwater is None:
-                return False
-            if await consumer.position(tp) < highwater:
-                return False
-        return True
+            if highwater is not None and await consumer.position(tp) >= highwater:
+                done.add(tp.partition)
+        return done

@@ -35,6 +35,7 @@ class UserRecord:
     context: UserContext
     event_ids: tuple[str, ...] = ()
     last_recommended: tuple[str, ...] = ()
+    applied: int = 0  # clicks applied to this user, ever: what a fault test counts
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -42,6 +43,7 @@ class UserRecord:
                 "context": self.context.to_dict(),
                 "event_ids": self.event_ids,
                 "last_recommended": self.last_recommended,
+                "applied": self.applied,
             }
         )
 
@@ -52,6 +54,7 @@ class UserRecord:
             UserContext.from_dict(data["context"]),
             tuple(data["event_ids"]),
             tuple(data.get("last_recommended", ())),
+            int(data.get("applied", 0)),
         )
 
 
@@ -141,12 +144,20 @@ class ClickProcessor:
         return UserRecord(self.recommender.new_context())
 
     def process(
-        self, click: Click, record: UserRecord, event_id: str, clicked_at: float | None = None
+        self,
+        click: Click,
+        record: UserRecord,
+        event_id: str,
+        clicked_at: float | None = None,
+        *,
+        source: str = "",
+        offset: int = -1,
     ) -> Outcome:
         """Apply one click. Idempotent per `event_id` within the user's dedup window.
 
         `clicked_at` (the click's record timestamp) is the start of the vector
-        freshness measurements; None skips them.
+        freshness measurements; None skips them. `source` and `offset` say where the
+        click was read; they tag its item-vector deltas (serving/item_ledger.py).
         """
         if event_id in record.event_ids:
             self.metrics.duplicates_skipped.inc()
@@ -182,7 +193,9 @@ class ClickProcessor:
             # Item vectors have one writer each, the item's owner: it gets the deltas
             # and writes Redis (stream/item_sync.py). This worker writes the user's.
             for item_id, before, after in self.timed_index.take_changes():
-                self.tracker.record(item_id, before, after, clicked_at)
+                self.tracker.record(
+                    item_id, before, after, source=source, offset=offset, clicked_at=clicked_at
+                )
             if self.publisher is not None:
                 self.publisher.submit({}, click.user_id, update.user_vector)
         elif self.publisher is not None:
@@ -206,7 +219,9 @@ class ClickProcessor:
         )
         shown = tuple(s.item_id for s in items)
         self.quality.record_shown(shown)
-        return Outcome(UserRecord(update.context, event_ids, shown), recommendation)
+        return Outcome(
+            UserRecord(update.context, event_ids, shown, record.applied + 1), recommendation
+        )
 
     def answer(self, user_id: str, record: UserRecord | None, k: int) -> Recommendation:
         """The recommendation `user_id` would get now, without learning anything: the

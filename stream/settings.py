@@ -55,6 +55,14 @@ class Settings:
         metadata={"help": "longest a consumer fetch waits for data; the embedded broker "
                   "answers only when it ends (500 suits Apache Kafka)"},
     )
+    batch_size: int = field(
+        default=256, metadata={"help": "most clicks a worker applies as one batch"}
+    )
+    batch_wait_ms: int = field(
+        default=2,
+        metadata={"help": "longest a click waits for its batch to fill (ms): the latency "
+                  "a worker may add to save work under load"},
+    )
     app_id: str = field(
         default="streamrec", metadata={"help": "consumer group and internal topic prefix"}
     )
@@ -99,7 +107,7 @@ class Settings:
                 f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, not {self.exclude!r}"
             )
         for name in ("partitions", "dim", "top_k", "max_event_bytes", "dedup_window",
-                     "vector_flush_ms", "fetch_max_wait_ms"):
+                     "vector_flush_ms", "fetch_max_wait_ms", "batch_size", "batch_wait_ms"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0 < self.web_port < 65536:

@@ -1,5 +1,6 @@
-"""One writer per item: deltas from many workers are summed once each, and a worker
-copies the owner's vector only when it already includes the worker's own changes."""
+"""One writer per item: each click's delta is applied once, whichever worker sends it
+and however often it is replayed, and a worker copies the owner's vector only when it
+already includes the worker's own changes."""
 
 from __future__ import annotations
 
@@ -15,64 +16,69 @@ def vec(*values: float) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
-def test_changes_between_flushes_are_summed_into_one_delta() -> None:
-    tracker = DeltaTracker("a")
-    tracker.record("x", None, vec(1, 1))
-    tracker.record("x", vec(1, 1), vec(2, 0))
-    tracker.record("x", vec(2, 0), vec(3, 1))
-    [delta] = tracker.drain()
-    np.testing.assert_array_equal(delta.delta, vec(2, 0))  # (2,0)-(1,1) + (3,1)-(2,0)
-    np.testing.assert_array_equal(delta.latest, vec(3, 1))
-    assert delta.seq == 1 and tracker.drain() == []
+def test_each_click_is_one_delta_tagged_with_where_it_was_read() -> None:
+    tracker = DeltaTracker()
+    tracker.record("x", None, vec(1, 1), source="c0", offset=7)
+    tracker.record("x", vec(1, 1), vec(2, 0), source="c0", offset=8)
+    first, second = tracker.drain()
+    np.testing.assert_array_equal(first.delta, vec(0, 0))  # created: nothing to add
+    np.testing.assert_array_equal(second.delta, vec(1, -1))
+    np.testing.assert_array_equal(second.latest, vec(2, 0))
+    assert (second.source, second.offset) == ("c0", 8)
+    assert tracker.drain() == []
 
 
-def test_an_owner_starts_an_unknown_item_from_the_origins_vector_then_adds() -> None:
+def test_an_owner_starts_an_unknown_item_from_the_senders_vector_then_adds() -> None:
     ledger = ItemLedger(clock=lambda: 1.0)
-    a, b = DeltaTracker("a"), DeltaTracker("b")
-    # Both workers start from the same checkpoint vector (0, 0) and change it.
-    a.record("x", vec(0, 0), vec(1, 0))
-    b.record("x", vec(0, 0), vec(0, 2))
+    a, b = DeltaTracker(), DeltaTracker()
+    # Two workers start from the same checkpoint vector (0, 0) and change it.
+    a.record("x", vec(0, 0), vec(1, 0), source="c0", offset=0)
+    b.record("x", vec(0, 0), vec(0, 2), source="c1", offset=0)
     for delta in a.drain() + b.drain():
         ledger.apply(delta)
     entry = ledger.get("x")
     assert entry is not None
     np.testing.assert_array_equal(entry.vector, vec(1, 2))  # neither change lost
-    assert entry.applied == {"a": 1, "b": 1}
+    assert entry.applied == {"c0": 0, "c1": 0} and entry.events == 2
 
 
-def test_a_redelivered_delta_is_applied_once() -> None:
+def test_a_replayed_click_changes_the_vector_once() -> None:
     ledger = ItemLedger()
-    tracker = DeltaTracker("a")
-    tracker.record("x", vec(0), vec(1))
-    tracker.record("y", vec(0), vec(5))
-    first = tracker.drain()
-    tracker.record("x", vec(1), vec(3))
-    second = tracker.drain()
-    for delta in first + second + first + second:  # a crash replays both batches
+    tracker = DeltaTracker()
+    tracker.record("x", vec(0), vec(1), source="c0", offset=10)
+    tracker.record("y", vec(0), vec(5), source="c0", offset=10)
+    tracker.record("x", vec(1), vec(3), source="c0", offset=11)
+    sent = tracker.drain()
+    for delta in sent:
         ledger.apply(delta)
+    # A crash before the offset commit: the same clicks are read and applied again.
+    for delta in sent:
+        assert ledger.apply(delta) is None
     assert ledger.duplicates == 3
     np.testing.assert_array_equal(ledger.get("x").vector, vec(3))  # type: ignore[union-attr]
     np.testing.assert_array_equal(ledger.get("y").vector, vec(5))  # type: ignore[union-attr]
+    assert ledger.get("x").events == 2  # type: ignore[union-attr]
 
 
 def test_versions_grow_even_when_the_clock_does_not() -> None:
     ledger = ItemLedger(clock=lambda: 5.0)
-    tracker = DeltaTracker("a")
+    tracker = DeltaTracker()
     versions = []
     for step in range(3):
-        tracker.record("x", vec(step), vec(step + 1))
+        tracker.record("x", vec(step), vec(step + 1), source="c0", offset=step)
         versions.append(ledger.apply(tracker.drain()[0]).version)  # type: ignore[union-attr]
     assert versions == sorted(set(versions)) and versions[0] == 5_000_000
 
 
 def test_a_worker_keeps_its_own_unacknowledged_change_over_an_older_broadcast() -> None:
-    tracker = DeltaTracker("a")
-    tracker.record("x", vec(0), vec(1))
-    older = CanonicalVector("x", vec(9), 7, {"b": 3})
+    tracker = DeltaTracker()
+    tracker.record("x", vec(0), vec(1), source="c2", offset=40)
+    older = CanonicalVector("x", vec(9), 7, {"c1": 3})
     assert not tracker.may_overwrite(older)  # still pending here
-    [delta] = tracker.drain()
+    tracker.drain()
     assert not tracker.may_overwrite(older)  # sent, not yet included
-    included = CanonicalVector("x", vec(10), 8, {"b": 3, "a": delta.seq})
+    assert not tracker.may_overwrite(CanonicalVector("x", vec(9), 8, {"c1": 3, "c2": 39}))
+    included = CanonicalVector("x", vec(10), 9, {"c1": 3, "c2": 40})
     assert tracker.may_overwrite(included)
     assert tracker.may_overwrite(CanonicalVector("y", vec(1), 1, {}))  # never touched
 
@@ -86,50 +92,54 @@ def test_observe_keeps_only_newer_versions() -> None:
 
 
 def test_wire_round_trip_is_exact() -> None:
-    tracker = DeltaTracker("w:1")
-    tracker.record("item/é", vec(0.1, -2.5), vec(0.3, 1e-7), clicked_at=12.5)
+    tracker = DeltaTracker()
+    tracker.record("item/é", vec(0.1, -2.5), vec(0.3, 1e-7), source="u3", offset=9,
+                   clicked_at=12.5)
     deltas = tracker.drain()
     [back] = decode_deltas(encode_deltas(deltas))
-    assert (back.item_id, back.origin, back.seq, back.clicked_at) == ("item/é", "w:1", 1, 12.5)
+    assert (back.item_id, back.source, back.offset, back.clicked_at) == ("item/é", "u3", 9, 12.5)
     np.testing.assert_array_equal(back.delta, deltas[0].delta)
-    entry = CanonicalVector("x", vec(1.5, 2.25), 99, {"w:1": 1}, None)
+    entry = CanonicalVector("x", vec(1.5, 2.25), 99, {"c1": 1}, None, 4)
     [again] = decode_vectors(encode_vectors([entry]))
-    assert (again.item_id, again.version, dict(again.applied)) == ("x", 99, {"w:1": 1})
+    assert (again.item_id, again.version, dict(again.applied), again.events) == (
+        "x", 99, {"c1": 1}, 4,
+    )
     np.testing.assert_array_equal(again.vector, entry.vector)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     changes=st.lists(
-        st.tuples(st.sampled_from("ab"), st.sampled_from("xy"), st.integers(-3, 3)),
+        st.tuples(st.sampled_from(["c0", "c1"]), st.sampled_from("xy"), st.integers(-3, 3)),
         min_size=1,
         max_size=30,
     ),
-    redeliver=st.lists(st.integers(0, 29), max_size=10),
+    replay_from=st.lists(st.integers(0, 30), max_size=3),
     seed=st.integers(0, 1000),
 )
-def test_any_interleaving_sums_every_change_exactly_once(
-    changes: list[tuple[str, str, int]], redeliver: list[int], seed: int
+def test_any_interleaving_and_replay_sums_every_click_exactly_once(
+    changes: list[tuple[str, str, int]], replay_from: list[int], seed: int
 ) -> None:
-    # Small integers keep float32 sums exact, so the check can be equality.
-    trackers = {name: DeltaTracker(name) for name in "ab"}
-    local = {(name, item): vec(0) for name in "ab" for item in "xy"}
-    sent = []
-    for origin, item, step in changes:
-        before = local[(origin, item)]
-        local[(origin, item)] = before + step
-        trackers[origin].record(item, before, local[(origin, item)])
-        if step % 2 == 0:  # flush now and then
-            sent += trackers[origin].drain()
-    for tracker in trackers.values():
-        sent += tracker.drain()
-    # Deltas keep their order per origin and item (one partition); origins interleave.
+    # Two sources (input partitions), each applied in order by one worker; the owner
+    # sees their delta streams interleaved, and a source may be replayed from any
+    # earlier offset (a crash before its commit). Small integers keep float32 sums
+    # exact, so the check can be equality.
+    streams: dict[str, list] = {"c0": [], "c1": []}
+    local = {(src, item): vec(0) for src in streams for item in "xy"}
+    offsets = {"c0": 0, "c1": 0}
+    for source, item, step in changes:
+        tracker = DeltaTracker()
+        before = local[(source, item)]
+        local[(source, item)] = before + step
+        tracker.record(item, before, local[(source, item)], source=source,
+                       offset=offsets[source])
+        offsets[source] += 1
+        streams[source] += tracker.drain()
     rng = np.random.default_rng(seed)
-    from_a = [d for d in sent if d.origin == "a"]
-    from_b = [d for d in sent if d.origin == "b"]
-    take_a = rng.permutation([True] * len(from_a) + [False] * len(from_b))
-    delivered = [from_a.pop(0) if pick else from_b.pop(0) for pick in take_a]
-    delivered += [sent[i] for i in redeliver if i < len(sent)]
+    for source, start in zip(("c0", "c1", "c0"), replay_from, strict=False):
+        streams[source] = streams[source] + [d for d in streams[source] if d.offset >= start]
+    take_c0 = rng.permutation([True] * len(streams["c0"]) + [False] * len(streams["c1"]))
+    delivered = [streams["c0" if pick else "c1"].pop(0) for pick in take_c0]
     ledger = ItemLedger()
     for delta in delivered:
         ledger.apply(delta)
@@ -138,3 +148,4 @@ def test_any_interleaving_sums_every_change_exactly_once(
         entry = ledger.get(item)
         if entry is not None:
             np.testing.assert_array_equal(entry.vector, vec(total))
+            assert entry.events == sum(1 for _, i, _ in changes if i == item)
