@@ -191,16 +191,23 @@ def create_worker(
                 emitted.append((accepted, outcome.recommendation))
         if not emitted:
             return
+        # Deltas and recommendations first, the user records after both are durable:
+        # a replayed click then either finds its record (effects and output already
+        # in Kafka) or is applied again (its recommendation may repeat; its deltas are
+        # skipped by their owners).
         started = time.perf_counter()
-        await send_deltas()
+        pending = send_deltas()
+        for accepted, recommendation in emitted:
+            pending.append(
+                await recommendations.send(key=accepted.user_key, value=recommendation.to_json())
+            )
+        await asyncio.gather(*pending)
         for user_key, record in records.items():
             # Only the newest record of a user is written: if the other agent applied
             # a later click meanwhile, its record includes this one's and it writes.
             if in_flight.get(user_key) is record:
                 users[user_key] = record.to_bytes()
                 del in_flight[user_key]
-        for accepted, recommendation in emitted:
-            await recommendations.send(key=accepted.user_key, value=recommendation.to_json())
         per_event = (time.perf_counter() - started) / len(emitted)
         now = time.time()
         for accepted, recommendation in emitted:
@@ -222,20 +229,16 @@ def create_worker(
         raw = users.get(user_key)
         return UserRecord.from_bytes(raw) if raw else None
 
-    async def send_deltas() -> None:
-        """Send every pending item-vector delta to its item's owner and wait until the
-        broker has them all (one round trip per batch of clicks)."""
-        deltas = tracker.drain()
-        if not deltas:
-            return
+    def send_deltas() -> list[Any]:
+        """Queue every pending item-vector delta to its item's owner, one record per
+        owning partition; returns the futures that resolve once the broker has them."""
         by_partition: dict[int, list[ItemDelta]] = {}
-        for delta in deltas:
+        for delta in tracker.drain():
             by_partition.setdefault(owning_partition(delta.item_id.encode()), []).append(delta)
-        pending = [
-            await item_deltas.send(value=encode_deltas(group), partition=partition)
+        return [
+            item_deltas.send_soon(value=encode_deltas(group), partition=partition)
             for partition, group in sorted(by_partition.items())
         ]
-        await asyncio.gather(*pending)
 
     def batches(stream: Any) -> Any:
         return stream.take_events(settings.batch_size, within=settings.batch_wait_ms / 1000)
