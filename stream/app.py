@@ -36,7 +36,7 @@ from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
 from serving.item_ledger import CanonicalVector, DeltaTracker, ItemDelta, ItemLedger
 from serving.redis_store import RedisVectorStore
-from stream.events import Click, Recommendation, Rejected, decode_click
+from stream.events import Click, Recommendation, Rejected, dead_letter, decode_click
 from stream.item_sync import VectorFollower, decode_deltas, encode_deltas, encode_vectors
 from stream.metrics import WorkerMetrics
 from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
@@ -100,6 +100,9 @@ def create_worker(
         broker_session_timeout=10,
         broker_rebalance_timeout=6,
         broker_heartbeat_interval=1,
+        # What this worker produces is at most about max_event_bytes (a forwarded click,
+        # a dead letter cut to that size) plus headers; Faust's default is 1,000,000.
+        producer_max_request_size=max(1_000_000, settings.max_event_bytes + 65_536),
     )
     metrics = WorkerMetrics()
     metrics.model_info.labels(model=recommender.name, version=recommender.version).set(1)
@@ -264,14 +267,12 @@ def create_worker(
                 )
                 if isinstance(click, Rejected):
                     metrics.events_rejected.labels(reason=click.reason).inc()
-                    await dlq.send(
-                        key=event.key,
-                        value=event.value or b"",
-                        headers=[
-                            ("error", click.reason.encode()),
-                            ("detail", click.detail.encode("utf-8", "replace")),
-                        ],
+                    # Cut to max_event_bytes: a 20 MB value would exceed the producer's
+                    # request limit, and the failed send would crash this agent.
+                    value, headers = dead_letter(
+                        event.value, click, max_bytes=settings.max_event_bytes
                     )
+                    await dlq.send(key=event.key, value=value, headers=headers)
                     continue
                 # A click without an event_id is named by its record's position, so a
                 # redelivery of the same record after a crash is still recognised.

@@ -2,6 +2,7 @@
 
 `decode_click` never raises on bad input: it returns a `Rejected` with a short machine
 reason (the DLQ `error` header) and a human detail, so the agent routes it, never crashes.
+`dead_letter` is the DLQ record a rejected value becomes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ MAX_CONTEXT_KEYS = 64
 # times before 1990 are unit or default-value errors (MovieLens starts in 1995).
 MAX_FUTURE_SKEW_S = 86_400.0
 MIN_EVENT_TIME = 631_152_000.0
+# A rejection's detail quotes at most this much of the input: it is a header, and the
+# input may be 64 KB of one string or a value nested 1,000 deep (whose repr() raises).
+MAX_DETAIL_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +133,7 @@ def decode_click(
     except orjson.JSONDecodeError as exc:
         # orjson rejects invalid UTF-8 and NaN/Infinity literals here too.
         reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
-        return Rejected(reason, str(exc)[:200])
+        return Rejected(reason, str(exc)[:MAX_DETAIL_CHARS])
     if not isinstance(data, dict):
         return Rejected("not_an_object", f"value is a JSON {type(data).__name__}, not an object")
     for key in ("user_id", "item_id"):
@@ -141,7 +145,8 @@ def decode_click(
     event_type = data.get("event_type", "click")
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         return Rejected(
-            "invalid_field", f"event_type must be one of {sorted(EVENT_TYPES)}, not {event_type!r}"
+            "invalid_field",
+            f"event_type must be one of {sorted(EVENT_TYPES)}, not {_describe(event_type)}",
         )
     timestamp = data.get("timestamp", record_timestamp)
     if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
@@ -191,7 +196,40 @@ def _context_problem(context: Any) -> str | None:
         return f"has {len(context)} keys; the limit is {MAX_CONTEXT_KEYS}"
     for key, value in context.items():
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            return f"value of {key!r} must be a string or a number"
+            return f"value of {_describe(key)} must be a string or a number"
         if isinstance(value, float) and not math.isfinite(value):
-            return f"value of {key!r} must be finite"
+            return f"value of {_describe(key)} must be finite"
     return None
+
+
+def _describe(value: Any) -> str:
+    """A short, safe description of an untrusted value for a rejection's detail: a
+    string's first characters, a number, or else only its JSON type (never a repr of
+    a container, which may be huge or too deeply nested to print)."""
+    if isinstance(value, str):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:40]
+    return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+
+
+def dead_letter(
+    value: bytes | None, rejected: Rejected, *, max_bytes: int
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The DLQ record for a rejected value: (value, headers).
+
+    The value is kept as it came, up to `max_bytes`; a longer one (reason `too_large`)
+    keeps only its first `max_bytes` bytes and gets a `value_bytes` header with its
+    size, because a 20 MB value would not fit the producer's request limit and a
+    too-large record cannot be replayed anyway. Headers: `error` (the reason),
+    `detail` (UTF-8, at most a few hundred bytes), and `value_bytes` when cut.
+    """
+    value = value or b""
+    headers = [
+        ("error", rejected.reason.encode()),
+        ("detail", rejected.detail[: 2 * MAX_DETAIL_CHARS].encode("utf-8", "replace")),
+    ]
+    if len(value) > max_bytes:
+        headers.append(("value_bytes", str(len(value)).encode()))
+        value = value[:max_bytes]
+    return value, headers

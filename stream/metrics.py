@@ -44,6 +44,12 @@ class WorkerMetrics:
             "Accepted clicks whose event_id was already applied (skipped, no effect).",
             registry=r,
         )
+        self.events_out_of_order = Counter(
+            "streamrec_events_out_of_order",
+            "Accepted clicks older than their user's last applied event (applied in arrival "
+            "order with a zero time gap).",
+            registry=r,
+        )
         self.recommendations_emitted = Counter(
             "streamrec_recommendations_emitted",
             "Recommendation events sent to the recommendations topic.",

@@ -154,6 +154,8 @@ class ClickProcessor:
         offset: int = -1,
     ) -> Outcome:
         """Apply one click. Idempotent per `event_id` within the user's dedup window.
+        A click older than the user's last one is applied with a zero time gap and
+        counted (`streamrec_events_out_of_order_total`).
 
         `clicked_at` (the click's record timestamp) is the start of the vector
         freshness measurements; None skips them. `source` and `offset` say where the
@@ -163,13 +165,21 @@ class ClickProcessor:
             self.metrics.duplicates_skipped.inc()
             return Outcome(record, None, duplicate=True)
 
+        # Out of order (older than the user's last applied event): applied in arrival
+        # order all the same, since it happened and dropping it would lose it; the model
+        # sees the user's last time, so a time gap is never negative.
+        timestamp = click.timestamp
+        if timestamp < record.context.last_timestamp:
+            self.metrics.events_out_of_order.inc()
+            timestamp = record.context.last_timestamp
+
         self.quality.score_click(record.last_recommended, click.item_id)
         stage = self.metrics.stage_seconds
         started = time.perf_counter()
         interaction = Interaction(
             user_id=click.user_id,
             item_id=click.item_id,
-            timestamp=click.timestamp,
+            timestamp=timestamp,
             event_type=click.event_type,
             session_id=click.session_id,
         )

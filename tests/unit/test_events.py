@@ -19,9 +19,10 @@ from stream.events import (
     Recommendation,
     RecommendedItem,
     Rejected,
+    dead_letter,
     decode_click,
 )
-from stream.generate import malformed_records
+from stream.generate import POLICIES, bad_input_corpus, malformed_records
 
 NOW = 1_700_000_000.0  # the Kafka record time of every test record
 MAX_BYTES = 4096
@@ -263,6 +264,94 @@ def test_every_generated_malformed_record_has_its_reason(max_bytes: int) -> None
     } <= set(got)
 
 
+# --- the bad-input corpus ---------------------------------------------------------------
+
+CORPUS = bad_input_corpus(65536, now=NOW)
+
+
+@pytest.mark.parametrize("record", CORPUS, ids=[r.kind for r in CORPUS])
+def test_every_corpus_record_gets_its_expected_outcome(record: Any) -> None:
+    result = decode_click(record.value, record_timestamp=NOW, max_bytes=65536)
+    if record.expect in POLICIES:
+        # A repeat or a late click is a valid click: the worker's policy handles it.
+        assert isinstance(result, Click)
+        assert record.after is not None and record.key == result.user_id.encode()
+        before = decode_click(record.after, record_timestamp=NOW, max_bytes=65536)
+        assert isinstance(before, Click) and before.user_id == result.user_id
+        if record.expect == "duplicate":
+            assert result.event_id == before.event_id
+        else:
+            assert result.event_id != before.event_id
+            assert result.timestamp < before.timestamp
+    else:
+        assert reason_of(result) == record.expect
+        assert len(result.detail) <= 200  # type: ignore[union-attr]
+
+
+def test_the_corpus_covers_every_kind_the_issue_lists() -> None:
+    kinds = {r.kind for r in CORPUS}
+    assert len(kinds) == len(CORPUS) >= 12
+    assert len({r.value for r in CORPUS if r.expect not in POLICIES}) == len(CORPUS) - 2
+    assert {
+        "invalid_json", "non_utf8", "empty_value", "user_id_number", "item_id_list",
+        "missing_user_id", "unknown_event_type", "nan_timestamp", "infinity_timestamp",
+        "overflow_timestamp", "huge_int_timestamp", "empty_user_id", "huge_user_id",
+        "one_mib", "twenty_mib", "future_timestamp", "past_timestamp", "nested_context",
+        "deeply_nested_value", "duplicate_event_id", "out_of_order",
+    } <= kinds
+    sizes = {r.kind: len(r.value) for r in CORPUS}
+    assert sizes["one_mib"] == 1 << 20 and sizes["twenty_mib"] == 20 << 20
+    assert sizes["just_over_the_limit"] == 65537
+
+
+def test_the_corpus_needs_a_limit_under_its_one_mib_value() -> None:
+    with pytest.raises(ValueError):
+        bad_input_corpus(1 << 20, now=NOW)
+
+
+@pytest.mark.parametrize("depth", [100, 1000, 1023])
+@pytest.mark.parametrize("field", ["event_type", "user_id", "timestamp", "context", "session_id"])
+def test_deeply_nested_field_is_invalid_not_a_recursion_error(field: str, depth: int) -> None:
+    # Bug: the event_type detail was f"{event_type!r}", and repr() of a list nested
+    # 1,000 deep raises RecursionError, which crashed the validate agent.
+    nested = b"[" * depth + b"]" * depth
+    value = b'{"user_id": "u1", "item_id": "i1", "%s": %s}' % (field.encode(), nested)
+    assert reason_of(decode(value)) == "invalid_field"
+
+
+def test_nesting_beyond_the_parser_limit_is_invalid_json() -> None:
+    assert reason_of(decode(b"[" * 5000 + b"]" * 5000, max_bytes=10_000)) == "invalid_json"
+
+
+def test_detail_quotes_a_long_event_type_briefly() -> None:
+    result = decode_obj({**GOOD, "event_type": "x" * 3000})
+    assert reason_of(result) == "invalid_field"
+    assert len(result.detail) < 200  # type: ignore[union-attr]
+
+
+# --- dead letters -----------------------------------------------------------------------
+
+
+def test_dead_letter_keeps_the_value_and_names_the_reason() -> None:
+    value, headers = dead_letter(b"{oops", Rejected("invalid_json", "bad \udcff"), max_bytes=10)
+    assert value == b"{oops"
+    assert dict(headers) == {"error": b"invalid_json", "detail": b"bad ?"}
+
+
+def test_dead_letter_of_an_empty_or_missing_value_is_empty_bytes() -> None:
+    for missing in (None, b""):
+        value, headers = dead_letter(missing, Rejected("empty", "no value"), max_bytes=10)
+        assert value == b"" and dict(headers)["error"] == b"empty"
+
+
+def test_dead_letter_cuts_a_too_large_value_and_records_its_size() -> None:
+    big = b"x" * (20 << 20)
+    value, headers = dead_letter(big, Rejected("too_large", "too big"), max_bytes=65536)
+    assert value == big[:65536]
+    assert dict(headers) == {"error": b"too_large", "detail": b"too big",
+                             "value_bytes": str(20 << 20).encode()}
+
+
 # --- never raises -----------------------------------------------------------------------
 
 
@@ -309,6 +398,59 @@ def test_decode_click_never_raises_on_arbitrary_json_objects(data: dict[str, Any
     # It fails today for the unhashable-event_type bug above.
     result = decode_obj(data)
     assert isinstance(result, Click | Rejected)
+
+
+_any_json = st.recursive(
+    _json_scalars | st.floats(),  # NaN and infinities too: orjson writes them as null
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_any_json)
+def test_decode_click_never_raises_on_arbitrary_json_values(data: Any) -> None:
+    result = decode_obj(data)
+    assert isinstance(result, Click | Rejected)
+    if not isinstance(data, dict):
+        assert reason_of(result) == "not_an_object"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["user_id", "item_id", "event_type", "timestamp", "session_id",
+                     "event_id", "context"]),
+    _any_json,
+)
+def test_decode_click_never_raises_with_any_json_value_in_any_field(
+    key: str, value: Any
+) -> None:
+    result = decode_obj({**GOOD, "timestamp": NOW, key: value})
+    assert isinstance(result, Click | Rejected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 140), st.binary(min_size=1, max_size=8), st.booleans())
+def test_decode_click_never_raises_on_a_corrupted_click(
+    at: int, noise: bytes, replace: bool
+) -> None:
+    # Bytes flipped or spliced into a real click: mostly parse errors, some valid.
+    click = Click("u1", "i1", NOW - 5, "view", "s1", "e1", {"device": "web", "n": 3}).to_json()
+    at = min(at, len(click))
+    value = click[:at] + noise + click[at + (len(noise) if replace else 0) :]
+    result = decode(value)
+    assert isinstance(result, Click | Rejected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(900, 1100), st.sampled_from([b"[", b'{"a":']))
+def test_decode_click_never_raises_on_deep_nesting(depth: int, opener: bytes) -> None:
+    closer = b"]" if opener == b"[" else b"}"
+    nested = opener * depth + b"1" + closer * depth
+    for value in (nested, b'{"user_id": "u1", "item_id": "i1", "event_type": ' + nested + b"}"):
+        assert isinstance(decode(value, max_bytes=1 << 20), Click | Rejected)
 
 
 # --- recommendations --------------------------------------------------------------------
