@@ -47,9 +47,11 @@ class ItemDelta:
     `source` names the input topic-partition the click was read from and `offset` its
     position there: the owner applies a delta only if that offset is past the last one
     it applied from that source for the item, so a click replayed after a crash changes
-    the canonical vector once. `latest` is the vector after the change: an owner that
-    has never seen the item (new, or created on another worker) starts from it instead
-    of adding `delta`. `clicked_at` is the click's time (for freshness), or None.
+    the canonical vector once. `latest` is the vector after the change and `before`
+    the one it changed (None for a new item): an owner whose vector is exactly
+    `before`, or that has never seen the item, takes `latest` as it is; otherwise it
+    adds `delta`. So a lone worker's canonical vectors equal its own bit for bit, and
+    concurrent changes from several workers add up. `clicked_at` is the click's time (for freshness), or None.
     """
 
     item_id: str
@@ -58,6 +60,7 @@ class ItemDelta:
     delta: np.ndarray
     latest: np.ndarray
     clicked_at: float | None = None
+    before: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,9 @@ class DeltaTracker:
         (None: it created the item) to `after`. Never blocks."""
         after = np.array(after, dtype=np.float32)
         change = np.zeros_like(after) if before is None else after - before
-        self._pending.append(ItemDelta(item_id, source, offset, change, after, clicked_at))
+        self._pending.append(
+            ItemDelta(item_id, source, offset, change, after, clicked_at, before)
+        )
         self._pending_items[item_id] = self._pending_items.get(item_id, 0) + 1
 
     def drain(self) -> list[ItemDelta]:
@@ -154,12 +159,13 @@ class ItemLedger:
         if delta.offset <= applied.get(delta.source, -1):
             self.duplicates += 1
             return None
-        if current is None:
+        if current is None or (
+            delta.before is not None and np.array_equal(current.vector, delta.before)
+        ):
             vector = np.array(delta.latest, dtype=np.float32)
-            version, events = 0, 0
         else:
             vector = current.vector + delta.delta
-            version, events = current.version, current.events
+        version, events = (current.version, current.events) if current else (0, 0)
         applied[delta.source] = delta.offset
         while len(applied) > MAX_SOURCES_PER_ITEM:
             del applied[min(applied, key=applied.__getitem__)]

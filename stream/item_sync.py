@@ -46,6 +46,7 @@ def encode_deltas(deltas: Sequence[ItemDelta]) -> bytes:
                 "offset": d.offset,
                 "delta": _vector_out(d.delta),
                 "latest": _vector_out(d.latest),
+                "before": None if d.before is None else _vector_out(d.before),
                 "clicked_at": d.clicked_at,
             }
             for d in deltas
@@ -64,6 +65,7 @@ def decode_deltas(raw: bytes) -> list[ItemDelta]:
                 _vector_in(d["delta"]),
                 _vector_in(d["latest"]),
                 d.get("clicked_at"),
+                None if d.get("before") is None else _vector_in(d["before"]),
             )
             for d in orjson.loads(raw)
         ]
