@@ -97,27 +97,28 @@ class Delta:
     def __init__(self, dim: int, capacity: int = 256) -> None:
         self._vectors = np.zeros((max(capacity, 1), dim), dtype=np.float32)
         self._rows = np.zeros(max(capacity, 1), dtype=np.int64)
-        self._slots: dict[int, int] = {}
+        self.slots: dict[int, int] = {}
+        """Matrix row -> buffer slot; read it to test membership (do not write)."""
 
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self.slots)
 
     def __contains__(self, row: object) -> bool:
-        return row in self._slots
+        return row in self.slots
 
     def put(self, row: int, vector: np.ndarray) -> None:
-        slot = self._slots.get(row)
+        slot = self.slots.get(row)
         if slot is None:
-            slot = len(self._slots)
+            slot = len(self.slots)
             if slot == len(self._rows):
                 self._grow()
-            self._slots[row] = slot
+            self.slots[row] = slot
             self._rows[slot] = row
         self._vectors[slot] = vector
 
     def search(self, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top `want` (scores, matrix rows) per query over the delta's rows."""
-        count = len(self._slots)
+        count = len(self.slots)
         want = min(want, count)
         if want < 1:
             return _EMPTY_SCORES, _EMPTY_ROWS

@@ -33,6 +33,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Collection, Sequence
+from dataclasses import replace
+from operator import itemgetter
 
 import faiss
 import numpy as np
@@ -41,6 +43,7 @@ from model.base import Scored
 from serving.ann import Delta, HnswParams, Progress, Snapshot, build_snapshot
 
 _INITIAL_CAPACITY = 1024
+_score = itemgetter(0)
 log = logging.getLogger(__name__)
 
 
@@ -146,14 +149,27 @@ class FaissIndex:
     def rebuild(self, wait: bool = True) -> None:
         """Build a snapshot of the current matrix now, whatever its size (so a small
         index becomes approximate). With `wait`, block until it serves searches; a
-        build already in flight is waited for first, since it may predate the caller's
-        upserts. Without `wait`, start one unless one is in flight."""
+        build already in flight is waited for first, and suffices when it left nothing
+        in the delta. Without `wait`, start one unless one is in flight."""
         if not wait:
             self._start_build()
             return
         self._join()
-        self._start_build()
-        self._join()
+        with self._lock:
+            snapshot = self._snapshot
+            current = snapshot is not None and snapshot.size == len(self._ids) and not self._delta
+        if not current:
+            self._start_build()
+            self._join()
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change the HNSW beam width for the serving snapshot and later builds (the
+        recall/speed dial; see bench/ann.py). Takes effect at the next search."""
+        with self._lock:
+            self.hnsw = replace(self.hnsw, ef_search=ef_search)
+            if self._snapshot is not None:
+                self._snapshot.index.hnsw.efSearch = ef_search
+                self._snapshot = replace(self._snapshot, ef_search=ef_search)
 
     def close(self) -> None:
         """Stop building: an in-flight build ends at its next chunk; no new ones start.
@@ -264,21 +280,21 @@ class FaissIndex:
         snapshot hit, since snapshot rows past the ones returned were never compared.
         With `complete` (the snapshot was asked for all its rows) the delta may fill in.
         """
-        delta = self._delta
+        # Hot path (every query): comprehensions and C-level dict/set lookups only.
+        stale = self._delta.slots
         hits: list[tuple[float, int]] = []
         if a_rows.size:
-            for score, row in zip(a_scores[0].tolist(), a_rows[0].tolist(), strict=True):
-                if row >= 0 and row not in banned and row not in delta:
-                    hits.append((score, row))
+            pairs = zip(a_scores[0].tolist(), a_rows[0].tolist(), strict=True)
+            hits = [p for p in pairs if p[1] >= 0 and p[1] not in banned and p[1] not in stale]
         if len(hits) < target and not complete:
             return None
         if d_rows.size:
-            for score, row in zip(d_scores[0].tolist(), d_rows[0].tolist(), strict=True):
-                if row not in banned:
-                    hits.append((score, row))
+            pairs = zip(d_scores[0].tolist(), d_rows[0].tolist(), strict=True)
+            hits += [p for p in pairs if p[1] not in banned]
+            # Both lists come best-first; a stable sort keeps each one's tie order.
+            hits.sort(key=_score, reverse=True)
         if len(hits) < target:
             return None
-        hits.sort(key=lambda hit: (-hit[0], hit[1]))
         ids = self._ids
         return [Scored(ids[row], score) for score, row in hits[:target]]
 
