@@ -30,7 +30,7 @@ _EMPTY_ROWS = np.empty((0, 0), dtype=np.int64)
 
 @dataclass(frozen=True, slots=True)
 class HnswParams:
-    """HNSW parameters; defaults measured in bench/ann.py (see README there).
+    """HNSW parameters; the defaults are chosen from measurements by bench/ann.py.
 
     `m`: graph degree (level 0 keeps 2*m links). `ef_construction`: beam width while
     building. `ef_search`: beam width per query; a search asking for more than
@@ -39,7 +39,7 @@ class HnswParams:
 
     m: int = 16
     ef_construction: int = 40
-    ef_search: int = 48
+    ef_search: int = 32
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ copy of the matrix and installs it together with the new delta under the lock, a
 state change: a query sees either the old pair or the new one, never a mix.
 
 Contract:
-- `upsert` is idempotent and never blocks on a build; it starts one when due.
+- `upsert` is idempotent and O(dim) per vector; it starts a build when one is due and
+  never waits for it (with `background=False` it builds inline instead: tests only).
 - `search` is best-first by inner product, never returns an excluded id, and returns
   min(k, len(index) - excluded present) results in both modes: when the snapshot
   yields too few survivors it widens the beam, then falls back to exact search.
@@ -24,6 +25,8 @@ Contract:
   matrix being resized: `_grow` allocates a new matrix and the build keeps its
   reference to the old one, whose rows 0..size-1 are what it snapshots.
 - `close()` stops the background thread (an in-flight build stops at its next chunk).
+- Memory: once approximate, the HNSW snapshot holds its own copy of the vectors plus
+  about 2 * m * 4 bytes of links per row; during a rebuild two snapshots coexist.
 
 Satisfies `model.base.ItemIndex` structurally (no import between the two packages).
 """

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from model.base import ItemIndex, Scored
 from model.index import ExactIndex
+from serving.ann import HnswParams
 from serving.faiss_index import FaissIndex
 
 Factory = Callable[[int], ItemIndex]
@@ -27,8 +28,17 @@ Factory = Callable[[int], ItemIndex]
 
 def approximate_faiss(dim: int) -> FaissIndex:
     """Approximate from the first upsert; snapshots build inline (deterministic), and a
-    later upsert touching under half the rows stays in the delta."""
-    return FaissIndex(dim, exact_below=1, background=False, rebuild_fraction=0.5)
+    later upsert touching under half the rows stays in the delta. A wider beam than the
+    default: hypothesis finds 1-dimensional sets where HNSW over inner product misses
+    more than a tenth at ef 32, and HNSW's recall is bench/ann.py's business, not this
+    contract's."""
+    return FaissIndex(
+        dim,
+        exact_below=1,
+        background=False,
+        rebuild_fraction=0.5,
+        hnsw=HnswParams(ef_search=64),
+    )
 
 
 # The approximate mode is held to recall, not exactness; on these small, low-dimensional
