@@ -365,6 +365,9 @@ class FaissIndex:
         new_rows = range(snapshot.size, len(self._ids))
         for row in sorted(self._pending.union(new_rows)):
             delta.put(row, self._vectors[row])
+        if snapshot.ef_search != self.hnsw.ef_search:  # set_ef_search during the build
+            snapshot.index.hnsw.efSearch = self.hnsw.ef_search
+            snapshot = replace(snapshot, ef_search=self.hnsw.ef_search)
         self._snapshot, self._delta = snapshot, delta
         self.builds += 1
 

@@ -215,3 +215,18 @@ def test_interleaved_upserts_keep_the_contract(
     assert scores == sorted(scores, reverse=True)
     for s in results:  # every score is the newest vector's
         assert s.score == pytest.approx(float(current[s.item_id] @ query), abs=1e-5)
+
+
+def test_set_ef_search_applies_now_and_to_later_builds() -> None:
+    ids, vectors = catalogue(500, 8)
+    index = FaissIndex(8, exact_below=1, background=False)
+    index.upsert(ids, vectors)
+    index.set_ef_search(200)
+    assert index._snapshot is not None and index._snapshot.index.hnsw.efSearch == 200
+    index.rebuild(wait=True)  # nothing changed: the snapshot is current, no new build
+    assert index.builds == 1
+    index.upsert(ids[:1], vectors[:1] * 2)
+    index.rebuild(wait=True)
+    assert index.builds == 2 and index._snapshot.index.hnsw.efSearch == 200
+    query = np.ones(8, dtype=np.float32)
+    assert len(index.search(query, 10)) == 10
