@@ -1,35 +1,99 @@
-"""Exact FAISS inner-product index over item vectors that takes upserts while serving.
+"""FAISS inner-product index over item vectors that takes upserts while serving.
 
-Vectors live in one growable float32 matrix with an id -> row map, so an upsert is a
-row write (O(dim)), not the O(N) `IndexIDMap2.remove_ids` + `add` of a FAISS id map.
-Search is FAISS's exact brute-force kernel (`faiss.knn`) over the filled rows.
+Source of truth: one growable float32 matrix with an id -> row map, so an upsert is a
+row write (O(dim)), never the O(N) `IndexIDMap2.remove_ids` + `add` of a FAISS id map.
+
+Search is exact (FAISS brute force over the filled rows) while the catalogue is smaller
+than `exact_below`. Past it, search is approximate: an HNSW snapshot of the matrix
+(`serving.ann`), plus an exact search over the *delta*, the rows written since that
+snapshot's copy began. Snapshot hits on delta rows are stale and dropped, so a query
+always ranks by the newest vectors. When the delta outgrows `rebuild_fraction` of the
+snapshot (or `rebuild_max` rows; new rows join the delta, so a catalogue that grows
+gets rebuilt long before it doubles), a background thread builds a new snapshot from a
+copy of the matrix and installs it together with the new delta under the lock, as one
+state change: a query sees either the old pair or the new one, never a mix.
+
+Contract:
+- `upsert` is idempotent and O(dim) per vector; it starts a build when one is due and
+  never waits for it (with `background=False` it builds inline instead: tests only).
+- `search` is best-first by inner product, never returns an excluded id, and returns
+  min(k, len(index) - excluded present) results in both modes: when the snapshot
+  yields too few survivors it widens the beam, then falls back to exact search.
+- Thread-safety: `upsert`, `search` and `search_many` may be called from any thread
+  (the worker calls them from its event-loop thread); one lock serialises them, and
+  is uncontended there. Only the build runs in the background thread. It never reads a
+  matrix being resized: `_grow` allocates a new matrix and the build keeps its
+  reference to the old one, whose rows 0..size-1 are what it snapshots.
+- `close()` stops the background thread (an in-flight build stops at its next chunk).
+- Memory: once approximate, the HNSW snapshot holds its own copy of the vectors plus
+  about 2 * m * 4 bytes of links per row; during a rebuild two snapshots coexist.
 
 Satisfies `model.base.ItemIndex` structurally (no import between the two packages).
-Not thread-safe: the worker calls it from its single event-loop thread.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Collection, Sequence
+from dataclasses import replace
+from operator import itemgetter
 
 import faiss
 import numpy as np
 
 from model.base import Scored
+from serving.ann import Delta, HnswParams, Progress, Snapshot, build_snapshot
 
 _INITIAL_CAPACITY = 1024
+_score = itemgetter(0)
+log = logging.getLogger(__name__)
 
 
 class FaissIndex:
-    """Exact top-K by inner product; upsert is idempotent and O(dim) per vector."""
+    """Top-K by inner product: exact below `exact_below` items, HNSW + exact delta above.
 
-    def __init__(self, dim: int) -> None:
+    `exact_below`: catalogue size at which the first snapshot is built (default 20,000:
+    exact search there still answers ~6k queries/s on one core, and an HNSW build takes
+    about a second; see bench/ann.py). `background=False` builds snapshots inline, in the
+    `upsert` that makes one due (deterministic; for tests). `progress` is called from
+    the building thread with (rows added, rows total).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        exact_below: int = 20_000,
+        hnsw: HnswParams | None = None,
+        rebuild_fraction: float = 0.02,
+        rebuild_max: int = 5_000,
+        background: bool = True,
+        progress: Progress | None = None,
+    ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be positive, not {dim}")
         self.dim = dim
+        self.exact_below = exact_below
+        self.hnsw = hnsw or HnswParams()
+        self.rebuild_fraction = rebuild_fraction
+        self.rebuild_max = rebuild_max
+        self.background = background
+        self._progress = progress
         self._vectors = np.zeros((_INITIAL_CAPACITY, dim), dtype=np.float32)
         self._ids: list[str] = []
         self._rows: dict[str, int] = {}
+        self._lock = threading.Lock()
+        # Approximate state: replaced together, under the lock, by `_install`.
+        self._snapshot: Snapshot | None = None
+        self._delta = Delta(dim)
+        # Rows written since the in-flight build's copy began (None: no build).
+        self._pending: set[int] | None = None
+        self._builder: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.builds = 0
+
+    # --- reading --------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -42,46 +106,275 @@ class FaissIndex:
 
     def vector(self, item_id: str) -> np.ndarray:
         """A copy of the stored vector; KeyError for an unknown id."""
-        return self._vectors[self._rows[item_id]].copy()
+        with self._lock:
+            return self._vectors[self._rows[item_id]].copy()
+
+    @property
+    def approximate(self) -> bool:
+        """True once a snapshot serves searches (it stays so: the catalogue never shrinks)."""
+        return self._snapshot is not None
+
+    @property
+    def delta_size(self) -> int:
+        return len(self._delta)
+
+    # --- writing --------------------------------------------------------------------
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
-        for item_id, vector in zip(ids, vectors, strict=True):
-            row = self._rows.get(item_id)
-            if row is None:
-                row = len(self._ids)
-                if row == len(self._vectors):
-                    self._grow()
-                self._rows[item_id] = row
-                self._ids.append(item_id)
-            self._vectors[row] = vector
+        """Insert or replace vectors (shape (len(ids), dim)); idempotent, O(dim) each.
+        A repeated id keeps its last vector. ValueError on a shape mismatch."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1 and len(ids) == 1:
+            vectors = vectors.reshape(1, -1)
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(
+                f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}"
+            )
+        with self._lock:
+            approximate, pending = self._snapshot is not None, self._pending
+            for item_id, vector in zip(ids, vectors, strict=True):
+                row = self._rows.get(item_id)
+                if row is None:
+                    row = len(self._ids)
+                    if row == len(self._vectors):
+                        self._grow()
+                    self._rows[item_id] = row
+                    self._ids.append(item_id)
+                self._vectors[row] = vector
+                if approximate:
+                    self._delta.put(row, vector)
+                if pending is not None:
+                    pending.add(row)
+            due = self._rebuild_due()
+        if due:
+            self._start_build()
 
-    def search(
-        self, query: np.ndarray, k: int, exclude: Collection[str] = ()
-    ) -> list[Scored]:
+    def rebuild(self, wait: bool = True) -> None:
+        """Build a snapshot of the current matrix now, whatever its size (so a small
+        index becomes approximate). With `wait`, block until it serves searches; a
+        build already in flight is waited for first, and suffices when it left nothing
+        in the delta. Without `wait`, start one unless one is in flight."""
+        if not wait:
+            self._start_build()
+            return
+        self._join()
+        with self._lock:
+            snapshot = self._snapshot
+            current = snapshot is not None and snapshot.size == len(self._ids) and not self._delta
+        if not current:
+            self._start_build()
+            self._join()
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change the HNSW beam width for the serving snapshot and later builds (the
+        recall/speed dial; see bench/ann.py). Takes effect at the next search."""
+        with self._lock:
+            self.hnsw = replace(self.hnsw, ef_search=ef_search)
+            if self._snapshot is not None:
+                self._snapshot.index.hnsw.efSearch = ef_search
+                self._snapshot = replace(self._snapshot, ef_search=ef_search)
+
+    def close(self) -> None:
+        """Stop building: an in-flight build ends at its next chunk; no new ones start.
+        Searches and upserts keep working on the current snapshot and delta."""
+        self._stop.set()
+        self._join()
+
+    def __enter__(self) -> FaissIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- searching ------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[Scored]:
+        query = np.asarray(query, dtype=np.float32).reshape(1, self.dim)
+        with self._lock:
+            return self._search_locked(query, k, exclude)
+
+    def search_many(
+        self,
+        queries: np.ndarray,
+        k: int,
+        excludes: Sequence[Collection[str]] | None = None,
+    ) -> list[list[Scored]]:
+        """`search` for each row of `queries` (shape (nq, dim)), in one FAISS call per
+        structure; `excludes[i]` applies to query i. Same contract as `search`."""
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        nq = len(queries)
+        if excludes is None:
+            excludes = [()] * nq
+        if len(excludes) != nq:
+            raise ValueError(f"{nq} queries but {len(excludes)} exclude sets")
+        with self._lock:
+            snapshot, n = self._snapshot, len(self._ids)
+            if snapshot is None or k < 1 or n == 0:
+                return [
+                    self._search_locked(q[None], k, ex)
+                    for q, ex in zip(queries, excludes, strict=True)
+                ]
+            banned = [self._banned_rows(ex) for ex in excludes]
+            most_banned = max(len(b) for b in banned)
+            want = k + most_banned + min(len(self._delta), k)
+            a_scores, a_rows = snapshot.search(queries, want)
+            d_scores, d_rows = self._delta.search(queries, k + most_banned)
+            results = []
+            for i, query in enumerate(queries):
+                target = min(k, n - len(banned[i]))
+                merged = self._merge(
+                    a_scores[i : i + 1],
+                    a_rows[i : i + 1],
+                    d_scores[i : i + 1],
+                    d_rows[i : i + 1],
+                    banned[i],
+                    target,
+                    complete=want >= snapshot.size,
+                )
+                if merged is None:  # too few survivors: the single-query path widens
+                    merged = self._search_locked(query[None], k, excludes[i])
+                results.append(merged)
+            return results
+
+    def _search_locked(self, query: np.ndarray, k: int, exclude: Collection[str]) -> list[Scored]:
         n = len(self._ids)
         if n == 0 or k < 1:
             return []
-        excluded = exclude if isinstance(exclude, set | frozenset) else set(exclude)
-        excluded_present = sum(1 for item_id in excluded if item_id in self._rows)
-        # Asking for k plus every excluded id that exists guarantees k survivors
-        # whenever k non-excluded items exist.
-        want = min(n, k + excluded_present)
-        query = np.asarray(query, dtype=np.float32).reshape(1, self.dim)
+        banned = self._banned_rows(exclude)
+        target = min(k, n - len(banned))
+        if target < 1:
+            return []
+        snapshot = self._snapshot
+        if snapshot is not None:
+            # The delta answers k + excluded exactly; the snapshot is asked for a few
+            # more, since its hits on rows now in the delta are stale and dropped.
+            d_scores, d_rows = self._delta.search(query, k + len(banned))
+            want, ef = k + len(banned) + min(len(self._delta), k), 0
+            # Too few survivors (stale or excluded hits, or HNSW returning fewer than
+            # asked): twice widen the answer and the beam, then search exactly.
+            for _ in range(3):
+                a_scores, a_rows = snapshot.search(query, want, ef)
+                complete = want >= snapshot.size
+                merged = self._merge(a_scores, a_rows, d_scores, d_rows, banned, target, complete)
+                if merged is not None:
+                    return merged
+                if complete:
+                    break
+                want, ef = 2 * want, 4 * max(want, snapshot.ef_search)
+        return self._exact(query, k, banned, target)
+
+    def _banned_rows(self, exclude: Collection[str]) -> set[int]:
+        rows = self._rows
+        return {rows[item_id] for item_id in exclude if item_id in rows}
+
+    def _merge(
+        self,
+        a_scores: np.ndarray,
+        a_rows: np.ndarray,
+        d_scores: np.ndarray,
+        d_rows: np.ndarray,
+        banned: set[int],
+        target: int,
+        complete: bool,
+    ) -> list[Scored] | None:
+        """Snapshot hits (minus stale delta rows) and delta hits, best-first.
+
+        None unless `target` snapshot hits survive: a delta hit may only displace a
+        snapshot hit, since snapshot rows past the ones returned were never compared.
+        With `complete` (the snapshot was asked for all its rows) the delta may fill in.
+        """
+        # Hot path (every query): comprehensions and C-level dict/set lookups only.
+        stale = self._delta.slots
+        hits: list[tuple[float, int]] = []
+        if a_rows.size:
+            pairs = zip(a_scores[0].tolist(), a_rows[0].tolist(), strict=True)
+            hits = [p for p in pairs if p[1] >= 0 and p[1] not in banned and p[1] not in stale]
+        if len(hits) < target and not complete:
+            return None
+        if d_rows.size:
+            pairs = zip(d_scores[0].tolist(), d_rows[0].tolist(), strict=True)
+            hits += [p for p in pairs if p[1] not in banned]
+            # Both lists come best-first; a stable sort keeps each one's tie order.
+            hits.sort(key=_score, reverse=True)
+        if len(hits) < target:
+            return None
+        ids = self._ids
+        return [Scored(ids[row], score) for score, row in hits[:target]]
+
+    def _exact(self, query: np.ndarray, k: int, banned: set[int], target: int) -> list[Scored]:
+        # Asking for k plus every excluded row guarantees k survivors whenever k
+        # non-excluded items exist.
+        n = len(self._ids)
         scores, rows = faiss.knn(
-            query, self._vectors[:n], want, metric=faiss.METRIC_INNER_PRODUCT
+            query, self._vectors[:n], min(n, k + len(banned)), metric=faiss.METRIC_INNER_PRODUCT
         )
         results: list[Scored] = []
-        for score, row in zip(scores[0], rows[0], strict=True):
+        for score, row in zip(scores[0].tolist(), rows[0].tolist(), strict=True):
             if row < 0:
                 break
-            item_id = self._ids[row]
-            if item_id in excluded:
+            if row in banned:
                 continue
-            results.append(Scored(item_id, float(score)))
-            if len(results) == k:
+            results.append(Scored(self._ids[row], score))
+            if len(results) == target:
                 break
         return results
+
+    # --- building -------------------------------------------------------------------
+
+    def _rebuild_due(self) -> bool:
+        if self._pending is not None or self._stop.is_set():
+            return False
+        if self._snapshot is None:
+            return len(self._ids) >= self.exact_below
+        limit = min(self.rebuild_max, self.rebuild_fraction * self._snapshot.size)
+        return len(self._delta) >= max(limit, 1)
+
+    def _start_build(self) -> None:
+        with self._lock:
+            if self._pending is not None or self._stop.is_set() or not self._ids:
+                return
+            # From here on every written row lands in `pending`; the copy of rows
+            # 0..size-1 below may see some of them half-written, harmlessly, since
+            # those rows will be in the new delta, which shadows the snapshot.
+            self._pending = set()
+            matrix, size = self._vectors, len(self._ids)
+            if self.background:
+                self._builder = threading.Thread(
+                    target=self._build, args=(matrix, size), name="faiss-index-build", daemon=True
+                )
+                self._builder.start()
+                return
+        self._build(matrix, size)
+
+    def _build(self, matrix: np.ndarray, size: int) -> None:
+        try:
+            snapshot = build_snapshot(matrix, size, self.hnsw, self._stop, self._progress)
+        except Exception:
+            log.exception("building the FAISS snapshot failed; serving the previous one")
+            snapshot = None
+        with self._lock:
+            if snapshot is not None:
+                self._install(snapshot)
+            self._pending = None
+
+    def _install(self, snapshot: Snapshot) -> None:
+        """Under the lock: the new snapshot and its delta (rows written since its copy
+        began, and rows added after it) replace the old pair in one step."""
+        assert self._pending is not None
+        delta = Delta(self.dim, capacity=max(256, 2 * len(self._pending)))
+        new_rows = range(snapshot.size, len(self._ids))
+        for row in sorted(self._pending.union(new_rows)):
+            delta.put(row, self._vectors[row])
+        if snapshot.ef_search != self.hnsw.ef_search:  # set_ef_search during the build
+            snapshot.index.hnsw.efSearch = self.hnsw.ef_search
+            snapshot = replace(snapshot, ef_search=self.hnsw.ef_search)
+        self._snapshot, self._delta = snapshot, delta
+        self.builds += 1
+
+    def _join(self) -> None:
+        builder = self._builder
+        if builder is not None and builder is not threading.current_thread():
+            builder.join()
 
     def _grow(self) -> None:
         bigger = np.zeros((len(self._vectors) * 2, self.dim), dtype=np.float32)

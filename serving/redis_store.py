@@ -63,7 +63,9 @@ class RedisVectorStore:
         self._cas = client.register_script(_COMPARE_AND_SET)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "streamrec:", user_ttl_s: int = 0) -> RedisVectorStore:
+    def from_url(
+        cls, url: str, prefix: str = "streamrec:", user_ttl_s: int = 0
+    ) -> RedisVectorStore:
         return cls(aioredis.Redis.from_url(url), prefix=prefix, user_ttl_s=user_ttl_s)
 
     def item_key(self, item_id: str) -> str:

@@ -3,6 +3,10 @@
 `serving.faiss_index.FaissIndex` (what the worker serves from) and
 `model.index.ExactIndex` (what evaluation uses) must agree with each other and with a
 brute-force NumPy reference: best-first, never an excluded id, min(k, available) results.
+
+`FaissIndex` also runs forced into its approximate mode (an HNSW snapshot from the first
+upsert, plus the exact delta of rows written since): there exactness is replaced by
+recall, and everything else in the contract still holds.
 """
 
 from __future__ import annotations
@@ -16,12 +20,41 @@ from hypothesis import strategies as st
 
 from model.base import ItemIndex, Scored
 from model.index import ExactIndex
+from serving.ann import HnswParams
 from serving.faiss_index import FaissIndex
 
 Factory = Callable[[int], ItemIndex]
 
 
-@pytest.fixture(scope="module", params=[FaissIndex, ExactIndex], ids=lambda cls: cls.__name__)
+def approximate_faiss(dim: int) -> FaissIndex:
+    """Approximate from the first upsert; snapshots build inline (deterministic), and a
+    later upsert touching under half the rows stays in the delta. A wider beam than the
+    default: hypothesis finds 1-dimensional sets where HNSW over inner product misses
+    more than a tenth at ef 32, and HNSW's recall is bench/ann.py's business, not this
+    contract's."""
+    return FaissIndex(
+        dim,
+        exact_below=1,
+        background=False,
+        rebuild_fraction=0.5,
+        hnsw=HnswParams(ef_search=64),
+    )
+
+
+# The approximate mode is held to recall, not exactness; on these small, low-dimensional
+# sets HNSW finds nearly everything, so a low bar still catches a broken merge.
+MIN_RECALL = 0.9
+
+
+def is_exact(make_index: Factory) -> bool:
+    return make_index is not approximate_faiss
+
+
+@pytest.fixture(
+    scope="module",
+    params=[FaissIndex, ExactIndex, approximate_faiss],
+    ids=["FaissIndex", "ExactIndex", "FaissIndex-approximate"],
+)
 def make_index(request: pytest.FixtureRequest) -> Factory:
     # Module scope: the factory holds no state, and hypothesis forbids function-scoped
     # fixtures under @given.
@@ -61,8 +94,10 @@ def check_search(
     query: np.ndarray,
     k: int,
     exclude: Collection[str],
+    exact: bool = True,
 ) -> None:
-    """The whole search contract, tolerant only of the order within (near-)ties."""
+    """The whole search contract, tolerant only of the order within (near-)ties; with
+    `exact=False`, only MIN_RECALL of the results need be among the true top k."""
     results = index.search(query, k, exclude=exclude)
     expected = reference(ids, vectors, query, k, exclude)
     assert all(isinstance(s, Scored) for s in results)
@@ -71,13 +106,24 @@ def check_search(
     assert len(set(ids_of(results))) == len(results), "an id was returned twice"
     scores = [s.score for s in results]
     assert scores == sorted(scores, reverse=True), "not best-first"
-    exact = dict(
+    true_scores = dict(
         zip(ids, (vectors.astype(np.float64) @ query.astype(np.float64)).tolist(), strict=True)
     )
     for s in results:
-        assert s.score == pytest.approx(exact[s.item_id], rel=1e-4, abs=1e-4)
+        assert s.score == pytest.approx(true_scores[s.item_id], rel=1e-4, abs=1e-4)
+    if not exact:
+        assert recall(results, expected) >= MIN_RECALL
+        return
     # The returned scores are the top scores of the reference (ties may swap ids).
     np.testing.assert_allclose(scores, [score for _, score in expected], rtol=1e-4, atol=1e-4)
+
+
+def recall(results: Sequence[Scored], expected: list[tuple[str, float]]) -> float:
+    """Share of the true top k found, counting a tie with the k-th best as found."""
+    if not expected:
+        return 1.0
+    kth = expected[-1][1]
+    return sum(s.score >= kth - 1e-4 for s in results) / len(expected)
 
 
 # --- upsert -----------------------------------------------------------------------------
@@ -130,7 +176,7 @@ def test_grows_past_its_initial_capacity(make_index: Factory) -> None:
     np.testing.assert_array_equal(index.vector(ids[0]), vectors[0])  # type: ignore[attr-defined]
     np.testing.assert_array_equal(index.vector(ids[-1]), vectors[-1])  # type: ignore[attr-defined]
     query = np.ones(4, dtype=np.float32)
-    check_search(index, ids, vectors, query, 10, ())
+    check_search(index, ids, vectors, query, 10, (), exact=is_exact(make_index))
 
 
 def test_upsert_with_the_wrong_dimension_is_rejected(make_index: Factory) -> None:
@@ -190,7 +236,9 @@ def test_many_excluded_top_items_still_fill_k(make_index: Factory) -> None:
     best = [item for item, _ in reference(ids, vectors, query, 3000, ())]
     exclude = set(best[:2500])  # the 2,500 best items, so only 500 remain
     results = index.search(query, 10, exclude=exclude)
-    assert ids_of(results) == best[2500:2510]
+    if is_exact(make_index):
+        assert ids_of(results) == best[2500:2510]
+    check_search(index, ids, vectors, query, 10, exclude, exact=is_exact(make_index))
     assert len(index.search(query, 600, exclude=exclude)) == 500
     assert index.search(query, 5, exclude=set(ids)) == []
 
@@ -217,8 +265,9 @@ def test_same_ids_as_brute_force_on_random_data(make_index: Factory, seed: int) 
     exclude = {ids[i] for i in rng.choice(500, size=40, replace=False)}
     # Random Gaussian data has no ties at float32 precision, so the ids match exactly.
     expected = reference(ids, vectors, query, 25, exclude)
-    assert ids_of(index.search(query, 25, exclude=exclude)) == [item for item, _ in expected]
-    check_search(index, ids, vectors, query, 25, exclude)
+    if is_exact(make_index):
+        assert ids_of(index.search(query, 25, exclude=exclude)) == [item for item, _ in expected]
+    check_search(index, ids, vectors, query, 25, exclude, exact=is_exact(make_index))
 
 
 def test_both_implementations_agree() -> None:
@@ -277,7 +326,7 @@ def test_search_contract_property(
     index, ids, vectors, query = build(make_index, n, dim, seed, integer)
     # Excluded ids include some that are not in the index (numbers >= n).
     exclude = {f"item-{i}" for i in excluded}
-    check_search(index, ids, vectors, query, k, exclude)
+    check_search(index, ids, vectors, query, k, exclude, exact=is_exact(make_index))
     available = len(set(ids) - exclude)
     assert len(index.search(query, k, exclude=exclude)) == min(max(k, 0), available)
 
@@ -293,7 +342,10 @@ def test_upsert_twice_property(
     if n:
         index.upsert(ids, vectors)  # the same vectors again: nothing changes
     assert len(index) == n
-    assert index.search(query, k) == before
+    if is_exact(make_index):
+        assert index.search(query, k) == before
+    else:  # the same rows now come from the delta, not the snapshot: same scores
+        assert [s.score for s in index.search(query, k)] == [s.score for s in before]
     # New vectors for a subset of the ids: the size stays, the vectors are replaced.
     rng = np.random.default_rng(seed2)
     changed = [item for item in ids if rng.random() < 0.5]
@@ -304,4 +356,4 @@ def test_upsert_twice_property(
             vectors[ids.index(item)] = vector
             np.testing.assert_array_equal(index.vector(item), vector)  # type: ignore[attr-defined]
     assert len(index) == n
-    check_search(index, ids, vectors, query, k, ())
+    check_search(index, ids, vectors, query, k, (), exact=is_exact(make_index))

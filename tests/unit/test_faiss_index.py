@@ -1,0 +1,232 @@
+"""FaissIndex beyond the shared contract: the switch to approximate search, freshness of
+the delta, background rebuilds under concurrent queries, `close`, `search_many`.
+
+The contract itself (best-first, exclusions, min(k, available)) runs in
+test_index_contract.py against FaissIndex in both modes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.base import Scored
+from serving.ann import HnswParams
+from serving.faiss_index import FaissIndex
+
+
+def ids_of(results: list[Scored]) -> list[str]:
+    return [s.item_id for s in results]
+
+
+def exact_top(ids: list[str], vectors: np.ndarray, query: np.ndarray, k: int) -> list[str]:
+    scores = vectors.astype(np.float64) @ query.astype(np.float64)
+    return [ids[row] for row in sorted(range(len(ids)), key=lambda row: (-scores[row], row))[:k]]
+
+
+def catalogue(n: int, dim: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [f"item-{i}" for i in range(n)], rng.standard_normal((n, dim)).astype(np.float32)
+
+
+def test_exact_below_the_threshold_approximate_from_it() -> None:
+    ids, vectors = catalogue(300, 8)
+    index = FaissIndex(8, exact_below=200, background=False)
+    index.upsert(ids[:199], vectors[:199])
+    assert not index.approximate and index.builds == 0
+    index.upsert(ids[199:], vectors[199:])  # crosses 200: builds inline
+    assert index.approximate and index.builds == 1 and index.delta_size == 0
+
+
+def test_a_changed_vector_ranks_by_its_new_value_before_any_rebuild() -> None:
+    ids, vectors = catalogue(2000, 16)
+    index = FaissIndex(16, exact_below=1, background=False)
+    index.upsert(ids, vectors)
+    query = np.random.default_rng(1).standard_normal(16).astype(np.float32)
+    top = index.search(query, 5)
+    best, worst = top[0].item_id, exact_top(ids, vectors, query, 2000)[-1]
+    builds = index.builds
+    # The former best now points away from the query; the former worst along it, far
+    # beyond every other item (the best score was ~top[0].score).
+    index.upsert([best, worst], np.stack([-query, 10 * query]))
+    assert index.builds == builds and index.delta_size == 2  # no rebuild happened
+    fresh = index.search(query, 5)
+    assert fresh[0] == Scored(worst, pytest.approx(10 * float(query @ query), rel=1e-5))
+    assert best not in ids_of(fresh)
+    assert ids_of(fresh)[1:] == ids_of(top)[1:5]
+    # A new id is searchable at once too.
+    index.upsert(["new"], (20 * query)[None])
+    assert index.search(query, 1)[0].item_id == "new"
+
+
+def test_delta_rows_outgrowing_the_fraction_trigger_a_rebuild() -> None:
+    ids, vectors = catalogue(1000, 8)
+    index = FaissIndex(8, exact_below=1, rebuild_fraction=0.1, background=False)
+    index.upsert(ids, vectors)
+    assert index.builds == 1
+    index.upsert(ids[:99], vectors[:99] * 2)
+    assert index.builds == 1 and index.delta_size == 99
+    index.upsert(ids[99:100], vectors[99:100] * 2)  # 100 = 10% of 1000
+    assert index.builds == 2 and index.delta_size == 0
+
+
+def test_background_rebuild_then_wait() -> None:
+    ids, vectors = catalogue(3000, 8)
+    with FaissIndex(8, exact_below=1000) as index:
+        index.upsert(ids, vectors)  # starts a build in the background
+        index.rebuild(wait=True)
+        assert index.approximate and index.delta_size == 0
+        query = np.ones(8, dtype=np.float32)
+        assert len(index.search(query, 10)) == 10
+
+
+def test_many_stale_top_hits_still_fill_k() -> None:
+    # Rewrite the 200 best items for a query (all now in the delta, stale in the
+    # snapshot) to score lowest: the snapshot's first answers are all dropped.
+    ids, vectors = catalogue(2000, 8)
+    index = FaissIndex(8, exact_below=1, background=False, rebuild_fraction=0.5)
+    index.upsert(ids, vectors)
+    query = np.ones(8, dtype=np.float32)
+    best = exact_top(ids, vectors, query, 200)
+    rows = [ids.index(item) for item in best]
+    vectors[rows] = -np.abs(vectors[rows]) - 5
+    index.upsert(best, vectors[rows])
+    assert index.delta_size == 200
+    results = index.search(query, 10)
+    assert len(results) == 10 and not set(ids_of(results)) & set(best)
+    expected = exact_top(ids, vectors, query, 10)
+    assert len(set(ids_of(results)) & set(expected)) >= 9
+
+
+def test_search_many_equals_search() -> None:
+    ids, vectors = catalogue(1500, 8)
+    index = FaissIndex(8, exact_below=1, background=False, rebuild_fraction=0.5)
+    index.upsert(ids, vectors)
+    index.upsert(ids[:50], vectors[:50] * -1.5)  # some rows in the delta
+    rng = np.random.default_rng(2)
+    queries = rng.standard_normal((20, 8)).astype(np.float32)
+    excludes = [set(rng.choice(ids, size=int(rng.integers(0, 30))).tolist()) for _ in range(20)]
+    many = index.search_many(queries, 10, excludes)
+    assert many == [index.search(q, 10, ex) for q, ex in zip(queries, excludes, strict=True)]
+    assert index.search_many(queries, 10) == [index.search(q, 10) for q in queries]
+    with pytest.raises(ValueError):
+        index.search_many(queries, 10, excludes[:3])
+
+
+def test_close_stops_an_inflight_build_and_the_index_keeps_serving() -> None:
+    # 80k rows is five build chunks: close() ends the build at the next chunk.
+    ids, vectors = catalogue(80_000, 32)
+    index = FaissIndex(32, exact_below=1)
+    index.upsert(ids, vectors)
+    index.close()
+    assert index._builder is not None and not index._builder.is_alive()
+    assert not index.approximate  # the interrupted build was never installed
+    index.upsert(["x"], np.ones((1, 32), dtype=np.float32))  # no new build after close
+    assert index._builder is not None and not index._builder.is_alive()
+    assert len(index.search(np.ones(32, dtype=np.float32), 10)) == 10
+
+
+def test_queries_during_upserts_and_background_rebuilds() -> None:
+    """One thread upserts (changed and new vectors, triggering rebuilds), another
+    queries without pause: no exception, always k results, and after a final rebuild
+    the answers equal exact search."""
+    dim, k = 8, 10
+    ids, vectors = catalogue(400, dim, seed=3)
+    index = FaissIndex(dim, exact_below=100, rebuild_fraction=0.05, hnsw=HnswParams(ef_search=128))
+    index.upsert(ids[:150], vectors[:150])
+    errors: list[BaseException] = []
+    queries_run = 0
+    done = threading.Event()
+
+    def query_loop() -> None:
+        nonlocal queries_run
+        rng = np.random.default_rng(4)
+        try:
+            while not done.is_set():
+                query = rng.standard_normal(dim).astype(np.float32)
+                exclude = {ids[int(i)] for i in rng.integers(0, 150, size=5)}
+                results = index.search(query, k, exclude)
+                assert len(results) == k, results
+                assert not set(ids_of(results)) & exclude
+                queries_run += 1
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    reader = threading.Thread(target=query_loop)
+    reader.start()
+    rng = np.random.default_rng(5)
+    try:
+        for step in range(150, 400, 5):
+            index.upsert(ids[step : step + 5], vectors[step : step + 5])
+            changed = rng.integers(0, step, size=10)
+            vectors[changed] = rng.standard_normal((10, dim)).astype(np.float32)
+            index.upsert([ids[i] for i in changed], vectors[changed])
+            if step % 50 == 0:
+                index.rebuild(wait=False)
+            time.sleep(0.001)
+    finally:
+        done.set()
+        reader.join()
+    assert not errors, errors[0]
+    assert queries_run > 0 and index.builds >= 2
+    index.rebuild(wait=True)
+    index.close()
+    assert len(index) == 400 and index.delta_size == 0
+    for query in np.random.default_rng(6).standard_normal((20, dim)).astype(np.float32):
+        assert ids_of(index.search(query, k)) == exact_top(ids, vectors, query, k)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(0, 40), st.integers(-3, 3)), min_size=1, max_size=25),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 15),
+    st.sets(st.integers(0, 45), max_size=10),
+)
+def test_interleaved_upserts_keep_the_contract(
+    batches: list[list[tuple[int, int]]], k: int, excluded: set[int]
+) -> None:
+    """Batches of upserts over few ids (so ids repeat, some rows land in the delta,
+    some batches trigger rebuilds): size, exclusions, ordering and freshness hold."""
+    dim = 4
+    index = FaissIndex(dim, exact_below=10, background=False, rebuild_fraction=0.3)
+    current: dict[str, np.ndarray] = {}
+    for batch in batches:
+        ids = [f"i{item}" for item, _ in batch]
+        vectors = np.array([[shift, 1, -shift, item % 3] for item, shift in batch], np.float32)
+        index.upsert(ids, vectors)
+        current.update(zip(ids, vectors, strict=True))
+        assert len(index) == len(current)
+    query = np.array([1, 0.5, -0.25, 0.1], dtype=np.float32)
+    exclude = {f"i{item}" for item in excluded}
+    results = index.search(query, k, exclude)
+    available = [item for item in current if item not in exclude]
+    assert len(results) == min(k, len(available))
+    assert not set(ids_of(results)) & exclude
+    scores = [s.score for s in results]
+    assert scores == sorted(scores, reverse=True)
+    for s in results:  # every score is the newest vector's
+        assert s.score == pytest.approx(float(current[s.item_id] @ query), abs=1e-5)
+
+
+def test_set_ef_search_applies_now_and_to_later_builds() -> None:
+    ids, vectors = catalogue(500, 8)
+    index = FaissIndex(8, exact_below=1, background=False)
+    index.upsert(ids, vectors)
+    index.set_ef_search(200)
+    assert index._snapshot is not None and index._snapshot.index.hnsw.efSearch == 200
+    index.rebuild(wait=True)  # nothing changed: the snapshot is current, no new build
+    assert index.builds == 1
+    index.upsert(ids[:1], vectors[:1] * 2)
+    index.rebuild(wait=True)
+    assert index.builds == 2 and index._snapshot.index.hnsw.efSearch == 200
+    query = np.ones(8, dtype=np.float32)
+    assert len(index.search(query, 10)) == 10
