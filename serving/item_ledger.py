@@ -51,7 +51,8 @@ class ItemDelta:
     the one it changed (None for a new item): an owner whose vector is exactly
     `before`, or that has never seen the item, takes `latest` as it is; otherwise it
     adds `delta`. So a lone worker's canonical vectors equal its own bit for bit, and
-    concurrent changes from several workers add up. `clicked_at` is the click's time (for freshness), or None.
+    concurrent changes from several workers add up. `clicked_at` is the click's time
+    (for freshness), or None.
     """
 
     item_id: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import redis
@@ -14,6 +15,8 @@ from stream.app import Worker, create_worker
 from stream.pipeline import TimedIndex
 from stream.settings import Settings
 from stream.topics import ensure_topics
+
+log = logging.getLogger(__name__)
 
 
 class RedisUnreachable(ConnectionError):
@@ -52,6 +55,11 @@ def build_worker(settings: Settings) -> Worker:
             expected_sha256=settings.checkpoint_sha256 or None,
         )
         timed_index.take_upsert_seconds()  # the bulk load is not the first event's cost
+        if len(index) >= index.exact_below:
+            # Build the approximate index before taking clicks: until it exists every
+            # search is exact, ~100 queries/s at 1M items.
+            log.warning("building the ANN index over %d items ...", len(index))
+            index.rebuild(wait=True)
     else:
         recommender = build_recommender(
             settings.model, dim=settings.dim, seed=settings.seed, index=timed_index
