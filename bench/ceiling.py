@@ -28,6 +28,8 @@ def ceiling_events_per_s(
     timed = TimedIndex(index)
     model, _ = load_checkpoint(checkpoint, index=timed, dim=dim)
     timed.take_upsert_seconds()
+    if len(index) >= index.exact_below:
+        index.rebuild(wait=True)  # as the worker does before taking clicks
     tracker = DeltaTracker()
     processor = ClickProcessor(
         model, None, WorkerMetrics(), top_k=top_k, exclude="seen", dedup_window=128,

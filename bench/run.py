@@ -69,7 +69,9 @@ def ann_figures(quick: bool) -> dict[str, Any]:
         say("bench/ann.py is missing: no ANN figures")
         return {}
     with pinned(WORKER_CORE):
-        return ann.run(quick=quick)  # type: ignore[no-any-return]
+        figures = ann.run(quick=quick, cpu=WORKER_CORE)
+    say(ann.report(figures))
+    return figures  # type: ignore[no-any-return]
 
 
 def run(quick: bool, out_dir: Path) -> Path:
