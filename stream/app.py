@@ -243,8 +243,29 @@ def create_worker(
             for partition, group in sorted(by_partition.items())
         ]
 
-    def batches(stream: Any) -> Any:
-        return stream.take_events(settings.batch_size, within=settings.batch_wait_ms / 1000)
+    async def batches(stream: Any) -> Any:
+        """Batches of events, each acknowledged only after the loop body that got it
+        has finished. `take_events` acknowledges a batch in a `finally`, so a worker
+        stopped in the middle of one would commit clicks it never applied (found by
+        tests/integration/test_rebalance.py)."""
+        async for events in stream.noack_take(
+            settings.batch_size, within=settings.batch_wait_ms / 1000
+        ):
+            # Events fetched before a rebalance may still sit in the stream's buffer
+            # after it. Their partition may now be another worker's, and acking them
+            # would corrupt Faust's commit tracking (the offsets it keeps per
+            # partition are reset by the revocation), committing past clicks that
+            # were never applied. They are neither applied nor acked here: the
+            # partition's owner reads them again from the committed offset.
+            generation = app.consumer_generation_id
+            current = [e for e in events if e.message.generation_id in (None, generation)]
+            if len(current) < len(events):
+                metrics.stale_events_skipped.inc(len(events) - len(current))
+            if not current:
+                continue
+            yield current
+            for event in current:
+                await stream.ack(event)
 
     @app.agent(clicks, name="validate")
     async def validate(stream: Any) -> None:
@@ -315,28 +336,32 @@ def create_worker(
     async def own_items(stream: Any) -> None:
         """The owner of an item id's partition: applies each delta once, writes Redis
         and tells every worker the new vector."""
-        async for event in stream.events():
-            partition = event.message.partition
-            if partition in unsynced:
-                # Newly owned: first read every vector the previous owner broadcast,
-                # so its last changes are the base for ours (and its applied offsets
-                # stop replayed deltas).
-                await follower.sync({partition})
-                unsynced.discard(partition)
-            try:
-                deltas = decode_deltas(event.value or b"")
-            except ValueError as exc:  # only our own workers write here
-                log.error("unreadable item-delta record dropped: %s", exc)
-                continue
-            applied = [entry for d in deltas if (entry := ledger.apply(d)) is not None]
-            if not applied:
-                continue
-            publisher.submit_items(
-                {e.item_id: e.vector for e in applied},
-                {e.item_id: e.version for e in applied},
-                {e.item_id: e.clicked_at for e in applied if e.clicked_at is not None},
-            )
-            await item_vectors.send(value=encode_vectors(applied), partition=partition)
+        async for events in batches(stream):
+            for event in events:
+                await own_deltas(event)
+
+    async def own_deltas(event: Any) -> None:
+        partition = event.message.partition
+        if partition in unsynced:
+            # Newly owned: first read every vector the previous owner broadcast, so
+            # its last changes are the base for ours (and its applied offsets stop
+            # replayed deltas).
+            await follower.sync({partition})
+            unsynced.discard(partition)
+        try:
+            deltas = decode_deltas(event.value or b"")
+        except ValueError as exc:  # only our own workers write here
+            log.error("unreadable item-delta record dropped: %s", exc)
+            return
+        applied = [entry for d in deltas if (entry := ledger.apply(d)) is not None]
+        if not applied:
+            return
+        publisher.submit_items(
+            {e.item_id: e.vector for e in applied},
+            {e.item_id: e.version for e in applied},
+            {e.item_id: e.clicked_at for e in applied if e.clicked_at is not None},
+        )
+        await item_vectors.send(value=encode_vectors(applied), partition=partition)
 
     @app.task
     async def follow_item_vectors() -> None:

@@ -44,6 +44,12 @@ class WorkerMetrics:
             "Accepted clicks whose event_id was already applied (skipped, no effect).",
             registry=r,
         )
+        self.stale_events_skipped = Counter(
+            "streamrec_stale_events_skipped",
+            "Clicks fetched before a rebalance and still buffered after it: left unapplied "
+            "and unacknowledged for their partition's owner to read again.",
+            registry=r,
+        )
         self.events_out_of_order = Counter(
             "streamrec_events_out_of_order",
             "Accepted clicks older than their user's last applied event (applied in arrival "
