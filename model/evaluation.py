@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from model.base import Interaction, Recommender, UserContext
+from model.baselines import DEFAULT_HALF_LIFE_S
 
 DEFAULT_KS = (10, 20)
 
@@ -114,6 +115,28 @@ def check_ks(ks: Iterable[int]) -> tuple[int, ...]:
     if not ks or not all(isinstance(k, int) and k >= 1 for k in ks):
         raise ValueError(f"cut-offs K must be integers >= 1, not {list(ks)}")
     return tuple(sorted(set(ks)))
+
+
+def auto_half_life(protocol: str, events: Sequence[Interaction]) -> float:
+    """A popularity half-life (seconds) that suits how `protocol` uses the counts.
+
+    Counts should decay no faster than they go stale before they are used. `last-out`
+    ranks every held-out event with the counts as they stand at the end of the data,
+    whenever that event happened, so the counts are up to the data's whole time span
+    stale: the half-life is that span (the first event to the last; 8,214 days on
+    ml-latest-small, where popularity then scores HR@10 about 0.04 instead of 0.000
+    with 1 h). `prequential`, `session-split` and live serving rank each event with
+    counts that are current, so recency pays and the half-life is
+    `DEFAULT_HALF_LIFE_S` (1 h, tuned on yoochoose). Never below that default.
+
+    >>> day = [Interaction("u", "i", t) for t in (0.0, 86_400.0)]
+    >>> auto_half_life("last-out", day), auto_half_life("session-split", day)
+    (86400.0, 3600.0)
+    """
+    if protocol == "last-out" and events:
+        stamps = [event.timestamp for event in events]
+        return max(DEFAULT_HALF_LIFE_S, max(stamps) - min(stamps))
+    return DEFAULT_HALF_LIFE_S
 
 
 def time_ordered(events: Iterable[Interaction]) -> list[Interaction]:

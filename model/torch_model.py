@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from model.base import Interaction, ItemIndex, Scored, Update, UserContext
-from model.baselines import RecentPopularity, advance
+from model.baselines import DEFAULT_HALF_LIFE_S, RecentPopularity, advance
 from model.index import ExactIndex
 from model.transitions import TransitionMemory
 
@@ -113,7 +113,7 @@ class TorchRecommender:
         index: ItemIndex | None = None,
         max_recent: int = 50,
         version_tag: str = "online",
-        half_life_s: float = 3600.0,
+        half_life_s: float = DEFAULT_HALF_LIFE_S,
         init_std: float = 0.1,
         window: int = 5,
         retrieve: int = 50,
