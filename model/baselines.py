@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,14 @@ class RecentPopularity:
         """The item's share of the decayed click total; 0.0 for unknown items."""
         row = self._rows.get(item_id)
         return 0.0 if row is None or self._total == 0.0 else self._counts[row] / self._total
+
+    def shares(self, item_ids: Sequence[str]) -> np.ndarray:
+        """`share` of each id as a float64 array (0.0 for unknown ids)."""
+        if self._total == 0.0:
+            return np.zeros(len(item_ids))
+        rows, counts = self._rows, self._counts
+        values = [counts[r] if (r := rows.get(i)) is not None else 0.0 for i in item_ids]
+        return np.array(values) / self._total
 
     def top(self, k: int, exclude: Collection[str] = ()) -> list[Scored]:
         """Best-first top-k by decayed popularity, skipping `exclude`; returns

@@ -75,7 +75,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--half-life", default="auto", metavar="SECONDS|auto",
         help="popularity half-life of every model, in event-time seconds; auto (default): "
-        "the data's time span for last-out, whose held-out events are ranked with the "
+        "twice the data's time span for last-out, whose held-out events are ranked with the "
         "counts at the data's end, else 3600",
     )
     parser.add_argument(
