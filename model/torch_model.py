@@ -128,8 +128,9 @@ class TorchRecommender:
     next click of the test day, 10,152 predictions, no exclusions) the defaults score
     HR@20 0.7115 and MRR@20 0.3766 (468 events/s); `CoVisitation` scores 0.6987 and
     0.3717, the GRU ranking alone 0.640 and 0.310. With the gap and kind inputs
-    frozen (context_lr 0): 0.7129 and 0.3769, a difference of 14 hits in 10,152. Repeats matter there: the mixer
-    learns its largest weights for "j is the last item" and P(j | r_1).
+    frozen (context_lr 0): 0.7129 and 0.3769, a difference of 14 hits in 10,152.
+    Repeats matter there: the mixer learns its largest weights for "j is the last
+    item" and P(j | r_1).
 
     On ml-latest-small last-out (610 users, full ranking, training items excluded,
     popularity half-life twice the data's span) the defaults score HR@10 0.1311 and
