@@ -141,6 +141,9 @@ class TorchRecommender:
     (at context_lr 0.1, half-life = the span) 0.1262 and 0.0657. context_lr is 0.01,
     not 0.1: at 0.1 the shared gap and kind rows, stepped on every event, outgrew the
     item embeddings and the GRU lost track of the last item on planted data.
+    With the gap and kind inputs frozen (context_lr 0, half-life as above): 0.1180 and
+    0.0656, so they add about 0.013 HR@10 here while costing nothing measurable on
+    yoochoose. Both datasets carry one event type, so only the gaps can matter there.
 
     Not thread-safe. Does not set torch's thread count: that is the caller's decision.
     The same seed and the same events give the same outputs.
