@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 from model.base import ItemIndex, Recommender
-from model.baselines import CoVisitation, RecentPopularity
+from model.baselines import DEFAULT_HALF_LIFE_S, CoVisitation, RecentPopularity
 from model.torch_model import TorchRecommender
 
 MODEL_NAMES = ("torch", "popularity", "covisit")
 
 
 def build_recommender(
-    name: str, *, dim: int = 64, seed: int = 0, index: ItemIndex | None = None
+    name: str,
+    *,
+    dim: int = 64,
+    seed: int = 0,
+    index: ItemIndex | None = None,
+    half_life_s: float = DEFAULT_HALF_LIFE_S,
 ) -> Recommender:
     """A fresh model with default hyperparameters. `dim`, `seed` and `index` matter only
     to the torch model: the baselines have no vectors and nothing random.
+    `half_life_s` is every model's popularity half-life (the ranking itself for
+    `popularity`, the fill and a feature for the others).
     ValueError for an unknown name, listing the choices.
 
     >>> build_recommender("covisit").version
     'covisit-w5'
     """
     if name == "torch":
-        return TorchRecommender(dim=dim, seed=seed, index=index)
+        return TorchRecommender(dim=dim, seed=seed, index=index, half_life_s=half_life_s)
     if name == "popularity":
-        return RecentPopularity()
+        return RecentPopularity(half_life_s)
     if name == "covisit":
-        return CoVisitation()
+        return CoVisitation(half_life_s=half_life_s)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

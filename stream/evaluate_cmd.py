@@ -73,6 +73,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dim", type=int, default=64, help="torch model dimension (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="torch model seed (default 0)")
     parser.add_argument(
+        "--half-life", default="auto", metavar="SECONDS|auto",
+        help="popularity half-life of every model, in event-time seconds; auto (default): "
+        "twice the data's time span for last-out, whose held-out events are ranked with the "
+        "counts at the data's end, else 3600",
+    )
+    parser.add_argument(
         "--limit", type=int, metavar="N", help="use only the first N events (by time) of each file"
     )
     parser.add_argument(
@@ -141,13 +147,20 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
     dataset, files = resolve_data(args.protocol, args.data, args.train, args.test)
     streams = [load(path, args.format, args.limit) for path in files]
 
+    half_life_s = parse_half_life(getattr(args, "half_life", "auto"))
+    if half_life_s is None:
+        half_life_s = evaluation.auto_half_life(
+            args.protocol, [event for events in streams for event in events]
+        )
     total = sum(len(events) for events in streams)
     results: dict[str, Any] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: repeatable timings and results
     try:
         for name in models:
-            model = build_recommender(name, dim=args.dim, seed=args.seed)
+            model = build_recommender(
+                name, dim=args.dim, seed=args.seed, half_life_s=half_life_s
+            )
             logged = hit_log.recorder(name) if hit_log is not None else None
             with _progress_bar(name, total, disabled=args.quiet) as progress:
                 if args.protocol == "prequential":
@@ -164,7 +177,7 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
 
                 results[f"{name}@kafka"] = session_split_through_kafka(
                     name, streams[0], streams[1], ks, dim=args.dim, seed=args.seed,
-                    progress=not args.quiet and sys.stderr.isatty(),
+                    half_life_s=half_life_s, progress=not args.quiet and sys.stderr.isatty(),
                 )
     finally:
         torch.set_num_threads(threads)
@@ -180,6 +193,19 @@ def parse_models(text: str) -> list[str]:
             f"choose from {','.join(MODEL_NAMES)}"
         )
     return list(dict.fromkeys(names))
+
+
+def parse_half_life(text: str) -> float | None:
+    """Seconds from `--half-life`, or None for `auto`; EvaluateError otherwise."""
+    if text == "auto":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise EvaluateError(f"--half-life must be seconds > 0 or auto, not {text!r}")
+    return seconds
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -244,6 +270,7 @@ def load(path: Path, fmt: str, limit: int | None) -> list[Interaction]:
             user_id=row["user_id"],
             item_id=row["item_id"],
             timestamp=row["timestamp"],
+            event_type=row.get("event_type", "click"),
             session_id=row.get("session_id"),
         )
         for row in rows

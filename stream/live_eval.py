@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from model.base import Interaction
+from model.baselines import DEFAULT_HALF_LIFE_S
 from model.checkpoint import save_checkpoint
 from model.evaluation import RankingMetrics, next_clicks, time_ordered
 from model.registry import build_recommender
@@ -44,6 +45,7 @@ def session_split_through_kafka(
     *,
     dim: int = 64,
     seed: int = 0,
+    half_life_s: float = DEFAULT_HALF_LIFE_S,
     progress: bool = False,
     drain_timeout_s: float = 120.0,
 ) -> dict[str, Any]:
@@ -53,7 +55,8 @@ def session_split_through_kafka(
     predictions, seconds, events_per_s), where seconds covers the test stream only.
     """
     metrics = RankingMetrics(ks)
-    model = build_recommender(model_name, dim=dim, seed=seed)
+    # The checkpoint carries the half-life to the worker (popularity state holds it).
+    model = build_recommender(model_name, dim=dim, seed=seed, half_life_s=half_life_s)
     learn(model, time_ordered(train), {})
     for event in train:
         metrics.see(event.item_id)

@@ -80,6 +80,11 @@ class Settings:
         metadata={"help": "what is never recommended: seen (recent items), last, none"},
     )
     seed: int = field(default=0, metadata={"help": "random seed of the model"})
+    half_life_s: int = field(
+        default=3600,
+        metadata={"help": "popularity half-life of a fresh model, event-time seconds "
+                  "(a checkpoint keeps its own)"},
+    )
     checkpoint: str = field(
         default="",
         metadata={"help": "model file from `streamrec train` to start from (empty: a fresh model)"},
@@ -107,7 +112,8 @@ class Settings:
                 f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, not {self.exclude!r}"
             )
         for name in ("partitions", "dim", "top_k", "max_event_bytes", "dedup_window",
-                     "vector_flush_ms", "fetch_max_wait_ms", "batch_size", "batch_wait_ms"):
+                     "vector_flush_ms", "fetch_max_wait_ms", "batch_size", "batch_wait_ms",
+                     "half_life_s"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0 < self.web_port < 65536:

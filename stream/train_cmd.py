@@ -63,6 +63,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=1,
         help="passes over the data, each from fresh user contexts (default 1)",
     )
+    parser.add_argument(
+        "--half-life", default="auto", metavar="SECONDS|auto",
+        help="popularity half-life in event-time seconds, saved in the checkpoint; auto "
+        "(default): 3600, since the worker ranks with counts that are current (see "
+        "`evaluate --half-life`)",
+    )
     parser.add_argument("--limit", type=int, help="learn only the first N events in time order")
     parser.add_argument("--version", help="checkpoint version (default: model-time-hash)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     from model.base import Interaction
     from model.checkpoint import save_checkpoint
+    from model.evaluation import auto_half_life
     from model.registry import build_recommender
 
     # One event at a time gains nothing from intra-op threads (the worker does the same).
@@ -101,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
         for row in rows
     ]
 
-    model = build_recommender(args.model, dim=args.dim, seed=args.seed)
+    half_life_s = _half_life(getattr(args, "half_life", "auto"))
+    if half_life_s is None:
+        half_life_s = auto_half_life("live", interactions)
+    model = build_recommender(args.model, dim=args.dim, seed=args.seed, half_life_s=half_life_s)
     progress = tqdm(
         total=len(interactions) * args.epochs,
         desc=f"train {args.model}",
@@ -151,11 +161,25 @@ def learn(
     return contexts
 
 
+def _half_life(text: str) -> float | None:
+    """Seconds from `--half-life`, None for auto; TrainError otherwise."""
+    if text == "auto":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise TrainError(f"--half-life must be seconds > 0 or auto, not {text!r}")
+    return seconds
+
+
 def _check(args: argparse.Namespace) -> None:
     """Refuse bad arguments before reading the data, so a typo costs no training time."""
     for name in ("dim", "epochs"):
         if getattr(args, name) < 1:
             raise TrainError(f"--{name} must be at least 1, not {getattr(args, name)}")
+    _half_life(getattr(args, "half_life", "auto"))
     if args.limit is not None and args.limit < 1:
         raise TrainError(f"--limit must be at least 1, not {args.limit}")
     if args.version is not None:

@@ -62,7 +62,11 @@ def build_worker(settings: Settings) -> Worker:
             index.rebuild(wait=True)
     else:
         recommender = build_recommender(
-            settings.model, dim=settings.dim, seed=settings.seed, index=timed_index
+            settings.model,
+            dim=settings.dim,
+            seed=settings.seed,
+            index=timed_index,
+            half_life_s=settings.half_life_s,
         )
     ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
     Path(settings.data_dir, settings.app_id).mkdir(parents=True, exist_ok=True)

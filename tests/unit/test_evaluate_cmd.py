@@ -149,6 +149,8 @@ def test_format_table_aligns_columns() -> None:
         (["--data", "{train}", "--k", "10,x"], "--k must be"),
         (["--data", "{train}", "--k", "0"], "--k must be"),
         (["--data", "{train}", "--limit", "0"], "--limit must be"),
+        (["--data", "{train}", "--half-life", "0"], "--half-life must be"),
+        (["--data", "{train}", "--half-life", "soon"], "--half-life must be"),
         (["--protocol", "last-out"], "needs --data"),
         (["--train", "{train}", "--test", "{test}"], "--train/--test are for"),
         (["--protocol", "session-split", "--data", "{test}"], "is not a *_train_full.txt"),
@@ -163,6 +165,8 @@ def test_format_table_aligns_columns() -> None:
         "k-text",
         "k-zero",
         "limit",
+        "half-life-zero",
+        "half-life-text",
         "no-data",
         "train-test",
         "not-train-file",
@@ -213,3 +217,32 @@ def test_hit_log_windows_are_known_answers() -> None:
         record("u", ranked, target)
     # Hits: a yes, c no, c at rank 3 > k no, b yes, y no -> windows of 2: 1/2, 1/2, 0/1.
     assert log.windows(2) == {"m": [(2, 0.5), (4, 0.5), (5, 0.0)]}
+
+
+def test_auto_half_life_keeps_popularity_for_last_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Expected: thirty old users clicked "classic" a year before thirty new users
+    # clicked one of three recent fillers (ten clicks each); every new user's held-out
+    # click is "classic", every old user's an item nobody else has. Ranked at the end
+    # of the data, a 1 h half-life has forgotten "classic" (the fillers win), while
+    # auto (last-out: the data's time span) still ranks it first: HR@1 = 30 / 60.
+    lines = ["userId,movieId,rating,timestamp"]
+    year = 365 * 86400
+    for u in range(30):
+        lines.append(f"old{u},classic,5,{1_000 + u}")
+        lines.append(f"old{u},only{u},5,{2_000 + u}")
+        lines.append(f"new{u},f{u % 3},4,{year + 10 * u}")
+        lines.append(f"new{u},classic,5,{year + 10 * u + 1}")
+    data = tmp_path / "ratings.csv"
+    data.write_text("\n".join(lines) + "\n")
+    argv = ["--data", str(data), "--format", "movielens", "--protocol", "last-out",
+            "--models", "popularity", "--k", "1", "--json", "--quiet"]
+
+    def hr(*extra: str) -> float:
+        code, out, _ = evaluate([*argv, *extra], capsys)
+        assert code == 0
+        return json.loads(out)["models"]["popularity"]["HR@1"]
+
+    assert hr("--half-life", "3600") == 0.0
+    assert hr() == hr("--half-life", str(year)) == 0.5

@@ -254,7 +254,7 @@ def test_torch_update_carries_exactly_the_vectors_that_changed():
         for item_id, vector in update.item_vectors.items():
             np.testing.assert_array_equal(vector, model.item_vector(item_id))
         assert update.user_vector is not None
-        np.testing.assert_array_equal(update.user_vector, np.float32(update.context.state[8:]))
+        np.testing.assert_array_equal(update.user_vector, np.float32(update.context.state[8:16]))
 
 
 def test_torch_seed_changes_the_model():

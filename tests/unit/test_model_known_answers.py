@@ -206,3 +206,100 @@ def test_covisit_trusts_the_most_recent_click_most():
     top = model.recommend(context, 2)
     assert [s.item_id for s in top] == ["y1", "x1"]
     assert top[1].score == pytest.approx(2**-1.5, rel=1e-6)
+
+
+def gap_and_kind_sessions(sessions: int, seed: int) -> list[Interaction]:
+    """Sessions of 2-5 noise clicks, then "x", then the planted next click. Which one
+    depends only on how "x" was reached: 2 s after the previous click -> "fast",
+    1,200 s after -> "slow" (both within one session); or, in the event-type
+    variant, "x" viewed -> "info", "x" added to the cart -> "checkout". Item
+    sequences alone cannot tell the cases apart: "x" is followed by each half the time."""
+    rng = random.Random(seed)
+    noise = [f"noise-{j}" for j in range(30)]
+    events = []
+    t = 1_700_000_000.0
+    for s in range(sessions):
+        for item in rng.choices(noise, k=rng.randint(2, 5)):
+            t += rng.uniform(1.0, 30.0)
+            events.append(Interaction(f"session-{s}", item, t))
+        first = rng.random() < 0.5
+        if s % 2:
+            t += 2.0 if first else 1200.0
+            events.append(Interaction(f"session-{s}", "x", t))
+            nxt = "fast" if first else "slow"
+        else:
+            t += 10.0
+            kind = "view" if first else "add_to_cart"
+            events.append(Interaction(f"session-{s}", "x", t, event_type=kind))
+            nxt = "info" if first else "checkout"
+        t += 3.0
+        events.append(Interaction(f"session-{s}", nxt, t))
+        t += 3600.0
+    return events
+
+
+def x_reached(model: TorchRecommender, gap: float, event_type: str = "click") -> list[str]:
+    """A new user's ranking after noise-3 then "x", `gap` seconds later."""
+    context = model.new_context()
+    context = model.learn_one(context, Interaction("probe", "noise-3", 2e9)).context
+    x = Interaction("probe", "x", 2e9 + gap, event_type=event_type)
+    return ranked(model, model.learn_one(context, x).context, 10)
+
+
+@pytest.mark.parametrize("context_lr", [0.01, 0.0])
+def test_torch_reads_time_gaps_and_event_types(context_lr: float):
+    # Expected: with the gap and event-type embeddings learning (context_lr > 0),
+    # "fast" ranks above "slow" after a 2 s gap and below it after 1,200 s, and "info"
+    # above "checkout" after a view, below it after an add-to-cart. With them frozen
+    # at zero (context_lr = 0) the two probes of each pair rank the pair alike.
+    model = train(TorchRecommender(dim=16, seed=0, context_lr=context_lr),
+                  gap_and_kind_sessions(500, seed=3))
+    assert isinstance(model, TorchRecommender)
+    quick, later = x_reached(model, 2.0), x_reached(model, 1200.0)
+    viewed, carted = x_reached(model, 10.0, "view"), x_reached(model, 10.0, "add_to_cart")
+    if context_lr > 0:
+        assert quick.index("fast") < quick.index("slow")
+        assert later.index("slow") < later.index("fast")
+        assert viewed.index("info") < viewed.index("checkout")
+        assert carted.index("checkout") < carted.index("info")
+    else:
+        def before(ranking: list[str], a: str, b: str) -> bool:
+            return ranking.index(a) < ranking.index(b)
+
+        assert before(quick, "fast", "slow") == before(later, "fast", "slow")
+        assert before(viewed, "info", "checkout") == before(carted, "info", "checkout")
+
+
+def far_anchor_sessions(sessions: int, seed: int) -> list[Interaction]:
+    """Sessions of 4-8 clicks on 300 uniform noise items; 60% also hold anchor_i and,
+    1 or 7 clicks later, target_i. Noise follows noise at random, so P(target_i |
+    anchor_i) stands out among anchor_i's successors and no noise item has one like it."""
+    rng = random.Random(seed)
+    noise = [f"noise-{j}" for j in range(300)]
+    anchors = {f"anchor{i}": f"target{i}" for i in range(5)}
+    events = []
+    t = 1_700_000_000.0
+    for s in range(sessions):
+        clicks = rng.choices(noise, k=rng.randint(4, 8))
+        if rng.random() < 0.6:
+            a = rng.choice(sorted(anchors))
+            at = rng.randint(0, len(clicks))
+            clicks[at:at] = [a, *rng.choices(noise, k=rng.choice((0, 6))), anchors[a]]
+        for item in clicks:
+            t += rng.uniform(1.0, 30.0)
+            events.append(Interaction(f"session-{s}", item, t))
+        t += 3600.0
+    return events
+
+
+def test_torch_history_vote_reaches_past_the_window():
+    # Expected: a user who clicked anchor_i and then seven items never seen in training
+    # has anchor_i 8 clicks back, outside the 5-item transition window: the window's
+    # votes hold no target_i, while the history vote (last 50 items) ranks it first.
+    model = train(TorchRecommender(dim=16, seed=0), far_anchor_sessions(600, seed=11))
+    assert isinstance(model, TorchRecommender)
+    probe_noise = [f"unseen-{j}" for j in range(7)]
+    for i in range(5):
+        recent = (f"anchor{i}", *probe_noise)
+        assert f"target{i}" not in model.transitions.votes(recent)
+        assert model.history_vote(recent, 1)[0].item_id == f"target{i}"

@@ -141,3 +141,16 @@ def test_an_empty_file_is_a_user_error(tmp_path: Path) -> None:
     args = parse("--data", str(data), "--out", str(tmp_path / "m.safetensors"), "--quiet")
     with pytest.raises(TrainError, match="no interactions"):
         run(args)
+
+
+@pytest.mark.parametrize(("flag", "expected"), [((), 3600.0), (("--half-life", "60"), 60.0)])
+def test_half_life_is_saved_in_the_checkpoint(
+    sessions: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    flag: tuple[str, ...], expected: float,
+) -> None:
+    # Expected: the worker serving this checkpoint decays popularity as trained; auto
+    # (no flag) is the live choice, 1 h.
+    out = tmp_path / "p.safetensors"
+    train(capsys, "--data", str(sessions), "--model", "popularity", "--out", str(out), *flag)
+    model, _ = load_checkpoint(out)
+    assert model.state_dict()["half_life_s"] == expected
