@@ -57,6 +57,18 @@ def _kind(event_type: str) -> int:
         return len(EVENT_TYPES)
 
 
+# A sparse vector over item rows: (ascending unique rows, their weights).
+_Sparse = tuple[np.ndarray, np.ndarray]
+
+
+def _lookup(sparse: _Sparse, rows: np.ndarray) -> np.ndarray:
+    """The weights of `rows` in a sparse (ascending unique rows, weights) vector; 0.0
+    for a row it does not hold."""
+    held, weights = sparse
+    at = np.minimum(np.searchsorted(held, rows), len(held) - 1)
+    return np.where(held[at] == rows, weights[at], 0.0)
+
+
 def _adagrad(row: torch.Tensor, sq: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
     """One Adagrad step on a row view, in place; `sq` is its sum of squared gradients."""
     sq.addcmul_(grad, grad)
@@ -450,7 +462,7 @@ class TorchRecommender:
 
     def _candidates(
         self, context: UserContext, h: torch.Tensor, exclude: Collection[str], also: str = ""
-    ) -> tuple[list[str], torch.Tensor, tuple[dict[str, list[float]], np.ndarray | None]]:
+    ) -> tuple[list[str], torch.Tensor, tuple[dict[str, list[float]], _Sparse | None]]:
         """The items worth ranking for `context` and their features: the transition
         successors of the last `window` items, the last `_REPEAT_SPAN` items, the
         index's top `retrieve` by inner product with h, and `also` if given; never an
@@ -460,10 +472,9 @@ class TorchRecommender:
         candidates = dict.fromkeys(votes)
         candidates.update(dict.fromkeys(context.recent[-_REPEAT_SPAN:]))
         if self.history_candidates > 0 and history is not None:
-            m = min(self.history_candidates, len(history))
-            top = np.argpartition(-history, m - 1)[:m]
-            top = top[np.lexsort((top, -history[top]))]  # best first, ties by row
-            candidates.update(dict.fromkeys(self._ids[r] for r in top if history[r] > 0))
+            rows, weights = history
+            top = np.lexsort((rows, -weights))[: self.history_candidates]  # ties by row
+            candidates.update(dict.fromkeys(self._ids[rows[c]] for c in top if weights[c] > 0))
         if self.popular_candidates > 0:
             popular = self.popularity.top(self.popular_candidates, exclude)
             candidates.update(dict.fromkeys(s.item_id for s in popular))
@@ -481,17 +492,24 @@ class TorchRecommender:
         """The k items with the largest history vote for a user whose recent items are
         `recent` (the mixer feature; see the class docstring), best first, ties by
         first appearance; only items with a vote."""
-        votes = self._history(recent)
-        if votes is None or k <= 0:
+        history = self._history(recent)
+        if history is None or k <= 0:
             return []
-        order = np.lexsort((np.arange(len(votes)), -votes))[:k]
-        return [Scored(self._ids[r], float(votes[r])) for r in order if votes[r] > 0]
+        rows, weights = history
+        order = np.lexsort((rows, -weights))[:k]
+        return [
+            Scored(self._ids[rows[c]], float(weights[c])) for c in order if weights[c] > 0
+        ]
 
-    def _history(self, recent: Sequence[str]) -> np.ndarray | None:
-        """Per item row, sum over the last `history` items r_d of `recent` (d = 1 for
-        the last) of d ** -history_exponent * P(row | r_d); None if none of them has a
-        successor. Long histories (MovieLens users) carry evidence that the last
-        `window` items alone do not."""
+    def _history(self, recent: Sequence[str]) -> _Sparse | None:
+        """The history vote as (rows, weights), rows ascending and unique: for each
+        item row with a vote, the sum over the last `history` items r_d of `recent`
+        (d = 1 for the last) of d ** -history_exponent * P(row | r_d); None if none of
+        them has a successor. Long histories (MovieLens users) carry evidence that the
+        last `window` items alone do not.
+
+        Sparse on purpose: its cost follows the successors' count, not the catalogue's
+        size (a dense vote over every row cost O(items) twice per event)."""
         if self.history <= 0:
             return None
         rows_parts: list[np.ndarray] = []
@@ -511,9 +529,9 @@ class TorchRecommender:
                 weight_parts.append(arrays[1] * d**-self.history_exponent)
         if not rows_parts:
             return None
-        return np.bincount(
-            np.concatenate(rows_parts), np.concatenate(weight_parts), minlength=len(self._ids)
-        )
+        rows, slots = np.unique(np.concatenate(rows_parts), return_inverse=True)
+        # bincount adds each slot's weights in their order, as a dense bincount would.
+        return rows, np.bincount(slots, np.concatenate(weight_parts), minlength=len(rows))
 
     def _features(
         self,
@@ -521,7 +539,7 @@ class TorchRecommender:
         context: UserContext,
         h: torch.Tensor,
         votes: dict[str, list[float]],
-        history: np.ndarray | None,
+        history: _Sparse | None,
     ) -> torch.Tensor:
         """One row per id: [e_j . h, P(j | r_1..r_window), log of the recency-weighted
         vote, j is the last item, j is the one before, times j occurs in the last
@@ -537,7 +555,9 @@ class TorchRecommender:
         features[:, 1 : 1 + window] = p
         features[:, 1 + window] = torch.log(p @ self._decay + 1e-4)
         if history is not None:
-            features[:, 5 + window] = torch.from_numpy(np.log(history[rows.numpy()] + 1e-4))
+            features[:, 5 + window] = torch.from_numpy(
+                np.log(_lookup(history, rows.numpy()) + 1e-4)
+            )
         else:
             features[:, 5 + window] = math.log(1e-4)
         features[:, 6 + window] = torch.from_numpy(np.log(self.popularity.shares(ids) + 1e-6))
