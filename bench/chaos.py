@@ -142,6 +142,14 @@ class Cluster:
         """Slots whose process ended without being killed by us."""
         return [n for n, p in enumerate(self.processes) if p is not None and p.poll() is not None]
 
+    def restart_crashed(self) -> list[int]:
+        """Start a fresh process in every slot whose worker died on its own (what a pod
+        controller does); returns those slots, so the caller can count them."""
+        crashed = self.crashed()
+        for slot in crashed:
+            self.spawn(slot)
+        return crashed
+
     def close(self) -> None:
         for slot, process in enumerate(self.processes):
             if process is not None:
@@ -269,16 +277,24 @@ def chaos_run(
                     "topic": settings.clicks_topic, "rate": rate, "progress": False},
         )
         started = time.monotonic()
+        crashed: list[int] = []
         with PeakRss(cluster.pids) as rss, Recommended(settings) as recommended:
             producer.start()
 
+            def watch() -> None:
+                for slot in cluster.restart_crashed():
+                    crashed.append(slot)
+                    say(f"worker {slot} exited on its own (see {cluster.log_dir}); restarted")
+
             def progress(done: int) -> None:
+                watch()
                 say(f"{time.monotonic() - started:6.0f} s  recommended {done:,}/{total:,}  "
                     f"kills {cluster.kills}  workers alive {len(cluster.pids())}")
 
             next_report = 0.0
             for moment in schedule:
                 while time.monotonic() - started < moment:
+                    watch()
                     if time.monotonic() >= next_report:
                         progress(len(recommended.ids))
                         next_report = time.monotonic() + 5
@@ -293,7 +309,7 @@ def chaos_run(
             say("all clicks produced; waiting for the stream to drain ...")
             drained = wait_drained(lambda: len(recommended.ids), total, drain_quiet_s, progress)
             drain_s = time.monotonic() - started
-            crashed = cluster.crashed()
+            crashed += cluster.crashed()
         time.sleep(3)  # user records follow their recommendations by a flush
         recommendations = audit.recommendation_counts(settings)
         users = audit.final_user_records(settings)
