@@ -63,7 +63,21 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
             committed = self._committed_offset[tp]
             if committed is not None and processed[0] > committed:
                 return None  # the next record to commit has not been processed yet
-            run = next(consecutive_numbers(processed))
+            run = list(next(consecutive_numbers(processed)))
+            # A record handed to a stream and not yet acknowledged bounds the commit too.
+            # It matters when nothing is committed yet (a new group; Faust also keeps
+            # offset 0 as None): the head is then unknown, and a slow first record with
+            # later ones acknowledged was committed past (faust-streaming issue 606,
+            # tests/unit/test_transport.py).
+            in_flight = [
+                m.offset for m in list(self._unacked_messages)
+                if m.tp == tp and not m.acked and (committed is None or m.offset >= committed)
+            ]
+            if in_flight:
+                first = min(in_flight)
+                if first < run[0]:
+                    return None
+                run = [o for o in run if o < first]
             del processed[: len(run)]
             offset = int(run[-1]) + 1
             # Forget Faust's own bookkeeping up to here (it includes skipped records).
