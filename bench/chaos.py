@@ -25,6 +25,7 @@ model-independent fields are compared (stream/audit.py, `comparable_fields`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -57,7 +58,9 @@ def say(text: str) -> None:
     print(f"chaos: {text}", file=sys.stderr, flush=True)
 
 
-def run_settings(bootstrap_servers: str, redis_url: str, data_dir: Path, **overrides: Any) -> Settings:
+def run_settings(
+    bootstrap_servers: str, redis_url: str, data_dir: Path, **overrides: Any
+) -> Settings:
     """Settings for one run: its own app id, topics and Redis prefix."""
     tag = uuid.uuid4().hex[:8]
     return Settings.from_env(
@@ -72,6 +75,13 @@ def run_settings(bootstrap_servers: str, redis_url: str, data_dir: Path, **overr
         data_dir=str(data_dir),
         **overrides,
     )
+
+
+def fresh_topics(stack: Any, data_dir: Path, model: str) -> Settings:
+    """Settings for a run on `stack` with its topics created."""
+    settings = run_settings(stack.bootstrap_servers, stack.redis_url, data_dir, model=model)
+    ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+    return settings
 
 
 class Cluster:
@@ -178,10 +188,9 @@ class PeakRss:
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
             for pid in self._pids():
-                try:
+                # A worker may end between the listing and the sample.
+                with contextlib.suppress(psutil.Error):
                     self.peak_bytes = max(self.peak_bytes, psutil.Process(pid).memory_info().rss)
-                except psutil.Error:
-                    pass  # it ended between the listing and the sample
 
 
 class Recommended:
@@ -260,8 +269,7 @@ def chaos_run(
     duration_s: float, model: str, rng: random.Random, drain_quiet_s: float,
 ) -> dict[str, Any]:
     """The run under faults; returns its figures and final state."""
-    settings = run_settings(stack.bootstrap_servers, stack.redis_url, workdir / "chaos", model=model)
-    ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+    settings = fresh_topics(stack, workdir / "chaos", model)
     cluster = Cluster(settings, workers, workdir / "logs")
     total = len(events)
     try:
@@ -326,8 +334,7 @@ def chaos_run(
 def replay_run(stack: Any, workdir: Path, events: Sequence[dict[str, Any]], *, model: str,
                drain_quiet_s: float) -> dict[str, Any]:
     """The same input into one fresh worker on fresh topics; its final state."""
-    settings = run_settings(stack.bootstrap_servers, stack.redis_url, workdir / "replay", model=model)
-    ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+    settings = fresh_topics(stack, workdir / "replay", model)
     cluster = Cluster(settings, 1, workdir / "replay-logs")
     try:
         say("replaying the same clicks into a fresh single worker ...")
@@ -377,7 +384,8 @@ def report(args: argparse.Namespace, events: Sequence[dict[str, Any]], run: dict
         summary["state_matches_replay"] = not mismatched
         summary["state_mismatched_users"] = len(mismatched)
         if run["items"] or again["items"]:
-            summary["item_deltas_double_applied"] = audit.item_event_excess(run["items"], again["items"])
+            summary["item_deltas_double_applied"] = audit.item_event_excess(
+            run["items"], again["items"])
     rows = [
         ("events", "clicks sent (distinct event ids)"),
         ("workers", "workers in the group"),
@@ -418,10 +426,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sampled every 0.5 s). Exit code 1 if lost, double_applied or under_applied is "
         "not 0 or the state differs.",
     )
-    parser.add_argument("--events", type=int, default=100_000, help="clicks to send (default 100000)")
-    parser.add_argument("--workers", type=int, default=3, help="workers in the group (default 3)")
+    parser.add_argument("--events", type=int, default=100_000,
+                        help="clicks to send (default 100000)")
+    parser.add_argument("--workers", type=int, default=3,
+                        help="workers in the group (default 3)")
     parser.add_argument("--kills", type=int, default=10, help="SIGKILLs over the run (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the clicks and the kill schedule")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the clicks and the kill schedule")
     parser.add_argument("--model", default="covisit", choices=("covisit", "popularity", "torch"),
                         help="recommender of every worker (default covisit: see above)")
     parser.add_argument("--users", type=int, default=5000, help="distinct users (default 5000)")
@@ -463,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(orjson.dumps(summary).decode(), flush=True)
         return 1 if failed else 0
     except KeyboardInterrupt:
-        say("interrupted; stopping every process")
+        keep = True
+        say(f"interrupted; stopping every process (logs kept in {workdir})")
         return 130
     except (ServiceError, ConnectionError, ValueError) as exc:
         keep = True
