@@ -20,12 +20,10 @@ from stream.topics import ensure_topics
 pytestmark = pytest.mark.integration
 
 
-# Seen here: 0 lost and 0 applied twice, but 5 of 3,000 recommended clicks missing from
-# the final user records (under_applied). Likely cause, not yet proven: the embedded
-# broker under-reports the changelog's end offset (FIELD-NOTES), so a new owner's table
-# recovery stops before the last records and it applies later clicks on an older record.
-@pytest.mark.xfail(reason="under_applied > 0 after kills: user records lost in recovery",
-                   strict=False)
+# Before stream/transport.py corrected the changelog end offsets that table recovery
+# reads to: 0 lost and 0 applied twice, but 5 of 3,000 recommended clicks missing from
+# the final user records (under_applied): a new owner rebuilt its user records without
+# the changelog's last batch (tests/integration/test_end_offsets.py).
 def test_workers_killed_mid_stream_lose_nothing_and_apply_nothing_twice(
     dev_stack: Any, tmp_path: Path
 ) -> None:
