@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration bench lint clean
+.PHONY: install demo test test-unit test-integration bench chaos lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ test-integration: install
 # Every benchmark figure (bench/run.py): a table, then the JSON report's path. ~10 min.
 bench: install
 	$(PY) -m bench.run $(if $(QUICK),--quick)
+
+# The fault harness (bench/chaos.py): SIGKILLs workers mid-stream, checks nothing was lost
+# or applied twice; a table, then one JSON line. About 10 min. `make chaos ARGS="--help"`.
+chaos: install
+	$(PY) -m bench.chaos $(ARGS)
 
 lint: install
 	$(PIP) install --quiet ruff

@@ -83,6 +83,12 @@ def create_worker(
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         store="memory://",
+        # With the in-memory store nothing persists across restarts, so this check can
+        # only compare a standby's in-memory changelog offset with the changelog's end
+        # offset, which the embedded broker under-reports (FIELD-NOTES): it crashed
+        # healthy workers during `make chaos` rebalances ("persisted offset ... is
+        # higher than the last offset in that topic (2758 > 2757)").
+        recovery_consistency_check=False,
         key_serializer="raw",
         value_serializer="raw",
         autodiscover=False,
