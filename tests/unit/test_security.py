@@ -179,8 +179,8 @@ def test_faust_app_gets_the_credentials(tmp_path: Path, case: str) -> None:
         ({"ssl_cafile": CA}, "ssl_cafile is set but security_protocol is PLAINTEXT"),
         ({"security_protocol": "SSL", "ssl_keyfile": "k.pem"}, "ssl_keyfile is set without"),
         ({"redis_url": "http://r:6379"}, "redis_url must start with"),
-        ({"redis_url": "redis://:a@r/0", "redis_password": "b"}, "both redis_url and redis_password"),
-        ({"redis_url": "redis://u@r/0", "redis_username": "v"}, "both redis_url and redis_username"),
+        ({"redis_url": "redis://:a@r/0", "redis_password": "b"}, "redis_url and redis_password"),
+        ({"redis_url": "redis://u@r/0", "redis_username": "v"}, "redis_url and redis_username"),
         ({"redis_ssl_cafile": CA}, "redis_url is not rediss://"),
     ],
 )  # fmt: skip
