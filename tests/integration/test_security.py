@@ -11,12 +11,14 @@ covered by the client-option contract in tests/unit/test_security.py.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
 import pytest
 import redis
 
@@ -58,8 +60,6 @@ def streamrec(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def clean_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
 
 
