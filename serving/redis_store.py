@@ -12,7 +12,7 @@ Redis is a rebuildable copy of the model's state, never the source of truth.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -64,9 +64,13 @@ class RedisVectorStore:
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = "streamrec:", user_ttl_s: int = 0
+        cls, url: str, prefix: str = "streamrec:", user_ttl_s: int = 0, **client_options: Any
     ) -> RedisVectorStore:
-        return cls(aioredis.Redis.from_url(url), prefix=prefix, user_ttl_s=user_ttl_s)
+        """A store on the server at `url`; `client_options` go to `Redis.from_url`
+        (`username`, `password`, `ssl_ca_certs` for a rediss:// URL). Does not connect."""
+        return cls(
+            aioredis.Redis.from_url(url, **client_options), prefix=prefix, user_ttl_s=user_ttl_s
+        )
 
     def item_key(self, item_id: str) -> str:
         return f"{self._prefix}item:{item_id}"

@@ -41,6 +41,7 @@ from stream.item_sync import VectorFollower, decode_deltas, encode_deltas, encod
 from stream.metrics import WorkerMetrics
 from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
 from stream.publisher import VectorPublisher
+from stream.security import KafkaSecurity, redis_options
 from stream.settings import Settings
 from stream.transport import streamrec_app
 from stream.views import (
@@ -78,10 +79,13 @@ def create_worker(
     """Build the Faust app for `settings`. `recommender` must search through `index`
     (directly, or through `timed_index` wrapping it) when it has vectors (the torch
     model); baselines ignore it."""
+    kafka_security = KafkaSecurity.from_settings(settings)
     app = streamrec_app(
         settings.app_id,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        # None (Faust's default, PLAINTEXT) unless security_protocol asks for more.
+        broker_credentials=kafka_security.faust_credentials(),
         store="memory://",
         # With the in-memory store nothing persists across restarts, so this check can
         # only compare a standby's in-memory changelog offset with the changelog's end
@@ -113,7 +117,8 @@ def create_worker(
     metrics = WorkerMetrics()
     metrics.model_info.labels(model=recommender.name, version=recommender.version).set(1)
     store = RedisVectorStore.from_url(
-        settings.redis_url, prefix=settings.redis_prefix, user_ttl_s=settings.user_ttl_s
+        settings.redis_url, prefix=settings.redis_prefix, user_ttl_s=settings.user_ttl_s,
+        **redis_options(settings),
     )
     publisher = VectorPublisher(store, metrics)
     recent = RecentRecommendations()
@@ -155,6 +160,7 @@ def create_worker(
         settings.partitions,
         take_canonical,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        security=kafka_security,
     )
 
     partitions = {"partitions": settings.partitions}

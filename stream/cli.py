@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from stream import evaluate_cmd, train_cmd
+from stream.security import KafkaSecurity
 from stream.settings import MODELS, Settings, SettingsError, describe
 from stream.topics import require_topic
 
@@ -125,10 +126,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
     else:
         records = synthetic_clicks(args.generate, users=args.users, items=args.items, seed=args.seed)
         total = args.generate
-    require_topic(settings.bootstrap_servers, settings.clicks_topic)
+    security = KafkaSecurity.from_settings(settings)
+    require_topic(settings.bootstrap_servers, settings.clicks_topic, security=security)
     result = replay(
         records, bootstrap_servers=settings.bootstrap_servers, topic=settings.clicks_topic,
-        rate=args.rate, total=total, progress=sys.stderr.isatty(),
+        rate=args.rate, total=total, progress=sys.stderr.isatty(), security=security,
     )
     summary = {"events_sent": result.sent, "seconds": round(result.seconds, 3),
                "topic": settings.clicks_topic}
@@ -141,10 +143,11 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
     topic = args.topic or settings.recommendations_topic
-    require_topic(settings.bootstrap_servers, topic)
+    security = KafkaSecurity.from_settings(settings)
+    require_topic(settings.bootstrap_servers, topic, security=security)
     for n, record in enumerate(
         tail(settings.bootstrap_servers, topic, from_beginning=args.from_beginning,
-             idle_timeout_s=args.idle_timeout),
+             idle_timeout_s=args.idle_timeout, security=security),
         start=1,
     ):
         value = record.value or b""

@@ -9,14 +9,21 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
+from stream.security import PLAINTEXT, KafkaSecurity
 from stream.topics import BrokerUnreachable
 
 
 def make_consumer(
-    bootstrap_servers: str, topics: list[str], *, from_beginning: bool = True, idle_timeout_s: float | None = None
+    bootstrap_servers: str,
+    topics: list[str],
+    *,
+    from_beginning: bool = True,
+    idle_timeout_s: float | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> KafkaConsumer:
     """A group-less consumer of `topics`; iteration stops after `idle_timeout_s` of
     silence (None: never)."""
+    options = security.client_options()
     try:
         return KafkaConsumer(
             *topics,
@@ -27,16 +34,23 @@ def make_consumer(
             enable_auto_commit=False,
             consumer_timeout_ms=int(idle_timeout_s * 1000) if idle_timeout_s else float("inf"),
             bootstrap_timeout_ms=10_000,
+            **options,
         )
     except (KafkaError, OSError, ValueError) as exc:
-        raise BrokerUnreachable(bootstrap_servers) from exc
+        raise BrokerUnreachable(bootstrap_servers, security) from exc
 
 
 def tail(
-    bootstrap_servers: str, topic: str, *, from_beginning: bool = True, idle_timeout_s: float | None = None
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    idle_timeout_s: float | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> Iterator[ConsumerRecord]:
     consumer = make_consumer(
-        bootstrap_servers, [topic], from_beginning=from_beginning, idle_timeout_s=idle_timeout_s
+        bootstrap_servers, [topic], from_beginning=from_beginning,
+        idle_timeout_s=idle_timeout_s, security=security,
     )
     try:
         yield from consumer

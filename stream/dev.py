@@ -25,13 +25,17 @@ from stream.devservices import DevStack, ServiceError, free_port, spawn, start_s
 from stream.events import Recommendation
 from stream.generate import malformed_records, synthetic_clicks
 from stream.producer import replay
-from stream.settings import Settings
+from stream.security import KafkaSecurity
+from stream.settings import Settings, secret_file_variables
 from stream.topics import ensure_topics
 
 
 def start_worker(settings: Settings, log_path: Path, timeout: float = 90.0) -> Any:
     """Start `streamrec worker` as a child process; block until it reports ready."""
-    env = {**os.environ, **settings.to_env()}
+    # An inherited `<SECRET>_FILE` would clash with the secret's own variable, which
+    # to_env always sets (from_env refuses both).
+    inherited = {k: v for k, v in os.environ.items() if k not in secret_file_variables()}
+    env = {**inherited, **settings.to_env()}
     process = spawn([sys.executable, "-m", "stream.cli", "worker"], log_path=log_path, env=env)
     url = f"http://{settings.web_host}:{settings.web_port}/metrics"
     deadline = time.monotonic() + timeout
@@ -104,6 +108,7 @@ def read_outputs(settings: Settings) -> TopicCounts:
         settings.bootstrap_servers,
         [settings.recommendations_topic, settings.dlq_topic],
         idle_timeout_s=2.0,
+        security=KafkaSecurity.from_settings(settings),
     )
     try:
         for record in consumer:

@@ -25,6 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from serving.item_ledger import CanonicalVector, ItemDelta
+from stream.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,10 @@ class VectorFollower:
         *,
         fetch_max_wait_ms: int = 10,
         idle_caught_up_s: float = 1.0,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.security = security
         self.topic = topic
         self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
         self.on_vectors = on_vectors
@@ -147,6 +150,7 @@ class VectorFollower:
             enable_auto_commit=False,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
             client_id="streamrec-vector-follower",
+            **self.security.client_options(),
         )
         await consumer.start()
         try:

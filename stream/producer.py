@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
+from stream.security import PLAINTEXT, KafkaSecurity
 from stream.topics import BrokerUnreachable
 
 
@@ -23,7 +24,8 @@ class ReplayResult:
     sent_at_ms: dict[str, int] = field(default_factory=dict)
 
 
-def make_producer(bootstrap_servers: str) -> KafkaProducer:
+def make_producer(bootstrap_servers: str, *, security: KafkaSecurity = PLAINTEXT) -> KafkaProducer:
+    options = security.client_options()
     try:
         return KafkaProducer(
             bootstrap_servers=bootstrap_servers.split(","),
@@ -31,9 +33,10 @@ def make_producer(bootstrap_servers: str) -> KafkaProducer:
             linger_ms=2,
             acks=1,
             bootstrap_timeout_ms=10_000,
+            **options,
         )
     except (KafkaError, OSError, ValueError) as exc:
-        raise BrokerUnreachable(bootstrap_servers) from exc
+        raise BrokerUnreachable(bootstrap_servers, security) from exc
 
 
 def replay(
@@ -45,14 +48,16 @@ def replay(
     total: int | None = None,
     progress: bool = True,
     producer: KafkaProducer | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> ReplayResult:
     """Send every record (a payload dict, or raw bytes sent as they are) to `topic`.
 
     Dict payloads are keyed by their `user_id`. `rate` is events per second; 0 sends as
-    fast as the client goes. Blocks until every record is acknowledged.
+    fast as the client goes. Blocks until every record is acknowledged. `security`
+    applies to the producer made here (not to a `producer` passed in).
     """
     own_producer = producer is None
-    producer = producer or make_producer(bootstrap_servers)
+    producer = producer or make_producer(bootstrap_servers, security=security)
     result = ReplayResult()
     started = time.monotonic()
     bar = tqdm(total=total, unit="ev", desc="produce", disable=not progress, leave=False,

@@ -11,10 +11,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "STREAMREC_"
 MODELS = ("torch", "popularity", "covisit")
 EXCLUSION_POLICIES = ("seen", "last", "none")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+# Settings that may be read from a file named by `<VARIABLE>_FILE` (Docker/Kubernetes
+# secrets), so the value itself never sits in the environment or a compose file.
+SECRETS = ("sasl_password", "redis_password")
+FILE_SUFFIX = "_FILE"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class SettingsError(ValueError):
@@ -32,6 +40,44 @@ class Settings:
     )
     redis_prefix: str = field(
         default="streamrec:", metadata={"help": "prefix of every Redis key the worker writes"}
+    )
+    # Kafka and Redis security (README "Security"). Secrets never appear in repr or
+    # --help; each may instead come from a file named by `<VARIABLE>_FILE`.
+    security_protocol: str = field(
+        default="PLAINTEXT",
+        metadata={"help": f"Kafka security protocol: {', '.join(SECURITY_PROTOCOLS)}"},
+    )
+    sasl_mechanism: str = field(
+        default="SCRAM-SHA-512",
+        metadata={"help": f"Kafka SASL mechanism with SASL_*: {', '.join(SASL_MECHANISMS)}"},
+    )
+    sasl_username: str = field(default="", metadata={"help": "Kafka SASL user name"})
+    sasl_password: str = field(
+        default="", repr=False,
+        metadata={"help": "Kafka SASL password (or STREAMREC_SASL_PASSWORD_FILE)"},
+    )
+    ssl_cafile: str = field(
+        default="",
+        metadata={"help": "CA bundle that signed the Kafka brokers' certificates "
+                  "(empty: the system CAs)"},
+    )
+    ssl_certfile: str = field(
+        default="", metadata={"help": "client certificate (PEM) for Kafka mutual TLS"}
+    )
+    ssl_keyfile: str = field(
+        default="", metadata={"help": "private key (PEM) of ssl_certfile"}
+    )
+    redis_username: str = field(
+        default="", metadata={"help": "Redis ACL user name (empty: the default user)"}
+    )
+    redis_password: str = field(
+        default="", repr=False,
+        metadata={"help": "Redis password, AUTH (or STREAMREC_REDIS_PASSWORD_FILE; "
+                  "or in redis_url)"},
+    )
+    redis_ssl_cafile: str = field(
+        default="",
+        metadata={"help": "CA bundle for a rediss:// (TLS) redis_url (empty: the system CAs)"},
     )
     user_ttl_s: int = field(
         default=604800, metadata={"help": "seconds a user vector stays in Redis after its last write"}
@@ -118,6 +164,62 @@ class Settings:
                 raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"web_port must be a TCP port, not {self.web_port}")
+        self._check_security()
+
+    def _check_security(self) -> None:
+        """Reject combinations that would connect with less protection than asked for
+        (credentials or CA files given but silently unused) or cannot connect at all."""
+        protocol = self.security_protocol
+        if protocol not in SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                f"not {protocol!r}"
+            )
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise SettingsError(
+                f"sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
+                f"not {self.sasl_mechanism!r}"
+            )
+        if protocol.startswith("SASL_"):
+            for name in ("sasl_username", "sasl_password"):
+                if not getattr(self, name):
+                    raise SettingsError(
+                        f"security_protocol {protocol} needs {name} "
+                        f"({ENV_PREFIX}{name.upper()})"
+                    )
+        else:
+            for name in ("sasl_username", "sasl_password"):
+                if getattr(self, name):
+                    raise SettingsError(
+                        f"{name} is set but security_protocol is {protocol}: "
+                        "use SASL_SSL (or SASL_PLAINTEXT) to send it"
+                    )
+        if not protocol.endswith("SSL"):
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name):
+                    raise SettingsError(
+                        f"{name} is set but security_protocol is {protocol}: use SSL or SASL_SSL"
+                    )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise SettingsError("ssl_keyfile is set without ssl_certfile")
+        redis = urlsplit(self.redis_url)
+        if redis.scheme not in REDIS_SCHEMES:
+            raise SettingsError(
+                f"redis_url must start with redis://, rediss:// (TLS) or unix://, "
+                f"not {redis.scheme or self.redis_url!r}"
+            )
+        if self.redis_password and redis.password:
+            raise SettingsError(
+                "the Redis password is in both redis_url and redis_password: give it once"
+            )
+        if self.redis_username and redis.username:
+            raise SettingsError(
+                "the Redis user is in both redis_url and redis_username: give it once"
+            )
+        if self.redis_ssl_cafile and redis.scheme != "rediss":
+            raise SettingsError(
+                "redis_ssl_cafile is set but redis_url is not rediss:// (TLS)"
+            )
 
     @property
     def changelog_topic(self) -> str:
@@ -160,13 +262,19 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
+            if f.name in SECRETS:
+                raw = _secret(f.name, raw, environ)
             if raw is not None:
                 values[f.name] = _parse(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
-        """The `STREAMREC_*` variables that reproduce these settings in a child process."""
+        """The `STREAMREC_*` variables that reproduce these settings in a child process.
+
+        They include the secrets (a child must connect too): hand them to a process's
+        environment, never to a log.
+        """
         return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
 
     def replace(self, **changes: Any) -> Settings:
@@ -182,6 +290,29 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
                 f"{ENV_PREFIX}{f.name.upper()} must be a whole number, not {raw!r}"
             ) from None
     return raw
+
+
+def _secret(name: str, raw: str | None, environ: Mapping[str, str]) -> str | None:
+    """A secret's value from its variable, or else from the file its `_FILE` variable
+    names (trailing line breaks dropped, as editors and `echo` add them)."""
+    variable = ENV_PREFIX + name.upper()
+    path = environ.get(variable + FILE_SUFFIX)
+    if path is None:
+        return raw
+    if raw is not None:
+        raise SettingsError(f"set {variable} or {variable}{FILE_SUFFIX}, not both")
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SettingsError(f"{variable}{FILE_SUFFIX}: cannot read {path}: {reason}") from None
+    return value.rstrip("\r\n")
+
+
+def secret_file_variables() -> list[str]:
+    """The `<VARIABLE>_FILE` variables that `from_env` also reads."""
+    return [ENV_PREFIX + name.upper() + FILE_SUFFIX for name in SECRETS]
 
 
 def describe() -> list[tuple[str, str, str]]:

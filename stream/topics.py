@@ -13,24 +13,43 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from stream.security import PLAINTEXT, KafkaSecurity
+
 
 class BrokerUnreachable(ConnectionError):
-    def __init__(self, bootstrap_servers: str) -> None:
-        super().__init__(f"Kafka broker unreachable at {bootstrap_servers}")
+    """No broker answered, or none accepted this client's security settings.
+
+    kafka-python reports a refused login or TLS handshake as a bootstrap timeout, like
+    a broker that is down; with security on, the message says so and what was used
+    (never the password).
+    """
+
+    def __init__(self, bootstrap_servers: str, security: KafkaSecurity = PLAINTEXT) -> None:
+        message = f"Kafka broker unreachable at {bootstrap_servers}"
+        if security.protocol != "PLAINTEXT":
+            message += (
+                f" over {security.describe()}: is it up, does that listener speak "
+                f"{security.protocol}, and are the credentials and CA right?"
+            )
+        super().__init__(message)
         self.bootstrap_servers = bootstrap_servers
 
 
-def admin_client(bootstrap_servers: str, timeout_s: float = 10.0) -> KafkaAdminClient:
+def admin_client(
+    bootstrap_servers: str, timeout_s: float = 10.0, *, security: KafkaSecurity = PLAINTEXT
+) -> KafkaAdminClient:
     """An admin client; raises BrokerUnreachable instead of kafka-python's errors."""
+    options = security.client_options()  # a bad CA file fails here, with its name
     try:
         return KafkaAdminClient(
             bootstrap_servers=bootstrap_servers.split(","),
             client_id="streamrec-admin",
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
+            **options,
         )
     except (KafkaError, OSError, ValueError) as exc:
-        raise BrokerUnreachable(bootstrap_servers) from exc
+        raise BrokerUnreachable(bootstrap_servers, security) from exc
 
 
 class UnknownTopic(ValueError):
@@ -41,9 +60,11 @@ class UnknownTopic(ValueError):
         )
 
 
-def require_topic(bootstrap_servers: str, topic: str) -> None:
+def require_topic(
+    bootstrap_servers: str, topic: str, *, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Raise UnknownTopic unless `topic` exists (BrokerUnreachable if no broker)."""
-    admin = admin_client(bootstrap_servers)
+    admin = admin_client(bootstrap_servers, security=security)
     try:
         if topic not in set(admin.list_topics()):
             raise UnknownTopic(topic, bootstrap_servers)
@@ -51,13 +72,19 @@ def require_topic(bootstrap_servers: str, topic: str) -> None:
         admin.close()
 
 
-def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> list[str]:
+def ensure_topics(
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int,
+    *,
+    security: KafkaSecurity = PLAINTEXT,
+) -> list[str]:
     """Create the missing topics; returns the names created. Idempotent.
 
     Raises ValueError if an existing topic has a different partition count, since the
     worker's table would then crash at assignment time.
     """
-    admin = admin_client(bootstrap_servers)
+    admin = admin_client(bootstrap_servers, security=security)
     try:
         existing = set(admin.list_topics())
         wanted = list(dict.fromkeys(names))

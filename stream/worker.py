@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -13,6 +15,7 @@ from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.app import Worker, create_worker
 from stream.pipeline import TimedIndex
+from stream.security import KafkaSecurity, redact_url, redis_options
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -20,17 +23,36 @@ log = logging.getLogger(__name__)
 
 
 class RedisUnreachable(ConnectionError):
-    def __init__(self, url: str) -> None:
-        super().__init__(f"Redis unreachable at {url}")
+    """Redis did not answer, or refused this client's login; the message shows the
+    URL with any password masked."""
+
+    def __init__(self, url: str, reason: str = "") -> None:
+        message = f"Redis unreachable at {redact_url(url)}"
+        super().__init__(f"{message}: {reason}" if reason else message)
 
 
-def check_redis(url: str, timeout_s: float = 5.0) -> None:
-    """Raise RedisUnreachable unless the server at `url` answers PING."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+def check_redis(url: str, timeout_s: float = 5.0, **client_options: Any) -> None:
+    """Raise RedisUnreachable unless the server at `url` answers PING.
+
+    `client_options` go to `Redis.from_url` (see stream.security.redis_options). A
+    refused or missing password is named as such rather than as an unreachable host.
+    """
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, **client_options
+    )
     try:
         client.ping()
+    except redis.AuthenticationError as exc:
+        reason = (
+            "it requires a password (STREAMREC_REDIS_PASSWORD, or in STREAMREC_REDIS_URL)"
+            if "password" not in client_options and urlsplit(url).password is None
+            else f"login refused ({exc})"
+        )
+        raise RedisUnreachable(url, reason) from exc
     except (redis.RedisError, OSError, ValueError) as exc:
-        raise RedisUnreachable(url) from exc
+        # redis-py's messages name the host and the cause (refused, timeout, TLS
+        # verification), never the password.
+        raise RedisUnreachable(url, str(exc).splitlines()[0] if str(exc) else "") from exc
     finally:
         client.close()
 
@@ -68,9 +90,12 @@ def build_worker(settings: Settings) -> Worker:
             index=timed_index,
             half_life_s=settings.half_life_s,
         )
-    ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+    ensure_topics(
+        settings.bootstrap_servers, settings.topics(), settings.partitions,
+        security=KafkaSecurity.from_settings(settings),
+    )
     Path(settings.data_dir, settings.app_id).mkdir(parents=True, exist_ok=True)
-    check_redis(settings.redis_url)
+    check_redis(settings.redis_url, **redis_options(settings))
     return create_worker(settings, recommender, index, timed_index)
 
 

@@ -27,7 +27,13 @@ import yaml
 
 from stream.cli import build_parser
 from stream.metrics import WorkerMetrics, exported_names
-from stream.settings import ENV_PREFIX, Settings, SettingsError, describe
+from stream.settings import (
+    ENV_PREFIX,
+    Settings,
+    SettingsError,
+    describe,
+    secret_file_variables,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -110,8 +116,41 @@ def streamrec_services(compose: Doc) -> dict[str, Doc]:
     }
 
 
+SECRETS_DIR = "/run/secrets/"
+
+
+def secret_files(compose: Doc) -> dict[str, Path]:
+    """Top-level secret name -> the host file compose mounts for it, with a
+    `${VAR:-default}` path read as its default (what a plain `docker compose up` uses)."""
+    files = {}
+    for name, spec in (compose.get("secrets") or {}).items():
+        path = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(spec["file"]))
+        files[name] = (COMPOSE.parent / path).resolve()
+    return files
+
+
+def service_secrets(service: Doc) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
+
+
+def settings_of(compose: Doc, name: str) -> Settings:
+    """The Settings a service's container would start with: its environment, with each
+    `<SECRET>_FILE` pointing at the host file of the secret mounted at that path."""
+    service = compose["services"][name]
+    env = environment(service)
+    files = secret_files(compose)
+    for variable in secret_file_variables():
+        if variable in env:
+            secret = env[variable].removeprefix(SECRETS_DIR)
+            assert env[variable].startswith(SECRETS_DIR), f"{name}: {variable} not a secret"
+            assert secret in service_secrets(service), f"{name}: secret {secret} not mounted"
+            assert secret in files, f"{name}: secret {secret} is not defined"
+            env[variable] = str(files[secret])
+    return Settings.from_env(env)
+
+
 def worker_settings(compose: Doc) -> Settings:
-    return Settings.from_env(environment(compose["services"]["worker"]))
+    return settings_of(compose, "worker")
 
 
 def host_port(address: str) -> tuple[str, int]:
@@ -186,12 +225,12 @@ def panels(dashboard: Doc) -> list[Doc]:
 
 
 def check_streamrec_env(compose: Doc) -> None:
-    known = {variable for variable, _default, _help in describe()}
+    known = {variable for variable, _default, _help in describe()} | set(secret_file_variables())
     for name, service in streamrec_services(compose).items():
         env = environment(service)
         unknown = {var for var in env if var.startswith(ENV_PREFIX)} - known
         assert not unknown, f"{name}: not settings in stream/settings.py: {sorted(unknown)}"
-        Settings.from_env(env)  # raises SettingsError on a value the worker rejects
+        settings_of(compose, name)  # raises SettingsError on a value the worker rejects
 
 
 def check_commands(compose: Doc) -> None:
@@ -228,7 +267,7 @@ def check_topics(compose: Doc) -> None:
         assert ENV_PREFIX + name.upper() in env, f"worker: set {name} explicitly"
         assert getattr(worker, name) == getattr(defaults, name), f"worker {name} != default"
     for name, service in streamrec_services(compose).items():
-        settings = Settings.from_env(environment(service))
+        settings = settings_of(compose, name)
         for field in TOPIC_FIELDS:
             assert getattr(settings, field) == getattr(worker, field), f"{name}: {field}"
         topic = flag(command(service), "--topic")
@@ -273,6 +312,25 @@ def check_dependencies(compose: Doc) -> None:
     redis = urlsplit(worker_settings(compose).redis_url)
     assert redis.hostname in services, f"redis_url host {redis.hostname} is not a service"
     assert "worker" in services["producer"]["depends_on"]
+
+
+def check_redis_auth(compose: Doc) -> None:
+    """Redis requires the password the worker logs in with, taken from one secret, and
+    neither the password nor a URL holding it is written into the compose file."""
+    redis = compose["services"]["redis"]
+    script = " ".join(command(redis))
+    assert "requirepass" in script, "redis runs without a password"
+    (secret,) = re.findall(rf"{SECRETS_DIR}(\w+)", script) or [None]
+    assert secret in service_secrets(redis), f"redis reads secret {secret}, not mounted"
+    health = " ".join(redis["healthcheck"]["test"])
+    assert f"{SECRETS_DIR}{secret}" in health and "PONG" in health, "healthcheck cannot log in"
+    worker = worker_settings(compose)
+    password = secret_files(compose)[secret].read_text().rstrip("\r\n")
+    assert password, f"secret {secret} is empty"
+    assert worker.redis_password == password, "worker logs in with another password"
+    assert urlsplit(worker.redis_url).password is None, "password written into redis_url"
+    assert password not in COMPOSE.read_text(), "the password is in docker-compose.yml"
+    assert "local" in password, "the default password must say it is for local use only"
 
 
 def check_grafana(compose: Doc) -> None:
@@ -433,6 +491,10 @@ def test_worker_waits_for_healthy_kafka_and_redis(compose: Doc) -> None:
     check_dependencies(compose)
 
 
+def test_redis_requires_the_password_the_worker_uses(compose: Doc) -> None:
+    check_redis_auth(compose)
+
+
 def test_grafana_provisioning_is_mounted(compose: Doc) -> None:
     check_grafana(compose)
 
@@ -521,6 +583,17 @@ COMPOSE_DRIFTS = {
     "host listener": (_set("services.kafka.ports.0", "127.0.0.1:9095:9094"), check_kafka),
     "redis host": (_set(f"{WORKER_ENV}.STREAMREC_REDIS_URL", "redis://cache:6379/0"),
                    check_dependencies),
+    "redis without password": (_set("services.redis.command", ["redis-server"]), check_redis_auth),
+    "redis secret unmounted": (_set("services.redis.secrets", []), check_redis_auth),
+    "worker secret unmounted": (_set("services.worker.secrets", []), check_streamrec_env),
+    "worker secret elsewhere": (
+        _set(f"{WORKER_ENV}.STREAMREC_REDIS_PASSWORD_FILE", "/etc/redis_password"),
+        check_streamrec_env,
+    ),
+    "worker without password": (
+        lambda doc: doc["services"]["worker"]["environment"].pop("STREAMREC_REDIS_PASSWORD_FILE"),
+        check_redis_auth,
+    ),
     "grafana mount": (
         _set("services.grafana.volumes.1", "./deploy/grafana/dashboards:/dashboards:ro"),
         check_grafana,
