@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration bench lint clean
+.PHONY: install demo test test-unit test-integration bench bench-memory lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test-integration: install
 # Every benchmark figure (bench/run.py): a table, then the JSON report's path. ~10 min.
 bench: install
 	$(PY) -m bench.run $(if $(QUICK),--quick)
+
+# Peak RSS of one worker over 1M distinct users and 200k items (bench/memory.py).
+bench-memory: install
+	$(PY) -m bench.memory
 
 lint: install
 	$(PIP) install --quiet ruff

@@ -467,7 +467,7 @@ def create_worker(
         first, so the cap and the idle rule cover them too."""
         owned = owned_user_partitions()
         found = [
-            (UserRecord.from_bytes(raw).context.last_timestamp, key)
+            (UserRecord.last_timestamp_of(raw), key)
             for key, raw in users.items()
             if raw and key not in retention and owning_partition(key) in owned
         ]

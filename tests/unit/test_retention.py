@@ -17,6 +17,14 @@ class Clock:
         return self.now
 
 
+def tracking(clicks: list[tuple[bytes, float]], **kwargs: float) -> UserRetention:
+    """A retention on a fake clock at 0 that has seen `clicks` (user, event time)."""
+    retention = UserRetention(clock=Clock(), **kwargs)  # type: ignore[arg-type]
+    for user, event_time in clicks:
+        retention.touch(user, event_time)
+    return retention
+
+
 def evicted(retention: UserRetention, **kwargs: object) -> list[tuple[bytes, str]]:
     return [(e.key, e.reason) for e in retention.due(**kwargs)]  # type: ignore[arg-type]
 
@@ -49,9 +57,8 @@ def test_no_user_is_evicted_within_the_safety_horizon() -> None:
 def test_users_idle_in_event_time_are_evicted_without_any_cap() -> None:
     clock = Clock()
     retention = UserRetention(idle_s=100, safe_after_s=0, clock=clock)
-    retention.touch(b"old", 1000.0)
-    retention.touch(b"recent", 1950.0)
-    retention.touch(b"newest", 2000.0)
+    for user, event_time in [(b"old", 1000.0), (b"recent", 1950.0), (b"newest", 2000.0)]:
+        retention.touch(user, event_time)
     assert evicted(retention) == [(b"old", "idle")]
     # Wall time passing changes nothing: idleness is measured in event time.
     clock.now = 1e9
@@ -59,10 +66,8 @@ def test_users_idle_in_event_time_are_evicted_without_any_cap() -> None:
 
 
 def test_busy_users_and_other_workers_users_are_never_evicted() -> None:
-    clock = Clock()
-    retention = UserRetention(max_users=1, safe_after_s=0, clock=clock)
-    for user in (b"moved", b"busy", b"kept"):
-        retention.touch(user, 0.0)
+    retention = tracking([(b"moved", 0.0), (b"busy", 0.0), (b"kept", 0.0)],
+                         max_users=1, safe_after_s=0)
     out = evicted(retention, owned=lambda key: key != b"moved", busy={b"busy"})
     assert out == []  # "moved" forgotten, not evicted; "busy" has a record in flight
     assert b"moved" not in retention
@@ -70,19 +75,14 @@ def test_busy_users_and_other_workers_users_are_never_evicted() -> None:
 
 
 def test_adopt_keeps_a_tracked_users_position() -> None:
-    clock = Clock()
-    retention = UserRetention(max_users=1, safe_after_s=0, clock=clock)
-    retention.touch(b"a", 5.0)
-    retention.touch(b"b", 6.0)
+    retention = tracking([(b"a", 5.0), (b"b", 6.0)], max_users=1, safe_after_s=0)
     retention.adopt(b"a", 0.0)  # already tracked: not moved to the end
     assert evicted(retention) == [(b"a", "cap")]
 
 
 def test_memory_pressure_lowers_the_cap_once_per_growth() -> None:
-    clock = Clock()
-    retention = UserRetention(max_users=100, safe_after_s=0, memory_cap_bytes=1000, clock=clock)
-    for n in range(50):
-        retention.touch(b"u%d" % n, float(n))
+    retention = tracking([(b"u%d" % n, float(n)) for n in range(50)],
+                         max_users=100, safe_after_s=0, memory_cap_bytes=1000)
     assert not retention.note_resident(900)  # under the cap
     assert retention.note_resident(1200)
     assert retention.cap == 45
