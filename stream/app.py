@@ -426,7 +426,7 @@ def create_worker(
         if retention.note_resident(resident):
             log.warning(
                 "resident memory %.0f MB is past STREAMREC_MEMORY_CAP_MB=%d: keeping at most "
-                "%d users from now on", (resident or 0) / 1e6, settings.memory_cap_mb,
+                "%d users from now on", (resident or 0) / 2**20, settings.memory_cap_mb,
                 retention.cap,
             )
             metrics.user_cap.set(retention.cap)
