@@ -4,8 +4,10 @@ A worker's memory grows with the users it has seen: each user record in the tabl
 about 1.8 kB after one click and up to 5 kB after 128 with the torch model (its GRU
 state is 130 floats in JSON, plus the dedup window of event ids), 0.2-2.3 kB with the
 baselines, plus about 90 bytes of table overhead and about 200 bytes here. Items cost
-about 3 kB each with the torch model (embeddings, FAISS, ledger) and are bounded by the
-catalogue, so users are what must be evicted. `UserRetention` decides which:
+about 3 kB each with the torch model (embeddings, FAISS, ledger) plus about 160 bytes
+per kept transition count (at most 200 per item, model/transitions.py): bounded by the
+catalogue, not by traffic. So users are what must be evicted. `UserRetention` decides
+which:
 
 - `max_users`: past it, the least recently active users are evicted (LRU by the order
   the worker applied their clicks);
