@@ -9,8 +9,8 @@ sequential structure to learn. Deterministic for a seed.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np

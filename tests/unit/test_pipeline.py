@@ -97,5 +97,6 @@ def test_last_timestamp_is_read_without_decoding_the_record() -> None:
     tricky = '"last_timestamp":5,}'
     record = UserRecord(UserContext((tricky, "b"), (0.5,), 2, 1234.5), (tricky,), (tricky,), 2)
     raw = record.to_bytes()
-    assert UserRecord.last_timestamp_of(raw) == 1234.5 == UserRecord.from_bytes(raw).context.last_timestamp
+    assert UserRecord.last_timestamp_of(raw) == 1234.5
+    assert UserRecord.from_bytes(raw).context.last_timestamp == 1234.5
     assert UserRecord.last_timestamp_of(UserRecord(UserContext()).to_bytes()) == 0.0
