@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration bench chaos lint clean
+.PHONY: install demo test test-unit test-integration bench bench-memory chaos lint clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ bench: install
 # or applied twice; a table, then one JSON line. About 10 min. `make chaos ARGS="--help"`.
 chaos: install
 	$(PY) -m bench.chaos $(ARGS)
+
+# Peak RSS of one worker over 1M distinct users and 200k items (bench/memory.py).
+bench-memory: install
+	$(PY) -m bench.memory
 
 lint: install
 	$(PIP) install --quiet ruff

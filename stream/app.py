@@ -41,6 +41,7 @@ from stream.item_sync import VectorFollower, decode_deltas, encode_deltas, encod
 from stream.metrics import WorkerMetrics
 from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
 from stream.publisher import VectorPublisher
+from stream.retention import UserRetention, resident_bytes
 from stream.security import KafkaSecurity, redis_options
 from stream.settings import Settings
 from stream.transport import streamrec_app
@@ -126,6 +127,17 @@ def create_worker(
     tracker = DeltaTracker()
     ledger = ItemLedger()
     unsynced: set[int] = set()  # item-delta partitions owned but not yet caught up on
+    # Evict only users whose clicks Faust has surely committed: three commit intervals
+    # after their last one was applied (why: stream/retention.py).
+    retention = UserRetention(
+        settings.max_users,
+        settings.user_idle_s,
+        safe_after_s=3 * float(app.conf.broker_commit_interval),
+        memory_cap_bytes=settings.memory_cap_mb * 1024 * 1024,
+    )
+    metrics.user_cap.set(retention.cap)
+    if settings.memory_cap_mb and resident_bytes() is None:
+        log.warning("no /proc/self/statm here: STREAMREC_MEMORY_CAP_MB is not enforced")
     processor = ClickProcessor(
         recommender,
         publisher,
@@ -223,6 +235,7 @@ def create_worker(
             if in_flight.get(user_key) is record:
                 users[user_key] = record.to_bytes()
                 del in_flight[user_key]
+                retention.touch(user_key, record.context.last_timestamp)
         per_event = (time.perf_counter() - started) / len(emitted)
         now = time.time()
         for accepted, recommendation in emitted:
@@ -231,6 +244,26 @@ def create_worker(
             recent.add(recommendation)
             metrics.click_to_recommendation.observe(max(0.0, now - accepted.clicked_at))
         metrics.index_items.set(len(index))
+        evict_users()
+
+    def owned_user_partitions() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment()
+                if tp.topic == settings.by_user_topic}
+
+    def evict_users() -> None:
+        """Delete from the table the users `retention` says are due: each deletion
+        writes a changelog tombstone, so a restarted worker does not bring them back.
+        Only users of partitions this worker owns (the table also holds standbys, whose
+        owner evicts them); never one with a record still in flight."""
+        owned = owned_user_partitions()
+        evicted = 0
+        for eviction in retention.due(lambda key: owning_partition(key) in owned, in_flight):
+            if eviction.key in users:
+                del users[eviction.key]
+                evicted += 1
+            metrics.users_evicted.labels(reason=eviction.reason).inc()
+        if evicted:
+            metrics.users_in_state.set(len(users))
 
     # Records applied but not yet written to the table: the other agent (a user's
     # clicks can arrive both in place and through the by-user topic) and the pull API
@@ -399,6 +432,17 @@ def create_worker(
 
     @app.timer(interval=5.0)
     async def report_state() -> None:
+        resident = resident_bytes()
+        if resident is not None:
+            metrics.resident_memory.set(resident)
+        if retention.note_resident(resident):
+            log.warning(
+                "resident memory %.0f MB is past STREAMREC_MEMORY_CAP_MB=%d: keeping at most "
+                "%d users from now on", (resident or 0) / 2**20, settings.memory_cap_mb,
+                retention.cap,
+            )
+            metrics.user_cap.set(retention.cap)
+        evict_users()  # idle users leave even when no clicks arrive
         metrics.users_in_state.set(len(users))
         consumer = app.consumer
         read_offsets = consumer._read_offset  # last offset handed to each stream
@@ -427,7 +471,20 @@ def create_worker(
 
     @app.on_rebalance_complete.connect
     async def on_rebalanced(app: Any, **kwargs: Any) -> None:
+        adopt_recovered_users()
         metrics.ready.set(1)
+
+    def adopt_recovered_users() -> None:
+        """Track the users a (re)start recovered from the changelog, oldest last click
+        first, so the cap and the idle rule cover them too."""
+        owned = owned_user_partitions()
+        found = [
+            (UserRecord.last_timestamp_of(raw), key)
+            for key, raw in users.items()
+            if raw and key not in retention and owning_partition(key) in owned
+        ]
+        for event_time, key in sorted(found):
+            retention.adopt(key, event_time)
 
     register_views(app, metrics, recent)
 

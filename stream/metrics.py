@@ -17,6 +17,8 @@ LATENCY_BUCKETS = (
 # the model does inside learn_one (timed by stream.pipeline.TimedIndex).
 STAGES = ("decode", "model_update", "index_update", "search", "produce")
 VECTOR_STORES = ("index", "redis")
+# Why a user context was evicted (stream/retention.py imports these).
+EVICTION_REASONS = ("cap", "idle", "memory")
 
 
 class WorkerMetrics:
@@ -125,6 +127,24 @@ class WorkerMetrics:
             "Users whose context this worker holds (its partitions of the user table).",
             registry=r,
         )
+        self.users_evicted = Counter(
+            "streamrec_users_evicted",
+            "User contexts dropped from the table (stream/retention.py), by reason: cap "
+            "(STREAMREC_MAX_USERS), idle (STREAMREC_USER_IDLE_S), memory (the cap as lowered "
+            "by STREAMREC_MEMORY_CAP_MB).",
+            ["reason"],
+            registry=r,
+        )
+        self.user_cap = Gauge(
+            "streamrec_user_cap",
+            "User contexts this worker may keep (0: no cap); memory pressure can lower it.",
+            registry=r,
+        )
+        self.resident_memory = Gauge(
+            "streamrec_resident_memory_bytes",
+            "Resident set size of the worker process, sampled every 5 s.",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "streamrec_consumer_lag",
             "Records not yet read, per input partition: the high watermark of the last fetch "
@@ -165,6 +185,8 @@ class WorkerMetrics:
             self.stage_seconds.labels(stage=stage)
         for store in VECTOR_STORES:
             self.vector_freshness.labels(store=store)
+        for reason in EVICTION_REASONS:
+            self.users_evicted.labels(reason=reason)
 
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""

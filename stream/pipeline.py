@@ -48,6 +48,21 @@ class UserRecord:
         )
 
     @classmethod
+    def last_timestamp_of(cls, raw: bytes) -> float:
+        """`from_bytes(raw).context.last_timestamp`, read without decoding the record
+        (about 1 us instead of 50-90 us for a torch user): a worker reads it for every
+        user it recovers. Falls back to a full decode when the field is not found."""
+        start = raw.rfind(b'"last_timestamp":')
+        if start >= 0:
+            start += len(b'"last_timestamp":')
+            end = min(i for i in (raw.find(b",", start), raw.find(b"}", start)) if i >= 0)
+            try:
+                return float(raw[start:end])
+            except ValueError:
+                pass
+        return cls.from_bytes(raw).context.last_timestamp
+
+    @classmethod
     def from_bytes(cls, raw: bytes) -> UserRecord:
         data = orjson.loads(raw)
         return cls(

@@ -145,6 +145,22 @@ class Settings:
     dedup_window: int = field(
         default=128, metadata={"help": "event ids remembered per user to skip repeats"}
     )
+    # Memory bounds (stream/retention.py).
+    max_users: int = field(
+        default=250000,
+        metadata={"help": "most user contexts a worker keeps (0: no cap); past it the least "
+                  "recently active are evicted (about 2-5 kB each with torch)"},
+    )
+    user_idle_s: int = field(
+        default=0,
+        metadata={"help": "evict a user idle this many event-time seconds behind the newest "
+                  "click (0: never)"},
+    )
+    memory_cap_mb: int = field(
+        default=0,
+        metadata={"help": "resident memory cap (MB, 0: none); past it the user cap drops to "
+                  "90% of the users held"},
+    )
     data_dir: str = field(
         default=".streamrec", metadata={"help": "local state directory of the worker"}
     )
@@ -162,6 +178,9 @@ class Settings:
                      "half_life_s"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_users", "user_idle_s", "memory_cap_mb"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be 0 (off) or more, not {getattr(self, name)}")
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"web_port must be a TCP port, not {self.web_port}")
         self._check_security()

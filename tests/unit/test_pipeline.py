@@ -90,3 +90,13 @@ def test_a_repeated_event_id_is_skipped_not_counted_as_out_of_order() -> None:
     assert len(model.seen) == 2
     assert sample(metrics, "streamrec_duplicates_skipped_total") == 1
     assert sample(metrics, "streamrec_events_out_of_order_total") == 0
+
+
+def test_last_timestamp_is_read_without_decoding_the_record() -> None:
+    # Ids may hold anything JSON can: quotes and the field's own name must not fool it.
+    tricky = '"last_timestamp":5,}'
+    record = UserRecord(UserContext((tricky, "b"), (0.5,), 2, 1234.5), (tricky,), (tricky,), 2)
+    raw = record.to_bytes()
+    assert UserRecord.last_timestamp_of(raw) == 1234.5
+    assert UserRecord.from_bytes(raw).context.last_timestamp == 1234.5
+    assert UserRecord.last_timestamp_of(UserRecord(UserContext()).to_bytes()) == 0.0
