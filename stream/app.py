@@ -303,7 +303,13 @@ def create_worker(
             # were never applied. They are neither applied nor acked here: the
             # partition's owner reads them again from the committed offset.
             generation = app.consumer_generation_id
-            current = [e for e in events if e.message.generation_id in (None, generation)]
+            current = []
+            for event in events:
+                if event.message.generation_id not in (None, generation):
+                    continue
+                # Each partition's records in order, none skipped (stream/record_order.py).
+                if await app.consumer.admit(event.message):
+                    current.append(event)
             if len(current) < len(events):
                 metrics.stale_events_skipped.inc(len(events) - len(current))
             if not current:
@@ -429,6 +435,11 @@ def create_worker(
         while True:
             await asyncio.sleep(settings.vector_flush_ms / 1000)
             await publisher.flush()  # never raises: failures are counted and retried
+
+    @app.timer(interval=1.0)
+    async def reseek_stalled() -> None:
+        # Skipped records whose seek back was undone (stream/record_order.py).
+        await app.consumer.reseek_stalled()
 
     @app.timer(interval=5.0)
     async def report_state() -> None:

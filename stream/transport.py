@@ -1,4 +1,4 @@
-"""Faust's aiokafka transport, with two corrections.
+"""Faust's aiokafka transport, with four corrections.
 
 1. A configurable consumer fetch wait. faust-streaming 0.15 hard-codes
    `fetch_max_wait_ms=1500`. Apache Kafka answers a waiting fetch as soon as data
@@ -26,11 +26,15 @@
    Here the end offsets are checked by fetching the last batch: the answer is never
    lower than the broker's, so on Apache Kafka, which reports them right, nothing
    changes.
+4. Agents get each partition's records in order with none skipped (`admit`, with the
+   bookkeeping in stream/record_order.py): Faust can drop re-fetched records after a
+   rebalance's seek, which left them unprocessed until the next restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +43,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
+
+from stream.record_order import RecordOrder, Verdict
+
+log = logging.getLogger(__name__)
 
 
 def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.App:
@@ -107,7 +115,46 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
         async def on_partitions_revoked(self, revoked: Any) -> None:
             for tp in revoked:
                 self._processed().pop(tp, None)
+            self._order().forget(revoked)
             await super().on_partitions_revoked(revoked)
+
+        def _order(self) -> RecordOrder:
+            order = self.__dict__.get("_streamrec_order")
+            if order is None:
+                order = self.__dict__["_streamrec_order"] = RecordOrder()
+            return order
+
+        async def perform_seek(self) -> None:
+            await super().perform_seek()
+            # Every stream starts again at the committed offsets (the read offsets now).
+            self._order().reset({tp: self._read_offset.get(tp) for tp in self.assignment()})
+
+        async def admit(self, message: Any) -> bool:
+            """Whether an agent may process `message` now: only if it is the next
+            record of its partition. Seeks the partition back when records before it
+            were skipped (stream/record_order.py). Never acks; the caller acks what it
+            processed."""
+            order = self._order()
+            verdict = order.check(message.tp, message.offset)
+            if verdict is Verdict.SEEK:
+                want = order.expected(message.tp)
+                seeks = order.seeks(message.tp)
+                (log.warning if seeks > 3 else log.info)(
+                    "%s: got offset %d, expected %s: seeking back (seek %d)",
+                    message.tp, message.offset, want, seeks,
+                )
+                await self.seek(message.tp, want)  # type: ignore[arg-type]
+            return verdict is Verdict.TAKE
+
+        async def reseek_stalled(self) -> None:
+            """Seek again every partition whose skipped records have not come back a
+            while after the last seek. Call it periodically: when the stream has ended,
+            no later record arrives to trigger the seek in `admit`."""
+            assigned = self.assignment()
+            for tp, want in self._order().due():
+                if tp in assigned:
+                    log.warning("%s: offset %d still missing: seeking back again", tp, want)
+                    await self.seek(tp, want)
 
     class Transport(driver.Transport):
         Consumer = FastFetchConsumer
@@ -131,8 +178,8 @@ async def true_end_offsets(
     wanted = {TopicPartition(tp.topic, tp.partition): tp for tp, end in ends.items() if end}
     if not wanted:
         return ends
-    await probe.start()
     try:
+        await probe.start()
         probe.assign(list(wanted))
         for partition, tp in wanted.items():
             probe.seek(partition, ends[tp] - 1)  # type: ignore[operator]

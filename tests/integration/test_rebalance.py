@@ -58,24 +58,10 @@ def test_adding_and_removing_workers_keeps_every_partition_moving(
             second.stop()
         first.stop()
 
+    # Every click applied by the workers that were running, none left for a restart:
+    # records Faust skipped or dropped around the rebalance are sought back to
+    # (stream/record_order.py; before that, 54-280 of 1,500 waited for a restart).
     applied = {Recommendation.from_json(r.value).source_event_id for r in records}
-    late = {e["event_id"] for e in events} - applied
-    if late:
-        # Known limit (README, "Rebalancing"): a record Faust skips while a rebalance
-        # is under way is not committed past, but is read again only at the next
-        # rebalance or restart. One more worker start must apply it: nothing is lost.
-        (tmp_path / "c").mkdir()
-        third = RunningWorker(
-            dataclasses.replace(settings, web_port=free_port(), data_dir=str(tmp_path / "c")),
-            tmp_path / "c" / "worker.log",
-        )
-        try:
-            again = read_topic(settings, settings.recommendations_topic,
-                               until=len(records) + len(late), timeout_s=60)
-        finally:
-            third.stop()
-        applied |= {Recommendation.from_json(r.value).source_event_id for r in again}
-        print(f"{len(late)} of {len(events)} clicks were applied only after a restart")
     assert applied >= {e["event_id"] for e in events}
     # Per partition, the longest silence between recommendations while clicks kept
     # arriving (the producer sends every partition a click every ~0.1 s on average).
