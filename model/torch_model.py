@@ -138,16 +138,19 @@ class TorchRecommender:
 
     On the yoochoose-100k sample (train on `train_full`, then predict-then-learn every
     next click of the test day, 10,152 predictions, no exclusions) the defaults score
-    HR@20 0.7115 and MRR@20 0.3766 (468 events/s); `CoVisitation` scores 0.6987 and
+    HR@20 0.7118 and MRR@20 0.3763 (314 events/s on a loaded 2-core machine);
+    `CoVisitation` scores 0.6987 and
     0.3717, the GRU ranking alone 0.640 and 0.310. With the gap and kind inputs
     frozen (context_lr 0): 0.7129 and 0.3769, a difference of 14 hits in 10,152.
     Repeats matter there: the mixer learns its largest weights for "j is the last
     item" and P(j | r_1).
 
     On ml-latest-small last-out (610 users, full ranking, training items excluded,
-    popularity half-life twice the data's span) the defaults score HR@10 0.1311 and
-    NDCG@10 0.0676 (268 events/s on a shared 2-core machine); `CoVisitation` 0.1131
-    and 0.0633, popularity 0.0377 and 0.0177. Before the history vote, the popularity
+    popularity half-life twice the data's span) the defaults score HR@10 0.1230 and
+    NDCG@10 0.0627 (measured 2026-12-02, the same with and without the sparse history
+    vote; an earlier 0.1311 / 0.0676 did not reproduce); `CoVisitation` 0.1131 and
+    0.0633, popularity 0.0377 and 0.0177: torch wins on HR@10 and HR@20 (0.197 vs
+    0.159) but not on NDCG@10. Earlier measurements, before the history vote, the popularity
     feature and the gap and kind inputs: 0.1049 and 0.0590 (370 events/s). The history
     vote and popularity feature alone gave 0.118 and 0.0657; the gap and kind inputs
     (at context_lr 0.1, half-life = the span) 0.1262 and 0.0657. context_lr is 0.01,
