@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
@@ -63,8 +63,9 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
             reported = await super()._highwaters(partitions)
             if self.consumer.in_transaction:
                 return reported
-            probe = self._create_client_consumer(self.transport)
-            return await true_end_offsets(probe, reported)
+            return await true_end_offsets(
+                lambda: self._create_client_consumer(self.transport), reported
+            )
 
     class FastFetchConsumer(driver.Consumer):
         def _new_consumer_thread(self) -> Any:
@@ -167,10 +168,13 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
 
 
 async def true_end_offsets(
-    probe: AIOKafkaConsumer, reported: Mapping[TP, int | None], timeout_s: float = 10.0
+    make_probe: Callable[[], AIOKafkaConsumer],
+    reported: Mapping[TP, int | None],
+    timeout_s: float = 10.0,
 ) -> dict[TP, int | None]:
-    """`reported` end offsets corrected by reading each partition's last batch with
-    `probe` (a consumer without a group, started and stopped here): for each partition,
+    """`reported` end offsets corrected by reading each partition's last batch with a
+    consumer without a group from `make_probe`, made only when some partition is not
+    empty, and started and stopped here: for each partition,
     the larger of the reported end, the offset after the last record fetched from
     `reported - 1`, and the fetch response's high watermark. Partitions reported empty,
     or that return nothing within `timeout_s`, keep the reported figure."""
@@ -178,6 +182,7 @@ async def true_end_offsets(
     wanted = {TopicPartition(tp.topic, tp.partition): tp for tp, end in ends.items() if end}
     if not wanted:
         return ends
+    probe = make_probe()
     try:
         await probe.start()
         probe.assign(list(wanted))
