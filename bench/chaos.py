@@ -167,23 +167,34 @@ class Cluster:
                 self.processes[slot] = None
 
 
-class PeakRss:
-    """Samples the resident set size of `pids()` every `interval_s` on a thread."""
+class _Background:
+    """A context manager running `_run` on a daemon thread until the block ends;
+    `_run` returns once `_stop` is set."""
 
-    def __init__(self, pids: Callable[[], list[int]], interval_s: float = 0.5) -> None:
-        self.peak_bytes = 0
-        self._pids = pids
-        self._interval_s = interval_s
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="rss")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Any:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class PeakRss(_Background):
+    """Samples the resident set size of `pids()` every `interval_s` on a thread."""
+
+    def __init__(self, pids: Callable[[], list[int]], interval_s: float = 0.5) -> None:
+        super().__init__("rss")
+        self.peak_bytes = 0
+        self._pids = pids
+        self._interval_s = interval_s
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
@@ -193,23 +204,14 @@ class PeakRss:
                     self.peak_bytes = max(self.peak_bytes, psutil.Process(pid).memory_info().rss)
 
 
-class Recommended:
+class Recommended(_Background):
     """Follows the recommendations topic on a thread: the distinct source event ids
     seen so far, to show progress and tell when the stream has drained."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__("recommended")
         self.ids: set[str] = set()
         self._settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="recommended")
-
-    def __enter__(self) -> Recommended:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         consumer = make_consumer(
