@@ -77,9 +77,13 @@ def run_settings(
     )
 
 
-def fresh_topics(stack: Any, data_dir: Path, model: str) -> Settings:
+def fresh_topics(
+    stack: Any, data_dir: Path, model: str, log_level: str = "warning"
+) -> Settings:
     """Settings for a run on `stack` with its topics created."""
-    settings = run_settings(stack.bootstrap_servers, stack.redis_url, data_dir, model=model)
+    settings = run_settings(
+        stack.bootstrap_servers, stack.redis_url, data_dir, model=model, log_level=log_level
+    )
     ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
     return settings
 
@@ -269,9 +273,10 @@ def kill_schedule(rng: random.Random, kills: int, duration_s: float) -> list[flo
 def chaos_run(
     stack: Any, workdir: Path, events: Sequence[dict[str, Any]], *, workers: int, kills: int,
     duration_s: float, model: str, rng: random.Random, drain_quiet_s: float,
+    log_level: str = "warning",
 ) -> dict[str, Any]:
     """The run under faults; returns its figures and final state."""
-    settings = fresh_topics(stack, workdir / "chaos", model)
+    settings = fresh_topics(stack, workdir / "chaos", model, log_level)
     cluster = Cluster(settings, workers, workdir / "logs")
     total = len(events)
     try:
@@ -445,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="give up draining after this many seconds without progress")
     parser.add_argument("--no-replay", action="store_true", help="skip the replay comparison")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) at the end")
+    parser.add_argument("--log-level", default="warning",
+                        help="log level of the workers under faults (info shows each "
+                        "rebalance and recovery step in the kept logs)")
     args = parser.parse_args(argv)
     for name in ("events", "workers", "users", "items"):
         if getattr(args, name) < 1:
@@ -464,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = random.Random(args.seed)
         run = chaos_run(stack, workdir, events, workers=args.workers, kills=args.kills,
                         duration_s=args.duration, model=args.model, rng=rng,
-                        drain_quiet_s=args.drain_quiet)
+                        drain_quiet_s=args.drain_quiet, log_level=args.log_level)
         again = None if args.no_replay else replay_run(
             stack, workdir, events, model=args.model, drain_quiet_s=args.drain_quiet)
         summary = report(args, events, run, again, time.monotonic() - started)
