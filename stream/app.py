@@ -36,6 +36,7 @@ from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
 from serving.item_ledger import CanonicalVector, DeltaTracker, ItemDelta, ItemLedger
 from serving.redis_store import RedisVectorStore
+from stream import diagnostics
 from stream.events import Click, Recommendation, Rejected, dead_letter, decode_click
 from stream.item_sync import VectorFollower, decode_deltas, encode_deltas, encode_vectors
 from stream.metrics import WorkerMetrics
@@ -497,6 +498,29 @@ def create_worker(
         for event_time, key in sorted(found):
             retention.adopt(key, event_time)
 
+    def flow_state() -> dict[str, Any]:
+        """What may hold records back between the fetcher and the agents."""
+        queues = {}
+        for channel in list(app.topics._topics):
+            queue = getattr(channel, "_queue", None)
+            if queue is not None:
+                queues[repr(channel)[:120]] = {
+                    "size": queue.qsize(), "maxsize": queue.maxsize,
+                    "pressure_drop_callbacks": len(queue._pending_pressure_drop_callbacks),
+                }
+        return {
+            "flow_control_active": app.flow_control.is_active(),
+            "in_recovery": app.in_recovery,
+            "rebalancing": app.rebalancing,
+            "generation": app.consumer_generation_id,
+            "item_vectors_caught_up": follower.caught_up.is_set(),
+            "users_in_flight": len(in_flight),
+            "producer_buffer": app.producer.buffer.size,
+            "queues": queues,
+        }
+
+    diagnostics.register_state("consumer", app.consumer.diagnostic_state)
+    diagnostics.register_state("flow", flow_state)
     register_views(app, metrics, recent)
 
     def pull(user_id: str, k: int) -> bytes:

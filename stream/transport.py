@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -156,6 +157,39 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
                 if tp in assigned:
                     log.warning("%s: offset %d still missing: seeking back again", tp, want)
                     await self.seek(tp, want)
+
+        def diagnostic_state(self) -> dict[str, Any]:
+            """Where each assigned partition stands, for stream/diagnostics.py: Faust's
+            fetch bookkeeping, the commit and order state kept here, and the fetch
+            position of the aiokafka consumer underneath (read across threads: a
+            snapshot for a person, not for decisions)."""
+            inner = getattr(self._thread, "_consumer", None)
+            order = self._order()
+            partitions = {}
+            for tp in sorted(self.assignment()):
+                position = None
+                if inner is not None:
+                    with contextlib.suppress(Exception):
+                        state = inner._subscription.subscription.assignment.state_value(
+                            TopicPartition(tp.topic, tp.partition))
+                        position = (state.position, state.paused)
+                partitions[f"{tp.topic}[{tp.partition}]"] = {
+                    "active": tp in (self._active_partitions or ()),
+                    "paused": tp in self._paused_partitions,
+                    "buffered": tp in self._buffered_partitions,
+                    "read_offset": self._read_offset.get(tp),
+                    "committed": self._committed_offset.get(tp),
+                    "highwater": self.highwater(tp),
+                    "expected": order.expected(tp),
+                    "seeks": order.seeks(tp),
+                    "acked_not_committed": len(self._processed().get(tp, ())),
+                    "fetch_position_paused": position,
+                }
+            return {
+                "flow_active": self.flow_active,
+                "unacked": len(self._unacked_messages),
+                "partitions": partitions,
+            }
 
     class Transport(driver.Transport):
         Consumer = FastFetchConsumer

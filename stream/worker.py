@@ -13,6 +13,7 @@ from model.base import Recommender
 from model.checkpoint import load_checkpoint
 from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
+from stream import diagnostics
 from stream.app import Worker, create_worker
 from stream.pipeline import TimedIndex
 from stream.security import KafkaSecurity, redact_url, redis_options
@@ -107,5 +108,11 @@ def run_worker(settings: Settings) -> None:
     # One intra-op thread: the worker is one event at a time, and the broker and Redis
     # need the other core (2-core machines are the target).
     torch.set_num_threads(1)
+    diagnostics.install()
     worker = build_worker(settings)
-    faust.Worker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+    class DiagnosingWorker(faust.Worker):
+        async def _cry(self) -> None:  # SIGUSR1 (stream/diagnostics.py)
+            diagnostics.dump(self.stderr)
+
+    DiagnosingWorker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
