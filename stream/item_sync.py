@@ -25,6 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from serving.item_ledger import CanonicalVector, ItemDelta
+from stream.fetch_wait import FetchWait, adapt_fetch_wait, partitions_behind
 from stream.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class VectorFollower:
             await consumer.seek_to_beginning(*self.partitions)
             loop = asyncio.get_running_loop()
             idle_since = loop.time()
+            wait = FetchWait(self.fetch_max_wait_ms)
             while True:
                 batches = await consumer.getmany(timeout_ms=200)
                 for records in batches.values():
@@ -165,13 +167,18 @@ class VectorFollower:
                         self._apply(record.value)
                 if batches:
                     idle_since = loop.time()
+                # Far behind on the embedded broker, short fetches come back empty.
+                adapt_fetch_wait(consumer, wait, bool(batches))
                 self._at_end_of = await self._partitions_at_end(consumer)
                 self._rounds += 1
                 self._progress.set()
                 self._progress.clear()
+                # Idle counts as caught up only where no partition is known to be
+                # behind: an empty fetch is not the end of the topic.
                 if not self.caught_up.is_set() and (
                     len(self._at_end_of) == len(self.partitions)
-                    or loop.time() - idle_since > self.idle_caught_up_s
+                    or (loop.time() - idle_since > self.idle_caught_up_s
+                        and not partitions_behind(consumer))
                 ):
                     log.info("item vectors caught up: %d records read", self.records_read)
                     self.caught_up.set()

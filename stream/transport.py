@@ -1,4 +1,4 @@
-"""Faust's aiokafka transport, with four corrections.
+"""Faust's aiokafka transport, with five corrections.
 
 1. A configurable consumer fetch wait. faust-streaming 0.15 hard-codes
    `fetch_max_wait_ms=1500`. Apache Kafka answers a waiting fetch as soon as data
@@ -29,6 +29,10 @@
 4. Agents get each partition's records in order with none skipped (`admit`, with the
    bookkeeping in stream/record_order.py): Faust can drop re-fetched records after a
    rebalance's seek, which left them unprocessed until the next restart.
+5. The fetch wait of (1) grows while partitions are behind and fetches come back empty,
+   and returns to the setting once caught up (stream/fetch_wait.py): the embedded broker
+   gives up on a fetch when its wait ends, before it has read records far behind the
+   end of a large partition, and a worker that fell behind never caught up.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
 
+from stream.fetch_wait import FetchWait, adapt_fetch_wait
 from stream.record_order import RecordOrder, Verdict
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,23 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
             # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
             consumer._fetch_max_wait_ms = fetch_max_wait_ms
             return consumer
+
+        async def _fetch_records(
+            self, consumer: AIOKafkaConsumer, active_partitions: Any,
+            timeout: float | None = None, max_records: int | None = None,
+        ) -> Any:
+            records = await super()._fetch_records(
+                consumer, active_partitions, timeout=timeout, max_records=max_records
+            )
+            if self.consumer.flow_active:  # else nothing was fetched (a rebalance)
+                adapt_fetch_wait(consumer, self._fetch_wait(), bool(records), active_partitions)
+            return records
+
+        def _fetch_wait(self) -> FetchWait:
+            wait = self.__dict__.get("_streamrec_fetch_wait")
+            if wait is None:
+                wait = self.__dict__["_streamrec_fetch_wait"] = FetchWait(fetch_max_wait_ms)
+            return wait
 
         async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
             reported = await super()._highwaters(partitions)
@@ -189,6 +211,7 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
                 "flow_active": self.flow_active,
                 "unacked": len(self._unacked_messages),
                 "partitions": partitions,
+                "fetcher": _fetcher_state(inner),
             }
 
     class Transport(driver.Transport):
@@ -199,6 +222,28 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
             return Transport(self.conf.broker_consumer, self)
 
     return App(*args, **kwargs)
+
+
+def _fetcher_state(consumer: AIOKafkaConsumer | None) -> dict[str, Any]:
+    """aiokafka's fetcher: results fetched and not yet handed on (a partition with one
+    is not fetched again until it is drained), nodes with a fetch in flight, and
+    whether the fetch loop is still running."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None:
+        return {}
+    undrained = {}
+    for tp, result in list(fetcher._records.items()):
+        records = getattr(result, "_partition_records", None)
+        undrained[f"{tp.topic}[{tp.partition}]"] = {
+            "kind": type(result).__name__,
+            "next_fetch_offset": getattr(records, "next_fetch_offset", None),
+        }
+    task = getattr(fetcher, "_fetch_task", None)
+    return {
+        "undrained": undrained,
+        "in_flight_nodes": sorted(fetcher._in_flight),
+        "fetch_loop": None if task is None else ("done" if task.done() else "running"),
+    }
 
 
 async def true_end_offsets(
