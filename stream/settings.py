@@ -99,7 +99,8 @@ class Settings:
     fetch_max_wait_ms: int = field(
         default=10,
         metadata={"help": "longest a consumer fetch waits for data; the embedded broker "
-                  "answers only when it ends (500 suits Apache Kafka)"},
+                  "answers only when it ends (500 suits Apache Kafka); raised while "
+                  "a partition is behind and fetches come back empty"},
     )
     batch_size: int = field(
         default=256, metadata={"help": "most clicks a worker applies as one batch"}

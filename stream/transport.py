@@ -1,4 +1,4 @@
-"""Faust's aiokafka transport, with five corrections.
+"""Faust's aiokafka transport, with six corrections.
 
 1. A configurable consumer fetch wait. faust-streaming 0.15 hard-codes
    `fetch_max_wait_ms=1500`. Apache Kafka answers a waiting fetch as soon as data
@@ -33,6 +33,8 @@
    and returns to the setting once caught up (stream/fetch_wait.py): the embedded broker
    gives up on a fetch when its wait ends, before it has read records far behind the
    end of a large partition, and a worker that fell behind never caught up.
+6. A recovery seek with no start offset (a rebalance during recovery) reads from the
+   start instead of crashing the worker (`seek_wait`).
 """
 
 from __future__ import annotations
@@ -141,6 +143,19 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
                 self._processed().pop(tp, None)
             self._order().forget(revoked)
             await super().on_partitions_revoked(revoked)
+
+        async def seek_wait(self, partitions: Mapping[TP, int | None]) -> None:
+            """Faust's recovery seeks the changelog partitions it reads to their start
+            offsets. When a rebalance lands during recovery, partitions it adds have
+            no start offset built yet (None), and aiokafka's seek raised ValueError,
+            which crashed the worker (`make chaos`, once in 10 kills). None (or a
+            negative offset) means "from the start" here, as a fresh start reads it."""
+            fixed = {tp: 0 if offset is None or offset < 0 else offset
+                     for tp, offset in partitions.items()}
+            unknown = sorted(tp for tp, offset in partitions.items() if offset != fixed[tp])
+            if unknown:
+                log.info("recovery gave no start offset for %s: reading from 0", unknown)
+            await super().seek_wait(fixed)
 
         def _order(self) -> RecordOrder:
             order = self.__dict__.get("_streamrec_order")

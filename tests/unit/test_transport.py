@@ -62,3 +62,22 @@ def test_a_slow_record_after_the_committed_offset_holds_the_commit_at_it() -> No
         assert consumer._new_offset(TP0) == 31
 
     run(body)
+
+
+def test_recovery_seeks_without_a_start_offset_read_from_the_start() -> None:
+    # A rebalance during recovery adds standby partitions with no start offset (None);
+    # aiokafka's seek raised ValueError on it and the worker crashed (make chaos).
+    asked: list[dict[TP, int]] = []
+
+    class Thread:
+        async def seek_wait(self, partitions: dict[TP, int]) -> None:
+            asked.append(dict(partitions))
+
+    async def main() -> None:
+        app = streamrec_app("tseek", fetch_max_wait_ms=10, broker="kafka://127.0.0.1:1",
+                            store="memory://", autodiscover=False)
+        app.consumer._thread = Thread()
+        await app.consumer.seek_wait({TP0: None, TP(TOPIC, 1): 7, TP(TOPIC, 2): -2})
+
+    asyncio.run(main())
+    assert asked == [{TP0: 0, TP(TOPIC, 1): 7, TP(TOPIC, 2): 0}]
