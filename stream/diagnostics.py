@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import faulthandler
 import gc
-import inspect
 import json
 import signal
 import sys
+import types
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TextIO
@@ -46,11 +46,14 @@ WATCHED = ("/stream/", "/model/", "/serving/", "/faust/", "/mode/", "/aiokafka/"
 
 
 def _frame_of(obj: Any) -> FrameType | None:
-    if inspect.iscoroutine(obj):
+    # type(), not isinstance(): some objects gc holds (torch's deprecated reduce_op)
+    # warn when their __class__ is read.
+    kind = type(obj)
+    if kind is types.CoroutineType:
         return obj.cr_frame
-    if inspect.isasyncgen(obj):
+    if kind is types.AsyncGeneratorType:
         return obj.ag_frame
-    if inspect.isgenerator(obj):
+    if kind is types.GeneratorType:
         return obj.gi_frame
     return None
 
