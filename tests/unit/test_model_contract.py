@@ -260,6 +260,13 @@ def test_torch_update_carries_exactly_the_vectors_that_changed():
 def test_torch_seed_changes_the_model():
     a, b = TorchRecommender(dim=8, seed=0), TorchRecommender(dim=8, seed=1)
     contexts_a, contexts_b = feed(a, EVENTS[:100]), feed(b, EVENTS[:100])
+    # The vectors, the user states and the learned mixer's rankings all differ (the
+    # ranking served may not: while the mixer's starting weights, which read no
+    # vectors, rank better online, they serve; see TorchRecommender.mixer).
+    item = EVENTS[0].item_id
+    assert not np.array_equal(a.item_vector(item), b.item_vector(item))
+    assert [c.state for c in contexts_a.values()] != [c.state for c in contexts_b.values()]
+    a._mix_scores = b._mix_scores = [0.0, 1.0]  # serve the learned mixers
     assert recommend_all(a, contexts_a) != recommend_all(b, contexts_b)
 
 

@@ -303,3 +303,58 @@ def test_torch_history_vote_reaches_past_the_window():
         recent = (f"anchor{i}", *probe_noise)
         assert f"target{i}" not in model.transitions.votes(recent)
         assert model.history_vote(recent, 1)[0].item_id == f"target{i}"
+
+
+def day_apart_histories(users: int, seed: int) -> list[Interaction]:
+    """Users who click 3-6 of 300 uniform noise items a day apart; 60% also click
+    left_i and right_i, in either order, a day apart too. No two clicks share a session
+    (30 min), so transitions learn nothing: only the session-blind, symmetric
+    co-occurrence can tie right_i to left_i (or left_i to right_i)."""
+    rng = random.Random(seed)
+    noise = [f"noise-{j}" for j in range(300)]
+    events = []
+    t = 1_700_000_000.0
+    for u in range(users):
+        clicks = rng.choices(noise, k=rng.randint(3, 6))
+        if rng.random() < 0.6:
+            i = rng.randrange(5)
+            pair = [f"left{i}", f"right{i}"]
+            rng.shuffle(pair)
+            at = rng.randint(0, len(clicks))
+            clicks[at:at] = pair
+        for item in clicks:
+            t += 86_400.0
+            events.append(Interaction(f"user-{u}", item, t))
+    return events
+
+
+def test_torch_cooccurrence_ties_items_clicked_days_apart_in_either_order():
+    # Expected: a user whose history is left_i then a day later an unseen item gets
+    # right_i first once the seen items are excluded; one whose history is right_i
+    # gets left_i. The transition memory has no evidence (every gap is a day), and
+    # covisit, which has nothing else, ranks neither.
+    events = day_apart_histories(400, seed=3)
+    model = train(TorchRecommender(dim=16, seed=0), events)
+    covisit = train(CoVisitation(), events)
+    assert isinstance(model, TorchRecommender) and isinstance(covisit, CoVisitation)
+    for i in range(5):
+        for have, want in ((f"left{i}", f"right{i}"), (f"right{i}", f"left{i}")):
+            assert want not in model.transitions.votes((have,))
+            context = UserContext(recent=(have, "unseen-0"), clicks=2, last_timestamp=2e9)
+            assert ranked(model, context, 1) == [want]
+            assert covisit.neighbours(have) == {}
+
+
+def test_torch_serves_its_starting_weights_while_the_learned_mixer_ranks_worse():
+    # Expected: a mixer turned exactly wrong (and frozen by a tiny mix_lr) ranks every
+    # clicked item last among its candidates online, so the starting weights (the log
+    # transition and co-occurrence votes) serve, and they put each planted b_i first.
+    model = TorchRecommender(dim=16, seed=0, mix_lr=1e-12)
+    model._mix = -model._prior.clone()
+    train(model, EVENTS)
+    prior_score, learned_score = model._mix_scores
+    assert prior_score > 0.2 and learned_score < 0.1
+    assert model.mixer() is model._prior
+    for a, b in PAIRS.items():
+        context = UserContext(recent=("noise-7", a), clicks=2, last_timestamp=2e9)
+        assert ranked(model, context, 1) == [b]
