@@ -10,11 +10,13 @@ tests/unit/test_security.py checks each of them against one table of expectation
 
 Redis takes its user, password and TLS CA as keyword options of `Redis.from_url`;
 `redis_options` builds them, and `redact_url` hides a password written into a URL
-before the URL appears in an error message.
+before the URL appears in an error message. `hide_client_secrets` keeps the Kafka
+password out of kafka-python's debug log.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +140,38 @@ def redis_options(settings: Settings) -> dict[str, Any]:
     if settings.redis_ssl_cafile:
         options["ssl_ca_certs"] = settings.redis_ssl_cafile
     return options
+
+
+_SECRET_OPTIONS = ("sasl_plain_password", "ssl_password")
+
+
+class _RedactSecretOptions(logging.Filter):
+    """Hides secret options in a record whose arguments include a client's options:
+    kafka-python's admin client logs its whole configuration at DEBUG level, the
+    SASL password included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, dict):
+            args = (args,)  # logging unwraps a lone mapping argument
+        if isinstance(args, tuple) and any(isinstance(a, dict) for a in args):
+            hidden = tuple(
+                {k: "***" if k in _SECRET_OPTIONS and v else v for k, v in a.items()}
+                if isinstance(a, dict) else a
+                for a in args
+            )
+            record.args = hidden[0] if isinstance(record.args, dict) else hidden
+        return True
+
+
+_REDACTOR = _RedactSecretOptions()
+
+
+def hide_client_secrets() -> None:
+    """Install the redacting filter on kafka-python's loggers that print client
+    options (idempotent: a logger holds a filter once)."""
+    for name in ("kafka.admin.client", "kafka.client_async", "kafka.conn"):
+        logging.getLogger(name).addFilter(_REDACTOR)
 
 
 def redact_url(url: str) -> str:

@@ -13,7 +13,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from stream.security import PLAINTEXT, KafkaSecurity
+from stream.security import PLAINTEXT, KafkaSecurity, hide_client_secrets
 
 
 class BrokerUnreachable(ConnectionError):
@@ -40,6 +40,7 @@ def admin_client(
 ) -> KafkaAdminClient:
     """An admin client; raises BrokerUnreachable instead of kafka-python's errors."""
     options = security.client_options()  # a bad CA file fails here, with its name
+    hide_client_secrets()
     try:
         return KafkaAdminClient(
             bootstrap_servers=bootstrap_servers.split(","),

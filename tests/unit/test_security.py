@@ -8,6 +8,7 @@ Faust's app), with the client classes replaced by recorders: no network.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import ssl
 import subprocess
@@ -285,3 +286,15 @@ def test_client_certificate_is_loaded(tmp_path: Path) -> None:
     assert isinstance(security.ssl_context(), ssl.SSLContext)
     with pytest.raises(TLSConfigError, match="ssl_certfile/ssl_keyfile"):
         KafkaSecurity(protocol="SSL", certfile=str(cert), keyfile=str(cert)).ssl_context()
+
+
+def test_kafka_admin_debug_log_hides_the_sasl_password(caplog: pytest.LogCaptureFixture):
+    # kafka-python's admin client logs its whole configuration at DEBUG before it
+    # connects; through topics.admin_client the SASL password never reaches the log
+    # (the username may). Nothing listens on port 1, so it then fails as unreachable.
+    sasl = KafkaSecurity(protocol="SASL_PLAINTEXT", username="svc", password="s3cret-pw")
+    with caplog.at_level(logging.DEBUG, logger="kafka"):
+        with pytest.raises(topics.BrokerUnreachable):
+            topics.admin_client("127.0.0.1:1", timeout_s=0.5, security=sasl)
+    assert "Starting KafkaAdminClient" in caplog.text and "'svc'" in caplog.text
+    assert "s3cret-pw" not in caplog.text
