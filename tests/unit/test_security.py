@@ -293,8 +293,7 @@ def test_kafka_admin_debug_log_hides_the_sasl_password(caplog: pytest.LogCapture
     # connects; through topics.admin_client the SASL password never reaches the log
     # (the username may). Nothing listens on port 1, so it then fails as unreachable.
     sasl = KafkaSecurity(protocol="SASL_PLAINTEXT", username="svc", password="s3cret-pw")
-    with caplog.at_level(logging.DEBUG, logger="kafka"):
-        with pytest.raises(topics.BrokerUnreachable):
-            topics.admin_client("127.0.0.1:1", timeout_s=0.5, security=sasl)
+    with caplog.at_level(logging.DEBUG, logger="kafka"), pytest.raises(topics.BrokerUnreachable):
+        topics.admin_client("127.0.0.1:1", timeout_s=0.5, security=sasl)
     assert "Starting KafkaAdminClient" in caplog.text and "'svc'" in caplog.text
     assert "s3cret-pw" not in caplog.text
