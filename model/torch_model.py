@@ -77,6 +77,12 @@ def _lookup(sparse: _Sparse, rows: np.ndarray) -> np.ndarray:
     return np.where(held[at] == rows, weights[at], 0.0)
 
 
+def _cooccurrence_memory(window: int) -> TransitionMemory:
+    """Counts of items clicked within `window` clicks of each other, both ways with
+    equal weight and whatever the time between (no session gap)."""
+    return TransitionMemory(window=window, backward_weight=1.0, session_gap_s=math.inf)
+
+
 def _adagrad(row: torch.Tensor, sq: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
     """One Adagrad step on a row view, in place; `sq` is its sum of squared gradients."""
     sq.addcmul_(grad, grad)
@@ -235,11 +241,7 @@ class TorchRecommender:
         # between: the symmetric item-to-item evidence of an item-kNN over histories
         # (ratings in MovieLens are not a sequence the way a session's clicks are).
         self.cooccurrence = (
-            TransitionMemory(
-                window=cooccurrence_window, backward_weight=1.0, session_gap_s=math.inf
-            )
-            if cooccurrence_window > 0
-            else None
+            _cooccurrence_memory(cooccurrence_window) if cooccurrence_window > 0 else None
         )
         self.retrieve = retrieve
         self.mix_lr = mix_lr
@@ -253,12 +255,10 @@ class TorchRecommender:
         # the transition vote alone and learns the rest from the stream.
         self._n_features = _EXTRA_FEATURES + window
         self._decay = torch.arange(1, window + 1, dtype=torch.float32).pow(-1.5)
-        self._mix = torch.zeros(self._n_features)
-        self._mix[1 + window] = 1.0
-        self._mix[7 + window] = cooccurrence_weight
-        self._mix_sq = torch.zeros(self._n_features)
         # The starting weights stay as the learned mixer's challenger (see `_mix_step`).
-        self._prior = self._mix.clone()
+        self._prior = self._starting_mix()
+        self._mix = self._prior.clone()
+        self._mix_sq = torch.zeros(self._n_features)
         self._mix_scores = [0.0, 0.0]  # (prior, learned) online reciprocal rank
         # Exponential average of "the clicked item is in the user's recent items";
         # starts as if repeats were common, so nothing is excluded until evidence says
@@ -651,6 +651,15 @@ class TorchRecommender:
             features[c, 4 + window] += 1.0
         return features
 
+    def _starting_mix(self) -> torch.Tensor:
+        """The mixer's starting weights: the log transition vote plus
+        `cooccurrence_weight` times the log co-occurrence vote."""
+        window = self.transitions.window
+        weights = torch.zeros(_EXTRA_FEATURES + window)
+        weights[1 + window] = 1.0
+        weights[7 + window] = self.cooccurrence_weight
+        return weights
+
     def mixer(self) -> torch.Tensor:
         """The weights `recommend` ranks with: the learned mixer, unless its starting
         weights have ranked the clicked item better online (see `_mix_step`)."""
@@ -693,7 +702,7 @@ class TorchRecommender:
             rank = int((logits > logits[at]).sum())
             hit = 1.0 / (rank + 1) if rank < _MIX_RANK_CUTOFF else 0.0
             self._mix_scores[which] += _MIX_SCORE_ALPHA * (hit - self._mix_scores[which])
-        p = torch.softmax(features @ self._mix, 0)
+        p = torch.softmax(logits, 0)  # the learned mixer's, the loop's last
         p[at] -= 1.0
         grad = p @ features
         self._mix_sq.addcmul_(grad, grad)
@@ -759,12 +768,9 @@ class TorchRecommender:
         saved = state.get("cooccurrence")
         if saved is None:
             if self.cooccurrence is not None:
-                window = self.cooccurrence.window
-                self.cooccurrence = TransitionMemory(
-                    window=window, backward_weight=1.0, session_gap_s=math.inf
-                )
+                self.cooccurrence = _cooccurrence_memory(self.cooccurrence.window)
         else:
-            self.cooccurrence = TransitionMemory(window=1)
+            self.cooccurrence = _cooccurrence_memory(1)
             self.cooccurrence.load_state_dict(saved)
         # States saved before the gap and kind inputs existed load as zeros (no effect).
         for name, attr in (("gap_embeddings", "_gap_emb"), ("gap_sq", "_gap_sq"),
@@ -788,10 +794,8 @@ class TorchRecommender:
             self._prior = torch.zeros(self._n_features)
             prior = torch.as_tensor(prior, dtype=torch.float32)
             self._prior[: len(prior)] = prior
-        elif len(self._prior) != self._n_features:
-            self._prior = torch.zeros(self._n_features)
-            self._prior[1 + self.transitions.window] = 1.0
-            self._prior[7 + self.transitions.window] = self.cooccurrence_weight
+        else:
+            self._prior = self._starting_mix()
         self._mix_scores = [float(x) for x in state.get("mix_scores", (0.0, 0.0))]
         self._repeat_rate = float(state.get("repeat_rate", 0.25))
         if self._owns_index:

@@ -146,21 +146,15 @@ _SECRET_OPTIONS = ("sasl_plain_password", "ssl_password")
 
 
 class _RedactSecretOptions(logging.Filter):
-    """Hides secret options in a record whose arguments include a client's options:
+    """Hides secret options in a record whose argument is a client's options:
     kafka-python's admin client logs its whole configuration at DEBUG level, the
-    SASL password included."""
+    SASL password included (logging keeps a lone mapping argument as `args`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, dict):
-            args = (args,)  # logging unwraps a lone mapping argument
-        if isinstance(args, tuple) and any(isinstance(a, dict) for a in args):
-            hidden = tuple(
-                {k: "***" if k in _SECRET_OPTIONS and v else v for k, v in a.items()}
-                if isinstance(a, dict) else a
-                for a in args
-            )
-            record.args = hidden[0] if isinstance(record.args, dict) else hidden
+        if isinstance(record.args, dict):
+            record.args = {
+                k: "***" if k in _SECRET_OPTIONS and v else v for k, v in record.args.items()
+            }
         return True
 
 
@@ -168,10 +162,9 @@ _REDACTOR = _RedactSecretOptions()
 
 
 def hide_client_secrets() -> None:
-    """Install the redacting filter on kafka-python's loggers that print client
-    options (idempotent: a logger holds a filter once)."""
-    for name in ("kafka.admin.client", "kafka.client_async", "kafka.conn"):
-        logging.getLogger(name).addFilter(_REDACTOR)
+    """Install the redacting filter on kafka-python's admin client logger
+    (idempotent: a logger holds a filter once)."""
+    logging.getLogger("kafka.admin.client").addFilter(_REDACTOR)
 
 
 def redact_url(url: str) -> str:
