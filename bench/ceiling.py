@@ -14,11 +14,11 @@ from typing import Any
 
 from model.checkpoint import load_checkpoint
 from serving.faiss_index import FaissIndex
-from serving.item_ledger import DeltaTracker
 from stream.events import Click
-from stream.item_sync import encode_deltas
+from stream.items.ledger import DeltaTracker
+from stream.items.sync import encode_deltas
 from stream.metrics import WorkerMetrics
-from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
+from stream.worker.pipeline import ClickProcessor, TimedIndex, UserRecord
 
 
 def ceiling_events_per_s(

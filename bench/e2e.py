@@ -32,13 +32,13 @@ import orjson
 import redis
 
 from bench.workload import click_stream, item_id
-from stream.consumer import make_consumer
-from stream.dev import start_worker
-from stream.devservices import DevStack, free_port, stop
+from stream.dev.harness import start_worker
+from stream.dev.services import DevStack, free_port, stop
 from stream.events import Recommendation
-from stream.producer import make_producer, replay
+from stream.kafka.consumer import make_consumer
+from stream.kafka.producer import make_producer, replay
+from stream.kafka.topics import ensure_topics
 from stream.settings import Settings
-from stream.topics import ensure_topics
 
 SERVICES_CORE = 0
 WORKER_CORE = 1

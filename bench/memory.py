@@ -35,10 +35,10 @@ import psutil
 
 from bench.e2e import SERVICES_CORE, Worker, bench_settings, pinned
 from bench.workload import arriving_users, write_catalogue
-from stream.dev import scrape_metric
-from stream.devservices import start_stack
-from stream.producer import make_producer, replay
-from stream.topics import ensure_topics
+from stream.dev.harness import scrape_metric
+from stream.dev.services import start_stack
+from stream.kafka.producer import make_producer, replay
+from stream.kafka.topics import ensure_topics
 
 SAMPLE_S = 0.2
 

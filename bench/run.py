@@ -24,7 +24,7 @@ import torch
 from bench.ceiling import ceiling_events_per_s
 from bench.e2e import SERVICES_CORE, WORKER_CORE, end_to_end, pinned
 from bench.workload import click_stream, write_catalogue
-from stream.devservices import start_stack
+from stream.dev.services import start_stack
 
 GOALS = {
     "e2e_events_per_s_100k": (">=", 10_000),

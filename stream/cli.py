@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 
-from stream import evaluate_cmd, train_cmd
+from stream.kafka.topics import require_topic
+from stream.offline import evaluate as evaluate_cmd
+from stream.offline import train as train_cmd
 from stream.security import KafkaSecurity
 from stream.settings import MODELS, Settings, SettingsError, describe
-from stream.topics import require_topic
 
 EPILOG_SETTINGS = "settings (environment variables; flags override them):\n" + "\n".join(
     f"  {name:<34} {help_text} (default {default})" for name, default, help_text in describe()
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream.worker import run_worker
+    from stream.worker.process import run_worker
 
     settings = Settings.from_env(
         bootstrap_servers=args.bootstrap_servers, redis_url=args.redis_url, model=args.model,
@@ -115,9 +116,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from stream.datasets import read_interactions
-    from stream.generate import synthetic_clicks
-    from stream.producer import replay
+    from stream.dev.generate import synthetic_clicks
+    from stream.kafka.producer import replay
+    from stream.offline.datasets import read_interactions
 
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, clicks_topic=args.topic)
     if args.file:  # a bad file is reported before any connection is tried
@@ -139,7 +140,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from stream.consumer import tail
+    from stream.kafka.consumer import tail
 
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
     topic = args.topic or settings.recommendations_topic
@@ -159,7 +160,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from stream.dev import print_table, run_dev
+    from stream.dev.demo import print_table, run_dev
 
     summary = run_dev(
         events=args.events, rate=args.rate, model=args.model, users=args.users,
@@ -194,10 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    from stream.datasets import DatasetError
-    from stream.devservices import ServiceError
-    from stream.topics import BrokerUnreachable
-    from stream.worker import RedisUnreachable
+    from stream.dev.services import ServiceError
+    from stream.kafka.topics import BrokerUnreachable
+    from stream.offline.datasets import DatasetError
+    from stream.worker.process import RedisUnreachable
 
     return isinstance(
         exc, (SettingsError, DatasetError, ServiceError, BrokerUnreachable, RedisUnreachable, ValueError)

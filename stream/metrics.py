@@ -14,10 +14,10 @@ LATENCY_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )
 # model_update excludes index_update, the upsert of changed item vectors into FAISS that
-# the model does inside learn_one (timed by stream.pipeline.TimedIndex).
+# the model does inside learn_one (timed by stream.worker.pipeline.TimedIndex).
 STAGES = ("decode", "model_update", "index_update", "search", "produce")
 VECTOR_STORES = ("index", "redis")
-# Why a user context was evicted (stream/retention.py imports these).
+# Why a user context was evicted (stream/worker/retention.py imports these).
 EVICTION_REASONS = ("cap", "idle", "memory")
 
 
@@ -76,7 +76,7 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # Online quality (stream/quality.py): each click scored against the user's
+        # Online quality (stream/worker/quality.py): each click scored against the user's
         # previous recommendation. Counters for exact rates, gauges for a window.
         self.online_predictions = Counter(
             "streamrec_online_predictions",
@@ -129,7 +129,7 @@ class WorkerMetrics:
         )
         self.users_evicted = Counter(
             "streamrec_users_evicted",
-            "User contexts dropped from the table (stream/retention.py), by reason: cap "
+            "User contexts dropped from the table (stream/worker/retention.py), by reason: cap "
             "(STREAMREC_MAX_USERS), idle (STREAMREC_USER_IDLE_S), memory (the cap as lowered "
             "by STREAMREC_MEMORY_CAP_MB).",
             ["reason"],

@@ -2,9 +2,9 @@
 client's options (issue #6, "safe by default").
 
 Every Kafka client the product builds takes a `KafkaSecurity`: kafka-python's admin
-client, producer and consumer (stream/topics.py, producer.py, consumer.py), aiokafka's
-consumer in the vector follower (stream/item_sync.py) and Faust's own producer,
-consumer and admin (`broker_credentials`, stream/app.py). The default, PLAINTEXT, adds
+client, producer and consumer (stream/kafka/topics.py, producer.py, consumer.py), aiokafka's
+consumer in the vector follower (stream/items/sync.py) and Faust's own producer,
+consumer and admin (`broker_credentials`, stream/worker/app.py). The default, PLAINTEXT, adds
 no option at all, so a plaintext client is built exactly as before.
 tests/unit/test_security.py checks each of them against one table of expectations.
 

@@ -146,7 +146,7 @@ class Settings:
     dedup_window: int = field(
         default=128, metadata={"help": "event ids remembered per user to skip repeats"}
     )
-    # Memory bounds (stream/retention.py).
+    # Memory bounds (stream/worker/retention.py).
     max_users: int = field(
         default=250000,
         metadata={"help": "most user contexts a worker keeps (0: no cap); past it the least "

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from stream.consumer import make_consumer
-from stream.devservices import DevStack, free_port, start_stack, stop
-from stream.dev import start_worker
+from stream.dev.harness import start_worker
+from stream.dev.services import DevStack, free_port, start_stack, stop
+from stream.kafka.consumer import make_consumer
 from stream.settings import Settings
 
 

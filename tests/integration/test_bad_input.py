@@ -19,9 +19,15 @@ import psutil
 import pytest
 from kafka import KafkaProducer
 
-from stream.consumer import make_consumer
+from stream.dev.generate import (
+    DUPLICATE,
+    OUT_OF_ORDER,
+    POLICIES,
+    bad_input_corpus,
+    synthetic_clicks,
+)
 from stream.events import Recommendation
-from stream.generate import DUPLICATE, OUT_OF_ORDER, POLICIES, bad_input_corpus, synthetic_clicks
+from stream.kafka.consumer import make_consumer
 from stream.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from stream.devservices import DevStack, free_port
+from stream.dev.services import DevStack, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from stream.generate import synthetic_clicks
-from stream.producer import replay
+from stream.dev.generate import synthetic_clicks
+from stream.kafka.producer import replay
 from stream.settings import Settings
 
 pytestmark = pytest.mark.integration

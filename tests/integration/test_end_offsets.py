@@ -1,4 +1,4 @@
-"""Table recovery reads the changelog to its true end (stream/transport.py, item 3):
+"""Table recovery reads the changelog to its true end (stream/kafka/transport.py, item 3):
 the embedded broker reports a partition's end offset as the base of its last record
 batch plus one, and `true_end_offsets` corrects that by reading the last batch."""
 
@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from kafka import KafkaProducer
 
-from stream.topics import ensure_topics
-from stream.transport import true_end_offsets
+from stream.kafka.topics import ensure_topics
+from stream.kafka.transport import true_end_offsets
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Fault tests (issue 6): a worker killed with SIGKILL mid-stream loses no click and
 applies none twice. `make chaos` (bench/chaos.py) is the long version; both judge the
-run with stream/audit.py. (The faust-streaming issue 606 regression, a slow record at the
+run with stream/dev/audit.py. (The faust-streaming issue 606 regression, a slow record at the
 head of a partition never committed past, is tests/unit/test_transport.py.)"""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from bench.chaos import Cluster, Recommended, make_events, run_settings, wait_drained
-from stream import audit
-from stream.producer import replay
-from stream.topics import ensure_topics
+from stream.dev import audit
+from stream.dev.cluster import Cluster, Recommended, make_events, run_settings, wait_drained
+from stream.kafka.producer import replay
+from stream.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 
 
-# Before stream/transport.py corrected the changelog end offsets that table recovery
+# Before stream/kafka/transport.py corrected the changelog end offsets that table recovery
 # reads to: 0 lost and 0 applied twice, but 5 of 3,000 recommended clicks missing from
 # the final user records (under_applied): a new owner rebuilt its user records without
 # the changelog's last batch (tests/integration/test_end_offsets.py).

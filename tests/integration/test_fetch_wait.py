@@ -1,5 +1,5 @@
 """A consumer far behind on a partition of many small record batches still reads it
-all (stream/fetch_wait.py): the embedded broker gives up on a fetch when its wait ends,
+all (stream/kafka/fetch_wait.py): the embedded broker gives up on a fetch when its wait ends,
 before it has read old records, so a fixed short wait returned nothing, forever."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from serving.item_ledger import CanonicalVector
-from stream.item_sync import VectorFollower, encode_vectors
-from stream.topics import ensure_topics
+from stream.items.ledger import CanonicalVector
+from stream.items.sync import VectorFollower, encode_vectors
+from stream.kafka.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 The fast version of bench/memory.py: 100 distinct users into a worker that may keep
 40. The least recently active 60 are evicted once their clicks are surely committed
-(stream/retention.py), each with a changelog tombstone; every click still gets its
+(stream/worker/retention.py), each with a changelog tombstone; every click still gets its
 recommendation, and an evicted user who comes back starts again from a cold context.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.dev import scrape_metric
+from stream.dev.harness import scrape_metric
 from stream.events import Recommendation
-from stream.producer import replay
+from stream.kafka.producer import replay
 from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ import orjson
 import pytest
 import redis
 
-from stream.consumer import make_consumer
+from stream.dev.generate import malformed_records, synthetic_clicks
 from stream.events import Recommendation
-from stream.generate import malformed_records, synthetic_clicks
-from stream.producer import replay
+from stream.kafka.consumer import make_consumer
+from stream.kafka.producer import replay
 from stream.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from stream.devservices import free_port
+from stream.dev.generate import synthetic_clicks
+from stream.dev.services import free_port
 from stream.events import Recommendation
-from stream.generate import synthetic_clicks
-from stream.producer import replay
+from stream.kafka.producer import replay
 from tests.conftest import RunningWorker, read_topic, unique_settings
 
 pytestmark = pytest.mark.integration
 
-SESSION_TIMEOUT_S = 10  # stream/app.py: broker_session_timeout
+SESSION_TIMEOUT_S = 10  # stream/worker/app.py: broker_session_timeout
 RECOVERY_S = 10  # a rebalance round, the table's changelog replay and the first fetch
 
 
@@ -60,7 +60,7 @@ def test_adding_and_removing_workers_keeps_every_partition_moving(
 
     # Every click applied by the workers that were running, none left for a restart:
     # records Faust skipped or dropped around the rebalance are sought back to
-    # (stream/record_order.py; before that, 54-280 of 1,500 waited for a restart).
+    # (stream/kafka/record_order.py; before that, 54-280 of 1,500 waited for a restart).
     applied = {Recommendation.from_json(r.value).source_event_id for r in records}
     assert applied >= {e["event_id"] for e in events}
     # Per partition, the longest silence between recommendations while clicks kept

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from serving.redis_store import RedisVectorStore
-from stream.devservices import free_port, redis_binary, spawn, stop, wait_for_port
+from stream.dev.services import free_port, redis_binary, spawn, stop, wait_for_port
 
 pytestmark = pytest.mark.integration
 

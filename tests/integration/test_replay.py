@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.consumer import make_consumer
+from stream.dev.generate import synthetic_clicks
 from stream.events import Recommendation
-from stream.generate import synthetic_clicks
-from stream.item_sync import decode_vectors
-from stream.pipeline import UserRecord
-from stream.producer import replay
+from stream.items.sync import decode_vectors
+from stream.kafka.consumer import make_consumer
+from stream.kafka.producer import replay
 from stream.settings import Settings
+from stream.worker.pipeline import UserRecord
 from tests.conftest import RunningWorker, unique_settings
 
 pytestmark = pytest.mark.integration

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from stream.devservices import DevStack, free_port, redis_binary, spawn, stop, wait_for_port
-from stream.generate import synthetic_clicks
-from stream.producer import replay
-from stream.worker import RedisUnreachable, check_redis
+from stream.dev.generate import synthetic_clicks
+from stream.dev.services import DevStack, free_port, redis_binary, spawn, stop, wait_for_port
+from stream.kafka.producer import replay
+from stream.worker.process import RedisUnreachable, check_redis
 from tests.conftest import RunningWorker, read_topic, unique_settings
 
 pytestmark = pytest.mark.integration

@@ -17,10 +17,10 @@ import orjson
 import pytest
 import redis
 
-from stream.devservices import DevStack, free_port
+from stream.dev.generate import synthetic_clicks
+from stream.dev.services import DevStack, free_port
 from stream.events import Recommendation
-from stream.generate import synthetic_clicks
-from stream.producer import replay
+from stream.kafka.producer import replay
 from stream.settings import Settings
 from tests.conftest import RunningWorker, read_topic, unique_settings
 

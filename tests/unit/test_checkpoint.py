@@ -28,13 +28,13 @@ from model.checkpoint import (
     sidecar_path,
 )
 from model.registry import build_recommender
-from stream.generate import synthetic_clicks
+from stream.dev.generate import synthetic_clicks
 
 DIM = 16
 
 
 def clicks(n: int, seed: int = 0) -> list[Interaction]:
-    """Planted successor sequences (see stream/generate.py), one second apart."""
+    """Planted successor sequences (see stream/dev/generate.py), one second apart."""
     return [
         Interaction(p["user_id"], p["item_id"], 1_700_000_000.0 + i, session_id=p["session_id"])
         for i, p in enumerate(synthetic_clicks(n, users=40, items=60, seed=seed))

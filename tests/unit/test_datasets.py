@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.datasets import FORMATS, DatasetError, read_interactions
+from stream.offline.datasets import FORMATS, DatasetError, read_interactions
 
 SHARED_DATA = Path(__file__).parents[3] / "shared" / "data"
 

@@ -418,7 +418,8 @@ def check_dockerignore(text: str, pyproject: Doc) -> None:
     for required in (".venv", ".git", ".streamrec", "test-artifacts"):
         assert required in patterns, f".dockerignore must exclude {required}"
     needed = ["pyproject.toml", pyproject["project"]["readme"]]
-    needed += [f"{package}/__init__.py" for package in pyproject["tool"]["setuptools"]["packages"]]
+    included = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    needed += [f"{package}/__init__.py" for package in included if "." not in package]
     for path in needed:
         prefixes = ["/".join(path.split("/")[: n + 1]) for n in range(path.count("/") + 1)]
         excluded = [p for p in patterns if any(fnmatch.fnmatch(x, p) for x in prefixes)]

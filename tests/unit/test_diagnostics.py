@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from stream import diagnostics
+from stream.worker import diagnostics
 
 
 def test_suspended_frames_reach_inside_async_generators() -> None:
@@ -67,7 +67,7 @@ def test_sigusr1_before_the_event_loop_dumps_instead_of_killing() -> None:
     script = textwrap.dedent(
         """
         import os, signal, sys, time
-        from stream import diagnostics
+        from stream.worker import diagnostics
         diagnostics.install()
         os.kill(os.getpid(), signal.SIGUSR1)
         time.sleep(0.2)

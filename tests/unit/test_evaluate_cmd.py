@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.evaluate_cmd import add_parser, format_table, run
+from stream.offline.evaluate import add_parser, format_table, run
 
 METRIC_KEYS = {
     "HR@10",
@@ -208,7 +208,7 @@ def test_chart_and_report_show_quality_over_the_stream(
 
 
 def test_hit_log_windows_are_known_answers() -> None:
-    from stream.evaluation_report import HitLog
+    from stream.offline.report import HitLog
 
     log = HitLog(k=2)
     record = log.recorder("m")

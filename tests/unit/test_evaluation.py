@@ -330,7 +330,7 @@ def test_same_seed_same_results(name: str, one_thread: None) -> None:
 
 @pytest.mark.dataset
 def test_yoochoose_session_split_scores_every_next_click() -> None:
-    from stream.datasets import read_interactions
+    from stream.offline.datasets import read_interactions
 
     folder = SHARED_DATA / "yoochoose-100k"
     train_path = folder / "yoochoose-clicks-100k_train_full.txt"

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream.dev.generate import POLICIES, bad_input_corpus, malformed_records
 from stream.events import (
     EVENT_TYPES,
     MAX_CONTEXT_KEYS,
@@ -22,7 +23,6 @@ from stream.events import (
     dead_letter,
     decode_click,
 )
-from stream.generate import POLICIES, bad_input_corpus, malformed_records
 
 NOW = 1_700_000_000.0  # the Kafka record time of every test record
 MAX_BYTES = 4096

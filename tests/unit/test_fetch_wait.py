@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.fetch_wait import FetchWait
+from stream.kafka.fetch_wait import FetchWait
 
 
 class Clock:

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.dev.generate import successor_map, synthetic_clicks
 from stream.events import Click, decode_click
-from stream.generate import successor_map, synthetic_clicks
 
 N = 5000
 

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.item_ledger import CanonicalVector, DeltaTracker, ItemLedger
-from stream.item_sync import decode_deltas, decode_vectors, encode_deltas, encode_vectors
+from stream.items.ledger import CanonicalVector, DeltaTracker, ItemLedger
+from stream.items.sync import decode_deltas, decode_vectors, encode_deltas, encode_vectors
 
 
 def vec(*values: float) -> np.ndarray:

@@ -8,7 +8,7 @@ from model.base import Interaction, Update, UserContext
 from model.baselines import CoVisitation
 from stream.events import Click
 from stream.metrics import WorkerMetrics
-from stream.pipeline import ClickProcessor, UserRecord
+from stream.worker.pipeline import ClickProcessor, UserRecord
 
 T = 1_700_000_000.0
 

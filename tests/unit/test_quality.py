@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stream.metrics import WorkerMetrics
-from stream.quality import OnlineQuality
+from stream.worker.quality import OnlineQuality
 
 
 def sample(metrics: WorkerMetrics, name: str) -> float:

@@ -1,8 +1,8 @@
-"""RecordOrder: each partition's records in order, none skipped (stream/record_order.py)."""
+"""RecordOrder: each partition's records in order, none skipped (stream/kafka/record_order.py)."""
 
 from __future__ import annotations
 
-from stream.record_order import RecordOrder, Verdict
+from stream.kafka.record_order import RecordOrder, Verdict
 
 
 class Clock:

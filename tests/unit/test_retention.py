@@ -1,4 +1,4 @@
-"""The user-eviction policy (stream/retention.py) on a fake clock: known answers."""
+"""The user-eviction policy (stream/worker/retention.py) on a fake clock: known answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.retention import UserRetention, resident_bytes
+from stream.worker.retention import UserRetention, resident_bytes
 
 
 class Clock:

@@ -22,11 +22,12 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
-from stream import consumer, item_sync, producer, topics
-from stream.app import create_worker
+from stream.items import sync as item_sync
+from stream.kafka import consumer, producer, topics
 from stream.security import PLAINTEXT, KafkaSecurity, TLSConfigError, redact_url, redis_options
 from stream.settings import Settings, SettingsError
-from stream.worker import RedisUnreachable
+from stream.worker.app import create_worker
+from stream.worker.process import RedisUnreachable
 
 SECURITY_KEYS = {
     "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",

@@ -13,9 +13,9 @@ import pytest
 from model import Interaction, UserContext
 from model.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
 from model.registry import build_recommender
-from stream.datasets import DatasetError
-from stream.generate import synthetic_clicks
-from stream.train_cmd import TrainError, add_parser, run
+from stream.dev.generate import synthetic_clicks
+from stream.offline.datasets import DatasetError
+from stream.offline.train import TrainError, add_parser, run
 
 EVENTS = 250
 

@@ -1,4 +1,4 @@
-"""stream/transport.py's commit rule, driven through the worker's real Faust consumer
+"""stream/kafka/transport.py's commit rule, driven through the worker's real Faust consumer
 class with no broker: a commit never passes a record that is still being processed
 (faust-streaming issue 606, open: with agent concurrency > 1 stock Faust commits past a
 slow record at the head of a partition, and a crash then loses it)."""
@@ -11,7 +11,7 @@ from typing import Any
 from faust.types import TP
 from faust.types.tuples import Message
 
-from stream.transport import streamrec_app
+from stream.kafka.transport import streamrec_app
 
 TOPIC = "clicks-606"
 TP0 = TP(TOPIC, 0)

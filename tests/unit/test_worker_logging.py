@@ -6,8 +6,8 @@ from __future__ import annotations
 import io
 import logging
 
-from stream.transport import streamrec_app
-from stream.worker import StreamrecWorker
+from stream.kafka.transport import streamrec_app
+from stream.worker.process import StreamrecWorker
 
 
 def test_warning_level_leaves_library_debug_lines_disabled() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stream.datasets import FORMATS, read_interactions
+from stream.offline.datasets import FORMATS, read_interactions
 from stream.settings import MODELS
 
 if TYPE_CHECKING:

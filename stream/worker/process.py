@@ -14,12 +14,12 @@ from model.base import Recommender
 from model.checkpoint import load_checkpoint
 from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
-from stream import diagnostics
-from stream.app import Worker, create_worker
-from stream.pipeline import TimedIndex
+from stream.kafka.topics import ensure_topics
 from stream.security import KafkaSecurity, redact_url, redis_options
 from stream.settings import Settings
-from stream.topics import ensure_topics
+from stream.worker import diagnostics
+from stream.worker.app import Worker, create_worker
+from stream.worker.pipeline import TimedIndex
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class StreamrecWorker(faust.Worker):
         self.spinner = None
         super().on_setup_root_logger(logger, level)
 
-    async def _cry(self) -> None:  # SIGUSR1 (stream/diagnostics.py)
+    async def _cry(self) -> None:  # SIGUSR1 (stream/worker/diagnostics.py)
         diagnostics.dump(self.stderr)
 
 

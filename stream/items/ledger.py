@@ -20,7 +20,7 @@ clicked items' vectors at once (so that user's next recommendation reflects it).
 Deltas add, so concurrent learning on one item from two workers is summed, never lost
 to a last-writer-wins race. Offsets only work as an idempotence key because one source
 partition is applied by one worker at a time, in order, and a click's deltas are made
-durable before the click's user state is (stream/app.py).
+durable before the click's user state is (stream/worker/app.py).
 
 Pure Python and NumPy; no I/O, not thread-safe (the worker calls it from its event
 loop).

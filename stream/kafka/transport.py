@@ -27,10 +27,10 @@
    lower than the broker's, so on Apache Kafka, which reports them right, nothing
    changes.
 4. Agents get each partition's records in order with none skipped (`admit`, with the
-   bookkeeping in stream/record_order.py): Faust can drop re-fetched records after a
+   bookkeeping in stream/kafka/record_order.py): Faust can drop re-fetched records after a
    rebalance's seek, which left them unprocessed until the next restart.
 5. The fetch wait of (1) grows while partitions are behind and fetches come back empty,
-   and returns to the setting once caught up (stream/fetch_wait.py): the embedded broker
+   and returns to the setting once caught up (stream/kafka/fetch_wait.py): the embedded broker
    gives up on a fetch when its wait ends, before it has read records far behind the
    end of a large partition, and a worker that fell behind never caught up.
 6. A recovery seek with no start offset (a rebalance during recovery) reads from the
@@ -51,8 +51,8 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
 
-from stream.fetch_wait import FetchWait, adapt_fetch_wait
-from stream.record_order import RecordOrder, Verdict
+from stream.kafka.fetch_wait import FetchWait, adapt_fetch_wait
+from stream.kafka.record_order import RecordOrder, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
         async def admit(self, message: Any) -> bool:
             """Whether an agent may process `message` now: only if it is the next
             record of its partition. Seeks the partition back when records before it
-            were skipped (stream/record_order.py). Never acks; the caller acks what it
+            were skipped (stream/kafka/record_order.py). Never acks; the caller acks what it
             processed."""
             order = self._order()
             verdict = order.check(message.tp, message.offset)
@@ -196,7 +196,7 @@ def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.Ap
                     await self.seek(tp, want)
 
         def diagnostic_state(self) -> dict[str, Any]:
-            """Where each assigned partition stands, for stream/diagnostics.py: Faust's
+            """Where each assigned partition stands, for stream/worker/diagnostics.py: Faust's
             fetch bookkeeping, the commit and order state kept here, and the fetch
             position of the aiokafka consumer underneath (read across threads: a
             snapshot for a person, not for decisions)."""

@@ -12,8 +12,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
+from stream.kafka.topics import BrokerUnreachable
 from stream.security import PLAINTEXT, KafkaSecurity
-from stream.topics import BrokerUnreachable
 
 
 @dataclass

@@ -27,14 +27,14 @@ from model.baselines import DEFAULT_HALF_LIFE_S
 from model.checkpoint import save_checkpoint
 from model.evaluation import RankingMetrics, next_clicks, time_ordered
 from model.registry import build_recommender
-from stream.consumer import make_consumer
-from stream.dev import scrape_metric, start_worker, wait_for
-from stream.devservices import free_port, running_stack, stop
+from stream.dev.harness import scrape_metric, start_worker, wait_for
+from stream.dev.services import free_port, running_stack, stop
 from stream.events import Recommendation
-from stream.producer import replay
+from stream.kafka.consumer import make_consumer
+from stream.kafka.producer import replay
+from stream.kafka.topics import ensure_topics
+from stream.offline.train import learn
 from stream.settings import Settings
-from stream.topics import ensure_topics
-from stream.train_cmd import learn
 
 
 def session_split_through_kafka(

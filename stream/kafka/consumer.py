@@ -9,8 +9,8 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
+from stream.kafka.topics import BrokerUnreachable
 from stream.security import PLAINTEXT, KafkaSecurity
-from stream.topics import BrokerUnreachable
 
 
 def make_consumer(

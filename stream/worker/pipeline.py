@@ -5,7 +5,7 @@ which also upserts the changed item vectors into its FAISS index) -> vectors que
 Redis (`VectorPublisher`, flushed off this path) -> top-K with the exclusion policy ->
 the recommendation event.
 
-The Faust agents in `stream/app.py` feed it and persist the `UserRecord` it returns.
+The Faust agents in `stream/worker/app.py` feed it and persist the `UserRecord` it returns.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 import orjson
 
 from model.base import Interaction, Recommender, Scored, UserContext
-from serving.item_ledger import DeltaTracker
 from stream.events import Click, Recommendation, RecommendedItem
+from stream.items.ledger import DeltaTracker
 from stream.metrics import WorkerMetrics
-from stream.publisher import VectorPublisher
-from stream.quality import OnlineQuality
+from stream.worker.publisher import VectorPublisher
+from stream.worker.quality import OnlineQuality
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +174,7 @@ class ClickProcessor:
 
         `clicked_at` (the click's record timestamp) is the start of the vector
         freshness measurements; None skips them. `source` and `offset` say where the
-        click was read; they tag its item-vector deltas (serving/item_ledger.py).
+        click was read; they tag its item-vector deltas (stream/items/ledger.py).
         """
         if event_id in record.event_ids:
             self.metrics.duplicates_skipped.inc()
@@ -216,7 +216,7 @@ class ClickProcessor:
             )
         if self.tracker is not None and self.timed_index is not None:
             # Item vectors have one writer each, the item's owner: it gets the deltas
-            # and writes Redis (stream/item_sync.py). This worker writes the user's.
+            # and writes Redis (stream/items/sync.py). This worker writes the user's.
             for item_id, before, after in self.timed_index.take_changes():
                 self.tracker.record(
                     item_id, before, after, source=source, offset=offset, clicked_at=clicked_at

@@ -1,7 +1,7 @@
 """How long a fetch may wait at the broker: short when caught up, longer when starved.
 
 A consumer's fetch wait (`fetch_max_wait_ms`) is kept short so that a click reaches the
-agents within milliseconds (stream/transport.py, correction 1). Apache Kafka answers a
+agents within milliseconds (stream/kafka/transport.py, correction 1). Apache Kafka answers a
 fetch as soon as it has records, so there the wait only bounds idle polls. The embedded
 broker (Tansu) instead gives up when the wait ends, and how long it takes to read grows
 with the record batches a partition holds. Measured here: on a partition of 25,000
@@ -82,7 +82,7 @@ def partitions_behind(consumer: AIOKafkaConsumer, partitions: Any = None) -> lis
 def adapt_fetch_wait(
     consumer: AIOKafkaConsumer, wait: FetchWait, got_records: bool, partitions: Any = None
 ) -> None:
-    """Set the wait of `consumer`'s next fetches from the last round (stream/fetch_wait.py)."""
+    """Set the wait of `consumer`'s next fetches from the last round (stream/kafka/fetch_wait.py)."""
     before = wait.current_ms
     after = wait.after_round(got_records, bool(partitions_behind(consumer, partitions)))
     if after != before:

@@ -23,11 +23,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stream.consumer import make_consumer
 from stream.events import Recommendation
-from stream.item_sync import decode_vectors
-from stream.pipeline import UserRecord
+from stream.items.sync import decode_vectors
+from stream.kafka.consumer import make_consumer
 from stream.settings import Settings
+from stream.worker.pipeline import UserRecord
 
 # What a replay of the same input must reproduce in each user's record, whatever the
 # model: the context fields no model's shared state reaches, and the dedup bookkeeping.

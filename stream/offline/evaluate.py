@@ -26,7 +26,7 @@ import orjson
 from model import evaluation
 from model.base import Interaction
 from model.registry import MODEL_NAMES, build_recommender
-from stream.datasets import FORMATS, DatasetError, read_interactions
+from stream.offline.datasets import FORMATS, DatasetError, read_interactions
 
 PROTOCOLS = ("prequential", "last-out", "session-split")
 _TRAIN_SUFFIX = "_train_full.txt"
@@ -100,7 +100,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print; 0 on success, 1 after a one-line message for a user error."""
-    from stream.evaluation_report import HitLog, write_chart, write_report
+    from stream.offline.report import HitLog, write_chart, write_report
 
     chart = getattr(args, "chart", None)
     markdown = getattr(args, "report", None)
@@ -173,7 +173,7 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
                     )
             results[name] = result
             if getattr(args, "through_kafka", False):
-                from stream.live_eval import session_split_through_kafka
+                from stream.offline.live_eval import session_split_through_kafka
 
                 results[f"{name}@kafka"] = session_split_through_kafka(
                     name, streams[0], streams[1], ks, dim=args.dim, seed=args.seed,

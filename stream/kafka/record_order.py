@@ -15,7 +15,7 @@ already in flight, as above; `due` names the partitions to seek again when no la
 record comes to trigger it), and the records past it are refused meanwhile. A record
 below it was processed already (a redelivery after a seek) and is refused too.
 
-Pure bookkeeping; the consumer (stream/transport.py) does the seeking. Input topics
+Pure bookkeeping; the consumer (stream/kafka/transport.py) does the seeking. Input topics
 must have no offset gaps (no transactional producers): a missing offset would stall its
 partition, and is logged as such.
 """

@@ -10,7 +10,7 @@ One record carries many items (all the deltas bound for one partition in one flu
 all the vectors one delta record changed), so the message count follows flushes, not
 clicks. Reading `item-vectors` from the start is also how a fresh worker, or one whose
 index is empty, rebuilds the live item vectors on top of its checkpoint
-(serving/item_ledger.py explains the bookkeeping).
+(stream/items/ledger.py explains the bookkeeping).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from serving.item_ledger import CanonicalVector, ItemDelta
-from stream.fetch_wait import FetchWait, adapt_fetch_wait, partitions_behind
+from stream.items.ledger import CanonicalVector, ItemDelta
+from stream.kafka.fetch_wait import FetchWait, adapt_fetch_wait, partitions_behind
 from stream.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ Item vectors have one writer each, the worker owning the item id's partition of
 `{app_id}-item-deltas` (the `own_items` agent); every worker follows
 `{app_id}-item-vectors` from the beginning and so converges on the owners' vectors, and
 a fresh worker rebuilds its index (and Redis) from it before taking clicks
-(stream/item_sync.py, serving/item_ledger.py).
+(stream/items/sync.py, stream/items/ledger.py).
 """
 
 from __future__ import annotations
@@ -34,19 +34,19 @@ from kafka.partitioner.default import murmur2
 
 from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
-from serving.item_ledger import CanonicalVector, DeltaTracker, ItemDelta, ItemLedger
 from serving.redis_store import RedisVectorStore
-from stream import diagnostics
 from stream.events import Click, Recommendation, Rejected, dead_letter, decode_click
-from stream.item_sync import VectorFollower, decode_deltas, encode_deltas, encode_vectors
+from stream.items.ledger import CanonicalVector, DeltaTracker, ItemDelta, ItemLedger
+from stream.items.sync import VectorFollower, decode_deltas, encode_deltas, encode_vectors
+from stream.kafka.transport import streamrec_app
 from stream.metrics import WorkerMetrics
-from stream.pipeline import ClickProcessor, TimedIndex, UserRecord
-from stream.publisher import VectorPublisher
-from stream.retention import UserRetention, resident_bytes
 from stream.security import KafkaSecurity, redis_options
 from stream.settings import Settings
-from stream.transport import streamrec_app
-from stream.views import (
+from stream.worker import diagnostics
+from stream.worker.pipeline import ClickProcessor, TimedIndex, UserRecord
+from stream.worker.publisher import VectorPublisher
+from stream.worker.retention import UserRetention, resident_bytes
+from stream.worker.views import (
     RecentRecommendations,
     register_index_views,
     register_pull_view,
@@ -129,7 +129,7 @@ def create_worker(
     ledger = ItemLedger()
     unsynced: set[int] = set()  # item-delta partitions owned but not yet caught up on
     # Evict only users whose clicks Faust has surely committed: three commit intervals
-    # after their last one was applied (why: stream/retention.py).
+    # after their last one was applied (why: stream/worker/retention.py).
     retention = UserRetention(
         settings.max_users,
         settings.user_idle_s,
@@ -308,7 +308,7 @@ def create_worker(
             for event in events:
                 if event.message.generation_id not in (None, generation):
                     continue
-                # Each partition's records in order, none skipped (stream/record_order.py).
+                # Each partition's records in order, none skipped (stream/kafka/record_order.py).
                 if await app.consumer.admit(event.message):
                     current.append(event)
             if len(current) < len(events):
@@ -439,7 +439,7 @@ def create_worker(
 
     @app.timer(interval=1.0)
     async def reseek_stalled() -> None:
-        # Skipped records whose seek back was undone (stream/record_order.py).
+        # Skipped records whose seek back was undone (stream/kafka/record_order.py).
         await app.consumer.reseek_stalled()
 
     @app.timer(interval=5.0)

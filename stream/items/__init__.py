@@ -1,0 +1,1 @@
+"""The item-vector ownership protocol: one writer per item, every worker a reader."""

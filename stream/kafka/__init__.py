@@ -1,0 +1,2 @@
+"""Kafka clients (topics, producer, consumer) and every correction streamrec makes to
+Faust, aiokafka or the embedded broker."""
