@@ -55,10 +55,11 @@ class Snapshot:
         if want < 1:
             return _EMPTY_SCORES, _EMPTY_ROWS
         if ef > self.ef_search:
-            params = faiss.SearchParametersHNSW()
+            # Missing from the stubs faiss ships, present in the library.
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             params.efSearch = ef
-            return self.index.search(queries, want, params=params)  # type: ignore[no-any-return]
-        return self.index.search(queries, want)  # type: ignore[no-any-return]
+            return self.index.search(queries, want, params=params)
+        return self.index.search(queries, want)
 
 
 def build_snapshot(

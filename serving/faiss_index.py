@@ -107,7 +107,8 @@ class FaissIndex:
     def vector(self, item_id: str) -> np.ndarray:
         """A copy of the stored vector; KeyError for an unknown id."""
         with self._lock:
-            return self._vectors[self._rows[item_id]].copy()
+            row: np.ndarray = self._vectors[self._rows[item_id]]
+            return row.copy()
 
     @property
     def approximate(self) -> bool:

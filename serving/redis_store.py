@@ -124,7 +124,7 @@ class RedisVectorStore:
 
     async def _get(self, key: str) -> tuple[np.ndarray, int] | None:
         raw, version = await self._client.hmget(key, ["v", "ver"])
-        if raw is None or version is None:
+        if not isinstance(raw, bytes) or version is None:  # missing (the client returns bytes)
             return None
         return np.frombuffer(raw, dtype="<f4").copy(), int(version)
 

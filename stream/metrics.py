@@ -26,7 +26,21 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self._declare_input(self.registry)
+        self._declare_latency(self.registry)
+        self._declare_quality(self.registry)
+        self._declare_state(self.registry)
+        self._declare_serving(self.registry)
+        # Pre-create the bounded label sets so dashboards show zeros, not gaps.
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
+        for store in VECTOR_STORES:
+            self.vector_freshness.labels(store=store)
+        for reason in EVICTION_REASONS:
+            self.users_evicted.labels(reason=reason)
+
+    def _declare_input(self, r: CollectorRegistry) -> None:
+        """What the worker read and what became of it."""
         self.events_consumed = Counter(
             "streamrec_events_consumed", "Click records read from the clicks topic.", registry=r
         )
@@ -63,6 +77,9 @@ class WorkerMetrics:
             "Recommendation events sent to the recommendations topic.",
             registry=r,
         )
+
+    def _declare_latency(self, r: CollectorRegistry) -> None:
+        """How long a click takes to become a recommendation, and where the time goes."""
         self.click_to_recommendation = Histogram(
             "streamrec_click_to_recommendation_seconds",
             "Click record timestamp to recommendation send time.",
@@ -76,6 +93,9 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _declare_quality(self, r: CollectorRegistry) -> None:
+        """Online quality and the model's learning."""
         # Online quality (stream/worker/quality.py): each click scored against the user's
         # previous recommendation. Counters for exact rates, gauges for a window.
         self.online_predictions = Counter(
@@ -122,6 +142,9 @@ class WorkerMetrics:
             "(stays 0 for the baselines, which have none).",
             registry=r,
         )
+
+    def _declare_state(self, r: CollectorRegistry) -> None:
+        """The users, memory and partitions this worker holds, and its lag."""
         self.users_in_state = Gauge(
             "streamrec_users_in_state",
             "Users whose context this worker holds (its partitions of the user table).",
@@ -152,6 +175,9 @@ class WorkerMetrics:
             ["topic", "partition"],
             registry=r,
         )
+
+    def _declare_serving(self, r: CollectorRegistry) -> None:
+        """The model served, readiness, the index and Redis."""
         self.index_items = Gauge(
             "streamrec_index_items", "Item vectors held in the worker's index.", registry=r
         )
@@ -180,13 +206,6 @@ class WorkerMetrics:
         self.redis_errors = Counter(
             "streamrec_redis_errors", "Failed writes to the Redis vector store.", registry=r
         )
-        # Pre-create the bounded label sets so dashboards show zeros, not gaps.
-        for stage in STAGES:
-            self.stage_seconds.labels(stage=stage)
-        for store in VECTOR_STORES:
-            self.vector_freshness.labels(store=store)
-        for reason in EVICTION_REASONS:
-            self.users_evicted.labels(reason=reason)
 
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""
