@@ -7,6 +7,12 @@ its header); `record_order` and `fetch_wait` (the pure bookkeeping of K4 and K5)
 `internals` (the only module here that reads or writes private names of faust, mode and
 aiokafka). The broker facts cited below are in docs/embedded-broker.md, "Tansu" there.
 
+Private hooks overridden (they cannot move to `internals`; re-read them when a pin
+moves): on faust's AIOKafkaConsumerThread `_create_worker_consumer` (K1),
+`_fetch_records` (K5), `_highwaters` (K3); on faust's aiokafka Consumer `_new_offset`
+(K2) and `_new_consumer_thread`; on faust.App `_new_transport` (both only install the
+classes above); on mode's Worker `_cry` (P2, stream/worker/process.py today).
+
 Corrections
 -----------
 One entry per correction of a library or of the broker. Fields: `fixes` (the symptom
@@ -49,7 +55,7 @@ K4  Agents get each partition's records in order, none skipped
     cause:   faust drops records below its read offset, which records fetched before
              the seek raise again; faust skips buffered records during a rebalance
     checked: faust-streaming 0.15.3
-    where:   stream/kafka/transport.py:StreamrecConsumer (admit, reseek_stalled, hook
+    where:   stream/kafka/transport.py:StreamrecConsumer (admit, reseek_stalled,
              perform_seek), stream/kafka/record_order.py:RecordOrder
     test:    tests/regression/test_rebalance_refetched_records_not_dropped.py,
              tests/unit/test_record_order.py, tests/integration/test_faults.py

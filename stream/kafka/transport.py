@@ -1,4 +1,5 @@
-"""Faust's aiokafka transport, with six corrections.
+"""Faust's aiokafka transport, with six corrections (K1-K6 in the corrections table of
+stream/kafka/__init__.py, with their tests).
 
 1. A configurable consumer fetch wait. faust-streaming 0.15 hard-codes
    `fetch_max_wait_ms=1500`. Apache Kafka answers a waiting fetch as soon as data
