@@ -232,7 +232,8 @@ class StreamrecConsumer(driver.Consumer):
         """Where each assigned partition stands, for stream/worker/diagnostics.py:
         Faust's fetch bookkeeping, the commit and order state kept here, and the fetch
         position of the aiokafka consumer underneath (read across threads: a snapshot
-        for a person, not for decisions). Never raises on a consumer not started."""
+        for a person, not for decisions). Raises ConsumerNotStarted before the
+        consumer thread has started."""
         inner = internals.aiokafka_consumer(internals.consumer_thread(self))
         read = internals.read_offsets(self)
         committed = internals.committed_offsets(self)
