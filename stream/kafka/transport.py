@@ -97,7 +97,7 @@ class StreamrecConsumerThread(driver.AIOKafkaConsumerThread):
         return cast(StreamrecApp, self.app).fetch_max_wait_ms
 
     def _create_worker_consumer(self, transport: Any) -> Any:
-        # Correction 1: faust-streaming passes no fetch wait, so aiokafka's default.
+        # Correction 1: faust-streaming 0.15.3 hard-codes fetch_max_wait_ms=1500.
         consumer = super()._create_worker_consumer(transport)
         internals.set_initial_fetch_wait(consumer, self._configured_fetch_wait_ms())
         return consumer
