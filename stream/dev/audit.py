@@ -13,7 +13,8 @@ killed mid-run cannot hide its mistakes:
   deltas it sums (`CanonicalVector.events`), comparable with a replay of the same input.
 
 Reading blocks until the topic has been silent for `idle_timeout_s`: the embedded
-broker under-reports end offsets (FIELD-NOTES), so "the end" is "nothing more came".
+broker under-reports end offsets (docs/embedded-broker.md), so "the end" is "nothing more
+came".
 """
 
 from __future__ import annotations

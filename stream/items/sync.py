@@ -116,7 +116,7 @@ class VectorFollower:
     `caught_up` is set once the reader has reached the end of every partition as it was
     when reading started (or found the topic empty), so the worker can hold clicks until
     its index has been rebuilt. End offsets come from fetch responses' high watermarks:
-    the embedded broker under-reports ListOffsets (FIELD-NOTES).
+    the embedded broker under-reports ListOffsets (docs/embedded-broker.md).
     """
 
     def __init__(

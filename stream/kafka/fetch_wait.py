@@ -29,6 +29,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream.kafka import internals
+
 log = logging.getLogger(__name__)
 
 
@@ -63,8 +65,7 @@ class FetchWait:
 def partitions_behind(consumer: AIOKafkaConsumer, partitions: Any = None) -> list[Any]:
     """The assigned partitions (of `partitions`, if given) whose fetch position is
     below the high watermark of the last fetch response: records wait there."""
-    assignment = consumer._subscription.subscription
-    assignment = None if assignment is None else assignment.assignment
+    assignment = internals.assignment(consumer)
     if assignment is None:
         return []
     behind = []
@@ -82,7 +83,8 @@ def partitions_behind(consumer: AIOKafkaConsumer, partitions: Any = None) -> lis
 def adapt_fetch_wait(
     consumer: AIOKafkaConsumer, wait: FetchWait, got_records: bool, partitions: Any = None
 ) -> None:
-    """Set the wait of `consumer`'s next fetches from the last round (stream/kafka/fetch_wait.py)."""
+    """Set the wait of `consumer`'s next fetches from the last round (`FetchWait`).
+    Does not block; logs each change of the wait."""
     before = wait.current_ms
     after = wait.after_round(got_records, bool(partitions_behind(consumer, partitions)))
     if after != before:
@@ -90,4 +92,4 @@ def adapt_fetch_wait(
             "fetch wait %d -> %d ms (%s)", before, after,
             "partitions behind, fetches empty" if after > before else "trying a shorter wait",
         )
-    consumer._fetcher._fetch_max_wait_ms = after
+    internals.set_fetch_wait(consumer, after)

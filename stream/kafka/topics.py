@@ -102,8 +102,10 @@ def ensure_topics(
             for description in admin.describe_topics(present):
                 count = len(description["partitions"])
                 if count != partitions:
+                    # kafka-python 3 names the topic "name" (2.x: "topic").
+                    topic = description.get("name", description.get("topic"))
                     raise ValueError(
-                        f"topic {description['topic']} has {count} partitions; "
+                        f"topic {topic} has {count} partitions; "
                         f"the worker is configured for {partitions} (STREAMREC_PARTITIONS)"
                     )
         return created

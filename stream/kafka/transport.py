@@ -1,4 +1,5 @@
-"""Faust's aiokafka transport, with six corrections.
+"""Faust's aiokafka transport, with six corrections (K1-K6 in the corrections table of
+stream/kafka/__init__.py, with their tests).
 
 1. A configurable consumer fetch wait. faust-streaming 0.15 hard-codes
    `fetch_max_wait_ms=1500`. Apache Kafka answers a waiting fetch as soon as data
@@ -19,7 +20,8 @@
    offset on.
 3. Table recovery reads the changelog to its true end. Recovery stops at the end offsets
    that ListOffsets reports, and the embedded broker reports the base offset of the
-   last record batch plus one (FIELD-NOTES), not the offset after its last record. A
+   last record batch plus one (docs/embedded-broker.md), not the offset after its last
+   record. A
    worker taking over a partition then rebuilt its user records without the changelog's
    last batch and applied later clicks to older records: 5 of 3,000 clicks were missing
    from the final user records after two SIGKILLs (tests/integration/test_faults.py).
@@ -40,10 +42,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,214 +52,213 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
 
+from stream.kafka import internals
 from stream.kafka.fetch_wait import FetchWait, adapt_fetch_wait
 from stream.kafka.record_order import RecordOrder, Verdict
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "StreamrecApp",
+    "StreamrecConsumer",
+    "StreamrecConsumerThread",
+    "StreamrecTransport",
+    "streamrec_app",
+    "true_end_offsets",
+]
 
-def streamrec_app(*args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> faust.App:
-    """A faust.App whose Kafka consumer waits at most `fetch_max_wait_ms` per fetch."""
 
-    class ConsumerThread(driver.AIOKafkaConsumerThread):
-        def _create_worker_consumer(self, transport: Any) -> Any:
-            consumer = super()._create_worker_consumer(transport)
-            # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
-            consumer._fetch_max_wait_ms = fetch_max_wait_ms
-            return consumer
+def streamrec_app(app_id: str, *, fetch_max_wait_ms: int, **faust_options: Any) -> StreamrecApp:
+    """A faust.App with the corrections above, whose Kafka consumer waits at most
+    `fetch_max_wait_ms` per fetch while caught up. `faust_options` go to faust.App."""
+    return StreamrecApp(app_id, fetch_max_wait_ms=fetch_max_wait_ms, **faust_options)
 
-        async def _fetch_records(
-            self, consumer: AIOKafkaConsumer, active_partitions: Any,
-            timeout: float | None = None, max_records: int | None = None,
-        ) -> Any:
-            records = await super()._fetch_records(
-                consumer, active_partitions, timeout=timeout, max_records=max_records
-            )
-            if self.consumer.flow_active:  # else nothing was fetched (a rebalance)
-                adapt_fetch_wait(consumer, self._fetch_wait(), bool(records), active_partitions)
-            return records
 
-        def _fetch_wait(self) -> FetchWait:
-            wait = self.__dict__.get("_streamrec_fetch_wait")
-            if wait is None:
-                wait = self.__dict__["_streamrec_fetch_wait"] = FetchWait(fetch_max_wait_ms)
-            return wait
+class StreamrecApp(faust.App):
+    """faust.App on `StreamrecTransport`; `fetch_max_wait_ms` is correction 1's
+    setting, read by the consumer thread when it builds its aiokafka consumer."""
 
-        async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
-            reported = await super()._highwaters(partitions)
-            if self.consumer.in_transaction:
-                return reported
-            return await true_end_offsets(
-                lambda: self._create_client_consumer(self.transport), reported
-            )
+    def __init__(self, app_id: str, *, fetch_max_wait_ms: int, **faust_options: Any) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms  # before faust builds anything
+        super().__init__(app_id, **faust_options)
 
-    class FastFetchConsumer(driver.Consumer):
-        def _new_consumer_thread(self) -> Any:
-            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+    def _new_transport(self) -> Any:
+        return StreamrecTransport(self.conf.broker_consumer, self)
 
-        def _processed(self) -> dict[TP, list[int]]:
-            processed = self.__dict__.get("_streamrec_processed")
-            if processed is None:
-                processed = self.__dict__["_streamrec_processed"] = {}
-            return processed
 
-        def ack(self, message: Any) -> bool:
-            recorded = bool(super().ack(message))
-            if recorded:
-                self._processed().setdefault(message.tp, []).append(message.offset)
-            return recorded
+class StreamrecConsumerThread(driver.AIOKafkaConsumerThread):
+    """The thread running the aiokafka consumer: corrections 1, 3 and 5."""
 
-        def _new_offset(self, tp: TP) -> int | None:
-            processed = self._processed().get(tp)
-            if not processed:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.fetch_wait = FetchWait(self._configured_fetch_wait_ms())
+
+    def _configured_fetch_wait_ms(self) -> int:
+        return cast(StreamrecApp, self.app).fetch_max_wait_ms
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        # Correction 1: faust-streaming 0.15.3 hard-codes fetch_max_wait_ms=1500.
+        consumer = super()._create_worker_consumer(transport)
+        internals.set_initial_fetch_wait(consumer, self._configured_fetch_wait_ms())
+        return consumer
+
+    async def _fetch_records(
+        self, consumer: AIOKafkaConsumer, active_partitions: Any,
+        timeout: float | None = None, max_records: int | None = None,
+    ) -> Any:
+        records = await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
+        if self.consumer.flow_active:  # else nothing was fetched (a rebalance)
+            # Correction 5: a longer wait while partitions are behind and starved.
+            adapt_fetch_wait(consumer, self.fetch_wait, bool(records), active_partitions)
+        return records
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        # Correction 3: recovery reads changelogs up to these end offsets.
+        reported = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return reported
+        corrected = await true_end_offsets(
+            lambda: internals.new_client_consumer(self), reported
+        )
+        return cast(Mapping[TP, int], corrected)
+
+
+class StreamrecConsumer(driver.Consumer):
+    """faust's aiokafka consumer: corrections 2 (commits), 4 (record order) and 6
+    (recovery seeks). `admit`, `reseek_stalled` and `diagnostic_state` are its public
+    additions, for the worker."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Per partition, offsets acknowledged through `ack` and not yet committed.
+        self.processed_offsets: dict[TP, list[int]] = {}
+        self.record_order = RecordOrder()
+
+    def _new_consumer_thread(self) -> Any:
+        return StreamrecConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def ack(self, message: Any) -> bool:
+        recorded = bool(super().ack(message))
+        if recorded:
+            self.processed_offsets.setdefault(message.tp, []).append(message.offset)
+        return recorded
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Correction 2: the offset to commit for `tp`, or None for no commit. Advances
+        over the first run of consecutive processed offsets from the committed one,
+        and never past a record still in flight."""
+        processed = self.processed_offsets.get(tp)
+        if not processed:
+            return None
+        processed.sort()
+        committed = internals.committed_offsets(self)[tp]
+        if committed is not None and processed[0] > committed:
+            return None  # the next record to commit has not been processed yet
+        run = list(next(consecutive_numbers(processed)))
+        # A record handed to a stream and not yet acknowledged bounds the commit too.
+        # It matters when nothing is committed yet (a new group; Faust also keeps
+        # offset 0 as None): the head is then unknown, and a slow first record with
+        # later ones acknowledged was committed past (faust-streaming issue 606,
+        # tests/regression/test_faust_606_slow_head_not_committed_past.py).
+        in_flight = [
+            m.offset for m in internals.unacked_messages(self)
+            if m.tp == tp and not m.acked and (committed is None or m.offset >= committed)
+        ]
+        if in_flight:
+            first = min(in_flight)
+            if first <= run[0]:
                 return None
-            processed.sort()
-            committed = self._committed_offset[tp]
-            if committed is not None and processed[0] > committed:
-                return None  # the next record to commit has not been processed yet
-            run = list(next(consecutive_numbers(processed)))
-            # A record handed to a stream and not yet acknowledged bounds the commit too.
-            # It matters when nothing is committed yet (a new group; Faust also keeps
-            # offset 0 as None): the head is then unknown, and a slow first record with
-            # later ones acknowledged was committed past (faust-streaming issue 606,
-            # tests/unit/test_transport.py).
-            in_flight = [
-                m.offset for m in list(self._unacked_messages)
-                if m.tp == tp and not m.acked and (committed is None or m.offset >= committed)
-            ]
-            if in_flight:
-                first = min(in_flight)
-                if first <= run[0]:
-                    return None
-                run = [o for o in run if o < first]
-            del processed[: len(run)]
-            offset = int(run[-1]) + 1
-            # Forget Faust's own bookkeeping up to here (it includes skipped records).
-            self._acked[tp] = [o for o in self._acked[tp] if o >= offset]
-            self._acked_index[tp] = {o for o in self._acked_index[tp] if o >= offset}
-            return offset
+            run = [o for o in run if o < first]
+        del processed[: len(run)]
+        offset = int(run[-1]) + 1
+        # Forget Faust's own bookkeeping up to here (it includes skipped records).
+        internals.forget_acked_below(self, tp, offset)
+        return offset
 
-        async def on_partitions_revoked(self, revoked: Any) -> None:
-            for tp in revoked:
-                self._processed().pop(tp, None)
-            self._order().forget(revoked)
-            await super().on_partitions_revoked(revoked)
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.processed_offsets.pop(tp, None)
+        self.record_order.forget(revoked)
+        await super().on_partitions_revoked(revoked)
 
-        async def seek_wait(self, partitions: Mapping[TP, int | None]) -> None:
-            """Faust's recovery seeks the changelog partitions it reads to their start
-            offsets. When a rebalance lands during recovery, partitions it adds have
-            no start offset built yet (None), and aiokafka's seek raised ValueError,
-            which crashed the worker (`make chaos`, once in 10 kills). None (or a
-            negative offset) means "from the start" here, as a fresh start reads it."""
-            fixed = {tp: 0 if offset is None or offset < 0 else offset
-                     for tp, offset in partitions.items()}
-            unknown = sorted(tp for tp, offset in partitions.items() if offset != fixed[tp])
-            if unknown:
-                log.info("recovery gave no start offset for %s: reading from 0", unknown)
-            await super().seek_wait(fixed)
+    async def seek_wait(self, partitions: Mapping[TP, int | None]) -> None:
+        """Correction 6. Faust's recovery seeks the changelog partitions it reads to
+        their start offsets. When a rebalance lands during recovery, partitions it adds
+        have no start offset built yet (None), and aiokafka's seek raised ValueError,
+        which crashed the worker (`make chaos`, once in 10 kills). None (or a negative
+        offset) means "from the start" here, as a fresh start reads it."""
+        fixed = {tp: 0 if offset is None or offset < 0 else offset
+                 for tp, offset in partitions.items()}
+        unknown = sorted(tp for tp, offset in partitions.items() if offset != fixed[tp])
+        if unknown:
+            log.info("recovery gave no start offset for %s: reading from 0", unknown)
+        await super().seek_wait(fixed)
 
-        def _order(self) -> RecordOrder:
-            order = self.__dict__.get("_streamrec_order")
-            if order is None:
-                order = self.__dict__["_streamrec_order"] = RecordOrder()
-            return order
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # Every stream starts again at the committed offsets (the read offsets now).
+        read = internals.read_offsets(self)
+        self.record_order.reset({tp: read.get(tp) for tp in self.assignment()})
 
-        async def perform_seek(self) -> None:
-            await super().perform_seek()
-            # Every stream starts again at the committed offsets (the read offsets now).
-            self._order().reset({tp: self._read_offset.get(tp) for tp in self.assignment()})
+    async def admit(self, message: Any) -> bool:
+        """Correction 4: whether an agent may process `message` now, only if it is the
+        next record of its partition. Seeks the partition back when records before it
+        were skipped (stream/kafka/record_order.py). Never acks; the caller acks what
+        it processed."""
+        verdict = self.record_order.check(message.tp, message.offset)
+        if verdict is Verdict.SEEK:
+            want = self.record_order.expected(message.tp)
+            seeks = self.record_order.seeks(message.tp)
+            (log.warning if seeks > 3 else log.info)(
+                "%s: got offset %d, expected %s: seeking back (seek %d)",
+                message.tp, message.offset, want, seeks,
+            )
+            await self.seek(message.tp, want)  # type: ignore[arg-type]
+        return verdict is Verdict.TAKE
 
-        async def admit(self, message: Any) -> bool:
-            """Whether an agent may process `message` now: only if it is the next
-            record of its partition. Seeks the partition back when records before it
-            were skipped (stream/kafka/record_order.py). Never acks; the caller acks what it
-            processed."""
-            order = self._order()
-            verdict = order.check(message.tp, message.offset)
-            if verdict is Verdict.SEEK:
-                want = order.expected(message.tp)
-                seeks = order.seeks(message.tp)
-                (log.warning if seeks > 3 else log.info)(
-                    "%s: got offset %d, expected %s: seeking back (seek %d)",
-                    message.tp, message.offset, want, seeks,
-                )
-                await self.seek(message.tp, want)  # type: ignore[arg-type]
-            return verdict is Verdict.TAKE
+    async def reseek_stalled(self) -> None:
+        """Seek again every partition whose skipped records have not come back a
+        while after the last seek. Call it periodically: when the stream has ended,
+        no later record arrives to trigger the seek in `admit`."""
+        assigned = self.assignment()
+        for tp, want in self.record_order.due():
+            if tp in assigned:
+                log.warning("%s: offset %d still missing: seeking back again", tp, want)
+                await self.seek(tp, want)
 
-        async def reseek_stalled(self) -> None:
-            """Seek again every partition whose skipped records have not come back a
-            while after the last seek. Call it periodically: when the stream has ended,
-            no later record arrives to trigger the seek in `admit`."""
-            assigned = self.assignment()
-            for tp, want in self._order().due():
-                if tp in assigned:
-                    log.warning("%s: offset %d still missing: seeking back again", tp, want)
-                    await self.seek(tp, want)
-
-        def diagnostic_state(self) -> dict[str, Any]:
-            """Where each assigned partition stands, for stream/worker/diagnostics.py: Faust's
-            fetch bookkeeping, the commit and order state kept here, and the fetch
-            position of the aiokafka consumer underneath (read across threads: a
-            snapshot for a person, not for decisions)."""
-            inner = getattr(self._thread, "_consumer", None)
-            order = self._order()
-            partitions = {}
-            for tp in sorted(self.assignment()):
-                position = None
-                if inner is not None:
-                    with contextlib.suppress(Exception):
-                        state = inner._subscription.subscription.assignment.state_value(
-                            TopicPartition(tp.topic, tp.partition))
-                        position = (state.position, state.paused)
-                partitions[f"{tp.topic}[{tp.partition}]"] = {
-                    "active": tp in (self._active_partitions or ()),
-                    "paused": tp in self._paused_partitions,
-                    "buffered": tp in self._buffered_partitions,
-                    "read_offset": self._read_offset.get(tp),
-                    "committed": self._committed_offset.get(tp),
-                    "highwater": self.highwater(tp),
-                    "expected": order.expected(tp),
-                    "seeks": order.seeks(tp),
-                    "acked_not_committed": len(self._processed().get(tp, ())),
-                    "fetch_position_paused": position,
-                }
-            return {
-                "flow_active": self.flow_active,
-                "unacked": len(self._unacked_messages),
-                "partitions": partitions,
-                "fetcher": _fetcher_state(inner),
+    def diagnostic_state(self) -> dict[str, Any]:
+        """Where each assigned partition stands, for stream/worker/diagnostics.py:
+        Faust's fetch bookkeeping, the commit and order state kept here, and the fetch
+        position of the aiokafka consumer underneath (read across threads: a snapshot
+        for a person, not for decisions). Raises ConsumerNotStarted before the
+        consumer thread has started."""
+        inner = internals.aiokafka_consumer(internals.consumer_thread(self))
+        read = internals.read_offsets(self)
+        committed = internals.committed_offsets(self)
+        partitions = {}
+        for tp in sorted(self.assignment()):
+            partitions[f"{tp.topic}[{tp.partition}]"] = {
+                **internals.partition_flags(self, tp),
+                "read_offset": read.get(tp),
+                "committed": committed.get(tp),
+                "highwater": self.highwater(tp),
+                "expected": self.record_order.expected(tp),
+                "seeks": self.record_order.seeks(tp),
+                "acked_not_committed": len(self.processed_offsets.get(tp, ())),
+                "fetch_position_paused": internals.fetch_position(inner, tp),
             }
-
-    class Transport(driver.Transport):
-        Consumer = FastFetchConsumer
-
-    class App(faust.App):
-        def _new_transport(self) -> Any:
-            return Transport(self.conf.broker_consumer, self)
-
-    return App(*args, **kwargs)
-
-
-def _fetcher_state(consumer: AIOKafkaConsumer | None) -> dict[str, Any]:
-    """aiokafka's fetcher: results fetched and not yet handed on (a partition with one
-    is not fetched again until it is drained), nodes with a fetch in flight, and
-    whether the fetch loop is still running."""
-    fetcher = getattr(consumer, "_fetcher", None)
-    if fetcher is None:
-        return {}
-    undrained = {}
-    for tp, result in list(fetcher._records.items()):
-        records = getattr(result, "_partition_records", None)
-        undrained[f"{tp.topic}[{tp.partition}]"] = {
-            "kind": type(result).__name__,
-            "next_fetch_offset": getattr(records, "next_fetch_offset", None),
+        return {
+            "flow_active": self.flow_active,
+            "unacked": len(internals.unacked_messages(self)),
+            "partitions": partitions,
+            "fetcher": internals.fetcher_state(inner),
         }
-    task = getattr(fetcher, "_fetch_task", None)
-    return {
-        "undrained": undrained,
-        "in_flight_nodes": sorted(fetcher._in_flight),
-        "fetch_loop": None if task is None else ("done" if task.done() else "running"),
-    }
+
+
+class StreamrecTransport(driver.Transport):
+    Consumer = StreamrecConsumer
 
 
 async def true_end_offsets(

@@ -1,7 +1,8 @@
 """Fault tests (issue 6): a worker killed with SIGKILL mid-stream loses no click and
 applies none twice. `make chaos` (bench/chaos.py) is the long version; both judge the
 run with stream/dev/audit.py. (The faust-streaming issue 606 regression, a slow record at the
-head of a partition never committed past, is tests/unit/test_transport.py.)"""
+head of a partition never committed past, is
+tests/regression/test_faust_606_slow_head_not_committed_past.py.)"""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.integration
 # Before stream/kafka/transport.py corrected the changelog end offsets that table recovery
 # reads to: 0 lost and 0 applied twice, but 5 of 3,000 recommended clicks missing from
 # the final user records (under_applied): a new owner rebuilt its user records without
-# the changelog's last batch (tests/integration/test_end_offsets.py).
+# the changelog's last batch
+# (tests/regression/test_changelog_end_offsets_under_reported.py).
 def test_workers_killed_mid_stream_lose_nothing_and_apply_nothing_twice(
     dev_stack: Any, tmp_path: Path
 ) -> None:

@@ -1,6 +1,7 @@
 """A consumer far behind on a partition of many small record batches still reads it
-all (stream/kafka/fetch_wait.py): the embedded broker gives up on a fetch when its wait ends,
-before it has read old records, so a fixed short wait returned nothing, forever."""
+all (stream/kafka/fetch_wait.py; stream/kafka/transport.py, correction 5): the embedded
+broker gives up on a fetch when its wait ends, before it has read old records, so a
+fixed short wait returned nothing, forever (docs/embedded-broker.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Table recovery reads the changelog to its true end (stream/kafka/transport.py, item 3):
-the embedded broker reports a partition's end offset as the base of its last record
-batch plus one, and `true_end_offsets` corrects that by reading the last batch."""
+"""Table recovery reads the changelog to its true end (stream/kafka/transport.py,
+correction 3): the embedded broker reports a partition's end offset as the base of its
+last record batch plus one (docs/embedded-broker.md), and `true_end_offsets` corrects
+that by reading the last batch."""
 
 from __future__ import annotations
 
