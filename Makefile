@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration bench bench-memory chaos lint clean
+.PHONY: install demo test test-unit test-integration test-regression bench bench-memory chaos lint clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ test-unit: install
 
 test-integration: install
 	$(PY) -m pytest -q tests/integration
+
+# Regression tests for upstream bugs and broker limits, each named by what it guards.
+test-regression: install
+	$(PY) -m pytest -q tests/regression
 
 # Every benchmark figure (bench/run.py): a table, then the JSON report's path. ~10 min.
 bench: install
