@@ -62,6 +62,10 @@ async def in_order_batches(
             await stream.ack(event)
 
 
+def _with_event_id(click: Click, event_id: str) -> Click:
+    return click if click.event_id == event_id else dataclasses.replace(click, event_id=event_id)
+
+
 async def take_clicks(
     stream: Any,
     *,
@@ -149,10 +153,6 @@ async def own_item_deltas(stream: Any, *, batches: Batches, items: ItemOwner) ->
     async for events in batches(stream):
         for event in events:
             await items.own_deltas(event.message.partition, event.value)
-
-
-def _with_event_id(click: Click, event_id: str) -> Click:
-    return click if click.event_id == event_id else dataclasses.replace(click, event_id=event_id)
 
 
 __all__ = ["Batches", "in_order_batches", "own_item_deltas", "take_clicks", "take_routed_clicks"]

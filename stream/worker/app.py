@@ -99,6 +99,7 @@ def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
         producer_max_request_size=max(1_000_000, settings.max_event_bytes + 65_536),
     )
 
+
 @dataclass(frozen=True)
 class WorkerTopics:
     """The worker's six topics and its user table, all with `settings.partitions`
@@ -142,6 +143,37 @@ class Worker:
     """One worker process's Faust app, wired and ready to run (stream/worker/process.py)."""
 
     app: faust.App
+
+
+def _item_vector_model(recommender: Recommender) -> ItemVectorModel | None:
+    model = getattr(recommender, "model", recommender)  # a VersionedRecommender wraps it
+    return model if isinstance(model, ItemVectorModel) else None
+
+
+def _user_retention(settings: Settings, app: faust.App, metrics: WorkerMetrics) -> UserRetention:
+    # Evict only users whose clicks Faust has surely committed: three commit intervals
+    # after their last one was applied (why: stream/worker/retention.py).
+    retention = UserRetention(
+        settings.max_users,
+        settings.user_idle_s,
+        safe_after_s=3 * float(app.conf.broker_commit_interval),
+        memory_cap_bytes=settings.memory_cap_mb * 1024 * 1024,
+    )
+    metrics.user_cap.set(retention.cap)
+    if settings.memory_cap_mb and resident_bytes() is None:
+        log.warning("no /proc/self/statm here: STREAMREC_MEMORY_CAP_MB is not enforced")
+    return retention
+
+
+def _bound(agent: Callable[..., Awaitable[None]], **dependencies: Any) -> Callable[[Any], Any]:
+    """`agent` with its dependencies bound, keeping its name and docstring (what Faust
+    shows for it), as faust's examples/bound_agent.py registers agents."""
+    return functools.update_wrapper(functools.partial(agent, **dependencies), agent)
+
+
+def _pull_answer(processor: ClickProcessor, users: UserTable, user_id: str, k: int) -> bytes:
+    """The pull API's answer for `user_id` as they stand now, in-flight record included."""
+    return processor.answer(user_id, users.current_record(user_id.encode()), k).to_json()
 
 
 def create_worker(
@@ -221,37 +253,6 @@ def create_worker(
     )
     register_index_views(app, index, items.canonical_version)
     return Worker(app)
-
-
-def _item_vector_model(recommender: Recommender) -> ItemVectorModel | None:
-    model = getattr(recommender, "model", recommender)  # a VersionedRecommender wraps it
-    return model if isinstance(model, ItemVectorModel) else None
-
-
-def _user_retention(settings: Settings, app: faust.App, metrics: WorkerMetrics) -> UserRetention:
-    # Evict only users whose clicks Faust has surely committed: three commit intervals
-    # after their last one was applied (why: stream/worker/retention.py).
-    retention = UserRetention(
-        settings.max_users,
-        settings.user_idle_s,
-        safe_after_s=3 * float(app.conf.broker_commit_interval),
-        memory_cap_bytes=settings.memory_cap_mb * 1024 * 1024,
-    )
-    metrics.user_cap.set(retention.cap)
-    if settings.memory_cap_mb and resident_bytes() is None:
-        log.warning("no /proc/self/statm here: STREAMREC_MEMORY_CAP_MB is not enforced")
-    return retention
-
-
-def _bound(agent: Callable[..., Awaitable[None]], **dependencies: Any) -> Callable[[Any], Any]:
-    """`agent` with its dependencies bound, keeping its name and docstring (what Faust
-    shows for it), as faust's examples/bound_agent.py registers agents."""
-    return functools.update_wrapper(functools.partial(agent, **dependencies), agent)
-
-
-def _pull_answer(processor: ClickProcessor, users: UserTable, user_id: str, k: int) -> bytes:
-    """The pull API's answer for `user_id` as they stand now, in-flight record included."""
-    return processor.answer(user_id, users.current_record(user_id.encode()), k).to_json()
 
 
 __all__ = ["RAW", "Worker", "WorkerTopics", "create_worker", "make_app"]

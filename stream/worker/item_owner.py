@@ -29,6 +29,29 @@ from stream.worker.users import owning_partition
 log = logging.getLogger(__name__)
 
 
+async def write_all_items(
+    store: RedisVectorStore, index: FaissIndex, ledger: ItemLedger, chunk: int = 2000
+) -> int:
+    """Write every item vector in `index` to Redis in chunks, each with its canonical
+    version (0 for one only a checkpoint gave): stale writes are refused by Redis."""
+    written = 0
+    ids = index.ids()
+    for start in range(0, len(ids), chunk):
+        batch = ids[start : start + chunk]
+        versions = {}
+        for item_id in batch:
+            entry = ledger.get(item_id)
+            versions[item_id] = entry.version if entry is not None else 0
+        written += await store.put_vectors(
+            items={i: index.vector(i) for i in batch},
+            users={},
+            version=0,
+            item_versions=versions,
+        )
+        await asyncio.sleep(0)  # let clicks through between chunks
+    return written
+
+
 class ItemOwner:
     """The item ledger, the delta tracker and the vector follower of one worker.
 
@@ -157,29 +180,6 @@ class ItemOwner:
         await self.caught_up.wait()
         written = await write_all_items(self.store, self.index, self.ledger)
         log.info("rebuilt Redis from the model and the item-vectors topic: %d written", written)
-
-
-async def write_all_items(
-    store: RedisVectorStore, index: FaissIndex, ledger: ItemLedger, chunk: int = 2000
-) -> int:
-    """Write every item vector in `index` to Redis in chunks, each with its canonical
-    version (0 for one only a checkpoint gave): stale writes are refused by Redis."""
-    written = 0
-    ids = index.ids()
-    for start in range(0, len(ids), chunk):
-        batch = ids[start : start + chunk]
-        versions = {}
-        for item_id in batch:
-            entry = ledger.get(item_id)
-            versions[item_id] = entry.version if entry is not None else 0
-        written += await store.put_vectors(
-            items={i: index.vector(i) for i in batch},
-            users={},
-            version=0,
-            item_versions=versions,
-        )
-        await asyncio.sleep(0)  # let clicks through between chunks
-    return written
 
 
 __all__ = ["ItemOwner", "write_all_items"]
