@@ -1,16 +1,6 @@
-"""Item vectors across workers: deltas go to each item's owner, vectors go to everyone.
-
-    user's worker --(summed deltas, every flush)--> {app_id}-item-deltas, partition of
-        the item id --[own_items agent on the owning worker: ItemLedger.apply]-->
-        Redis (compare-and-set by version) and {app_id}-item-vectors
-    {app_id}-item-vectors --(every partition, no consumer group, from the beginning)-->
-        every worker: ItemLedger.observe -> model and FAISS index
-
-One record carries many items (all the deltas bound for one partition in one flush, or
-all the vectors one delta record changed), so the message count follows flushes, not
-clicks. Reading `item-vectors` from the start is also how a fresh worker, or one whose
-index is empty, rebuilds the live item vectors on top of its checkpoint
-(stream/items/ledger.py explains the bookkeeping).
+"""Item vectors across workers, on the wire: the codec of the item-deltas and
+item-vectors records, and `VectorFollower`, which reads every broadcast vector into this
+worker (the protocol: stream/items/__init__.py).
 """
 
 from __future__ import annotations
