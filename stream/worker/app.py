@@ -73,7 +73,7 @@ def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
         store="memory://",
         # With the in-memory store nothing persists across restarts, so this check can
         # only compare a standby's in-memory changelog offset with the changelog's end
-        # offset, which the embedded broker under-reports (FIELD-NOTES): it crashed
+        # offset, which the embedded broker under-reports (docs/embedded-broker.md): it crashed
         # healthy workers during `make chaos` rebalances ("persisted offset ... is
         # higher than the last offset in that topic (2758 > 2757)").
         recovery_consistency_check=False,
@@ -90,7 +90,7 @@ def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
         # Table contents are user state: never served over HTTP.
         web_tables_enabled=False,
         # Short group timeouts: a join is held for about half the session timeout, so
-        # the defaults make every start or failover wait 20-30 s (FIELD-NOTES).
+        # the defaults make every start or failover wait 20-30 s (docs/embedded-broker.md).
         broker_session_timeout=10,
         broker_rebalance_timeout=6,
         broker_heartbeat_interval=1,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
+from stream.kafka.internals import channel_queues, pressure_drop_callbacks, read_offsets
 from stream.metrics import WorkerMetrics
 from stream.settings import Settings
 from stream.worker import diagnostics
@@ -19,30 +19,6 @@ from stream.worker.retention import resident_bytes
 from stream.worker.users import UserTable
 
 log = logging.getLogger(__name__)
-
-
-# private faust/aiokafka state
-def read_offsets(consumer: Any) -> Mapping[Any, int | None]:
-    """The last offset the consumer handed to a stream, per topic-partition."""
-    return consumer._read_offset
-
-
-# private faust/aiokafka state
-def topic_channels(app: Any) -> list[Any]:
-    """Every channel (topic) the app's conductor feeds."""
-    return list(app.topics._topics)
-
-
-# private faust/aiokafka state
-def channel_queue(channel: Any) -> Any:
-    """The queue a channel's records wait in for its stream, or None (not a topic)."""
-    return getattr(channel, "_queue", None)
-
-
-# private faust/aiokafka state
-def pressure_drop_callbacks(queue: Any) -> int:
-    """How many waiters a channel's queue will wake once it drains below its limit."""
-    return len(queue._pending_pressure_drop_callbacks)
 
 
 class Housekeeping:
@@ -117,7 +93,7 @@ class Housekeeping:
             if tp.topic not in (self.settings.clicks_topic, self.settings.by_user_topic):
                 continue
             # The high watermark of fetch responses, not ListOffsets: right on Apache
-            # Kafka, and not the figure the embedded broker under-reports (FIELD-NOTES).
+            # Kafka, and not the figure the embedded broker under-reports (docs/embedded-broker.md).
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
@@ -145,13 +121,11 @@ class Housekeeping:
         """What may hold records back between the fetcher and the agents."""
         app = self.app
         queues = {}
-        for channel in topic_channels(app):
-            queue = channel_queue(channel)
-            if queue is not None:
-                queues[repr(channel)[:120]] = {
-                    "size": queue.qsize(), "maxsize": queue.maxsize,
-                    "pressure_drop_callbacks": pressure_drop_callbacks(queue),
-                }
+        for channel, queue in channel_queues(app):
+            queues[repr(channel)[:120]] = {
+                "size": queue.qsize(), "maxsize": queue.maxsize,
+                "pressure_drop_callbacks": pressure_drop_callbacks(queue),
+            }
         return {
             "flow_control_active": app.flow_control.is_active(),
             "in_recovery": app.in_recovery,
@@ -164,6 +138,4 @@ class Housekeeping:
         }
 
 
-__all__ = [
-    "Housekeeping", "channel_queue", "pressure_drop_callbacks", "read_offsets", "topic_channels",
-]
+__all__ = ["Housekeeping"]

@@ -91,7 +91,8 @@ class VectorPublisher:
             )
         except Exception as exc:  # Redis is a rebuildable copy: count, keep, retry.
             self.metrics.redis_errors.inc()
-            log.warning("vector write to Redis failed (%d pending): %s", len(items) + len(users), exc)
+            pending = len(items) + len(users)
+            log.warning("vector write to Redis failed (%d pending): %s", pending, exc)
             # Anything submitted while we awaited is newer and wins over the retry.
             # Versions too, except for items resubmitted meanwhile (theirs are newer).
             restored = {i: v for i, v in versions.items() if i not in self._items}

@@ -30,7 +30,7 @@ from stream.settings import Settings
 pytestmark = pytest.mark.integration
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard.png"
-# ../shared/FIELD-NOTES.md: without the background-networking flags Chromium floods the
+# docs/embedded-broker.md: without the background-networking flags Chromium floods the
 # closed network with refused connections. The resolver rule makes any host but loopback
 # unresolvable, so a stray external URL fails here instead of leaving the machine; the
 # performance log still records the attempt, which the test checks.
