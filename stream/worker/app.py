@@ -43,7 +43,7 @@ from stream.metrics import WorkerMetrics
 from stream.security import KafkaSecurity, redis_options
 from stream.settings import Settings
 from stream.worker import diagnostics
-from stream.worker.pipeline import ClickProcessor, TimedIndex, UserRecord
+from stream.worker.pipeline import ClickProcessor, UserRecord
 from stream.worker.publisher import VectorPublisher
 from stream.worker.retention import UserRetention, resident_bytes
 from stream.worker.views import (
@@ -76,11 +76,9 @@ def create_worker(
     settings: Settings,
     recommender: Recommender,
     index: FaissIndex,
-    timed_index: TimedIndex | None = None,
 ) -> Worker:
     """Build the Faust app for `settings`. `recommender` must search through `index`
-    (directly, or through `timed_index` wrapping it) when it has vectors (the torch
-    model); baselines ignore it."""
+    when it has vectors (the torch model); baselines ignore it."""
     kafka_security = KafkaSecurity.from_settings(settings)
     app = streamrec_app(
         settings.app_id,
@@ -124,7 +122,7 @@ def create_worker(
     )
     publisher = VectorPublisher(store, metrics)
     recent = RecentRecommendations()
-    vector_model = _item_vector_model(recommender)
+    vector_model = recommender if isinstance(recommender, ItemVectorModel) else None
     tracker = DeltaTracker()
     ledger = ItemLedger()
     unsynced: set[int] = set()  # item-delta partitions owned but not yet caught up on
@@ -146,8 +144,7 @@ def create_worker(
         top_k=settings.top_k,
         exclude=settings.exclude,
         dedup_window=settings.dedup_window,
-        timed_index=timed_index,
-        tracker=tracker if vector_model is not None and timed_index is not None else None,
+        tracker=tracker if vector_model is not None else None,
     )
 
     def take_canonical(entries: list[CanonicalVector]) -> None:
@@ -547,11 +544,6 @@ class Accepted:
     clicked_at: float
     source: str
     offset: int
-
-
-def _item_vector_model(recommender: Recommender) -> ItemVectorModel | None:
-    model = getattr(recommender, "model", recommender)  # a VersionedRecommender wraps it
-    return model if isinstance(model, ItemVectorModel) else None
 
 
 async def write_all_items(
