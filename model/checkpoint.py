@@ -28,9 +28,9 @@ Two hashes:
   catches corruption and truncation; to refuse a deliberately swapped file, pass
   `expected_sha256` from configuration.
 - The content hash identifies the learned state whatever the file's name, version or
-  save time: sha256 over, in order, `b"streamrec-checkpoint/2"` (the format version), the model name, the
-  `build` JSON, the state JSON document, then for each tensor in sorted name order its
-  name, dtype (`str(tensor.dtype)`), shape (JSON list) and raw bytes (C order,
+  save time: sha256 over, in order, `b"streamrec-checkpoint/2"` (the format version),
+  the model name, the `build` JSON, the state JSON document, then for each tensor in
+  sorted name order its name, dtype (`str(tensor.dtype)`), shape (JSON list) and raw bytes (C order,
   little-endian as safetensors stores them). Each part goes in as its length (8 bytes,
   little-endian) followed by its bytes, so no two different contents hash alike. It
   does not cover `version`, `created_at` or `metadata`. It ends the default version,

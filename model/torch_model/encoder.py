@@ -152,7 +152,8 @@ class GruEncoder:
     def read(self, row: int, inputs: ClickInputs, h: torch.Tensor) -> torch.Tensor:
         """GRU(emb[row] + gap + kind, h) without gradients: the state after a click."""
         with torch.no_grad():
-            return self.gru(self._input(self.emb[row], inputs), h.unsqueeze(0))[0]
+            after: torch.Tensor = self.gru(self._input(self.emb[row], inputs), h.unsqueeze(0))[0]
+        return after
 
     def _input(
         self, e: torch.Tensor, inputs: ClickInputs, gap: torch.Tensor | None = None,

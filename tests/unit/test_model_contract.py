@@ -19,6 +19,7 @@ import torch
 
 from model import (
     MODEL_NAMES,
+    ExactIndex,
     Interaction,
     Recommender,
     Scored,
