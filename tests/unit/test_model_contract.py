@@ -322,3 +322,14 @@ def test_torch_load_rejects_another_dimension():
 def test_registry_rejects_unknown_names_listing_the_choices():
     with pytest.raises(ValueError, match="torch, popularity, covisit"):
         build_recommender("sasrec")
+
+
+def test_the_model_package_and_the_cli_import_without_torch():
+    # `model.base` is what stream/ imports everywhere; torch costs a second or more and
+    # is needed only by the commands that build a torch model.
+    import subprocess
+    import sys
+
+    code = "import sys, model, model.registry, stream.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
