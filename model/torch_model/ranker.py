@@ -56,9 +56,10 @@ class FeatureLayout:
     window: int
 
     score = 0  #: e_j . h, the encoder's score
-    #: P(j | r_d) for the last `window` items r_1 (the last) .. r_window
+
     @property
     def transitions(self) -> slice:
+        """P(j | r_d) for the last `window` items, r_1 (the last) first"""
         return slice(1, 1 + self.window)
 
     @property
