@@ -18,22 +18,20 @@ from stream.events import Click
 from stream.items.ledger import DeltaTracker
 from stream.items.sync import encode_deltas
 from stream.metrics import WorkerMetrics
-from stream.worker.pipeline import ClickProcessor, TimedIndex, UserRecord
+from stream.worker.pipeline import ClickProcessor, UserRecord
 
 
 def ceiling_events_per_s(
     checkpoint: Path, events: list[dict[str, Any]], dim: int = 64, top_k: int = 10
 ) -> dict[str, float]:
     index = FaissIndex(dim)
-    timed = TimedIndex(index)
-    model, _ = load_checkpoint(checkpoint, index=timed, dim=dim)
-    timed.take_upsert_seconds()
+    model, _ = load_checkpoint(checkpoint, index=index, dim=dim)
     if len(index) >= index.exact_below:
         index.rebuild(wait=True)  # as the worker does before taking clicks
     tracker = DeltaTracker()
     processor = ClickProcessor(
         model, None, WorkerMetrics(), top_k=top_k, exclude="seen", dedup_window=128,
-        timed_index=timed, tracker=tracker,
+        tracker=tracker,
     )
     users: dict[str, bytes] = {}
     clicks = [

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from model.checkpoint import save_checkpoint
-from model.registry import build_recommender
+from model.torch_model import TorchRecommender
 from stream.dev.workload import arriving_users, click_stream, item_id
 
 __all__ = ["arriving_users", "click_stream", "item_id", "write_catalogue"]
@@ -22,13 +22,13 @@ __all__ = ["arriving_users", "click_stream", "item_id", "write_catalogue"]
 def write_catalogue(path: Path, items: int, dim: int = 64, seed: int = 0) -> Path:
     """A torch checkpoint whose model knows `items` items, with vectors shaped like the
     model's own initial ones (N(0, 0.1^2) per coordinate). Returns `path`."""
-    model = build_recommender("torch", dim=dim, seed=seed)
+    model = TorchRecommender(dim=dim, seed=seed)
     rng = np.random.default_rng(seed)
     chunk = 100_000
     for start in range(0, items, chunk):
         rows = range(start, min(items, start + chunk))
         vectors = (rng.standard_normal((len(rows), dim)) * 0.1).astype(np.float32)
-        model.set_item_vectors([item_id(r) for r in rows], vectors)  # type: ignore[attr-defined]
+        model.set_item_vectors([item_id(r) for r in rows], vectors)
     save_checkpoint(model, path, version=f"bench-{items}")
     return path
 

@@ -6,13 +6,18 @@ Redis, Faust or `serving/`; the worker in `stream/` composes them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+#: The event types a click may carry; `stream.events` validates against this tuple.
 EVENT_TYPES = ("click", "view", "add_to_cart", "purchase")
+#: The recommenders `model.registry.build_recommender` builds; `stream.settings` and the
+#: CLI offer these.
+MODEL_NAMES = ("torch", "popularity", "covisit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +70,34 @@ class Scored:
 
 
 @dataclass(frozen=True, slots=True)
+class ItemChange:
+    """One item vector a `learn_one` call changed: float32 copies of the vector before
+    (None: the event created the item) and after."""
+
+    before: np.ndarray | None
+    after: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
 class Update:
     """What one `learn_one` call produced.
 
-    `item_vectors` maps each item whose representation changed to its new float32
-    vector, so the caller can push exactly those to Redis. `user_vector` is the user's
-    query vector after the event, or None for models without one. `loss` is the training
-    loss of the step the event caused, for models that have one (None otherwise).
+    `item_changes` maps each item whose representation changed to its `ItemChange`, so
+    the caller can forward exactly those (the item's owner applies the difference); a
+    model with an index has already upserted every `after` into it. `user_vector` is the
+    user's query vector after the event, or None for models without one. `loss` is the
+    training loss of the step the event caused, for models that have one (else None).
     """
 
     context: UserContext
-    item_vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    item_changes: Mapping[str, ItemChange] = field(default_factory=dict)
     user_vector: np.ndarray | None = None
     loss: float | None = None
+
+    @property
+    def item_vectors(self) -> dict[str, np.ndarray]:
+        """Each changed item's vector after the event (`item_changes`' `after`)."""
+        return {item_id: change.after for item_id, change in self.item_changes.items()}
 
 
 @runtime_checkable
@@ -128,11 +148,9 @@ class Recommender(Protocol):
     """
 
     name: str
-
-    @property
-    def version(self) -> str:
-        """Model version reported as `model_version` in recommendation events."""
-        ...
+    #: Reported as `model_version` in recommendation events: derived from the
+    #: hyperparameters by default, set to the checkpoint's by `load_checkpoint`.
+    version: str
 
     def new_context(self) -> UserContext: ...
 
@@ -149,3 +167,65 @@ class Recommender(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class OnlineRecommender(ABC):
+    """What every recommender here shares (river's `Ranker` idea): the `Recommender`
+    protocol's plumbing, so a model writes only its learning and ranking.
+
+    `version` is a plain attribute for callers: it reads as `default_version()` (named
+    after the hyperparameters, so it follows a `load_state_dict` that changes them)
+    until something assigns it, as `load_checkpoint` does with the checkpoint's.
+    """
+
+    name: str
+    max_recent: int
+    _version: str | None = None
+
+    @property
+    def version(self) -> str:
+        return self.default_version() if self._version is None else self._version
+
+    @version.setter
+    def version(self, value: str) -> None:
+        self._version = value
+
+    @abstractmethod
+    def default_version(self) -> str:
+        """The version named after this model's hyperparameters."""
+
+    def new_context(self) -> UserContext:
+        return UserContext()
+
+    def advance(
+        self, context: UserContext, interaction: Interaction, state: tuple[float, ...] = ()
+    ) -> UserContext:
+        """The context after `interaction`: the item appended to `recent` (keeping the
+        last `max_recent`), one more click, and `state` as the model's new hidden state."""
+        return UserContext(
+            recent=(*context.recent, interaction.item_id)[-self.max_recent :],
+            state=state,
+            clicks=context.clicks + 1,
+            # Out-of-order events must not move the clock back, or a late event would
+            # look like the start of a new session to the next one.
+            last_timestamp=max(context.last_timestamp, interaction.timestamp),
+        )
+
+    @abstractmethod
+    def learn_one(self, context: UserContext, interaction: Interaction) -> Update:
+        """Update the user's context and the clicked item's representation; never
+        mutates its arguments."""
+
+    @abstractmethod
+    def recommend(
+        self, context: UserContext, k: int, exclude: Collection[str] = ()
+    ) -> list[Scored]:
+        """Best-first top-k for the user; excluded ids never appear."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything learned, as tensors, numbers, strings, lists and dicts."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the learned state with `state`'s; ValueError if it does not fit."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from model.base import Interaction, Scored, Update, UserContext
+from model.base import Interaction, OnlineRecommender, Scored, Update, UserContext
 from model.transitions import TransitionMemory
 
 # A popularity share is at most 1, so this weight makes popularity decide only between
@@ -30,26 +30,23 @@ _POPULARITY_TIEBREAK = 1e-9
 DEFAULT_HALF_LIFE_S = 3600.0
 
 
-def advance(
+def count_click(
+    popularity: RecentPopularity,
+    transitions: TransitionMemory,
     context: UserContext,
     interaction: Interaction,
-    *,
-    max_recent: int,
-    state: tuple[float, ...] = (),
-) -> UserContext:
-    """The context after `interaction`: the item appended to `recent` (keeping the last
-    `max_recent`), one more click, and `state` as the model's new hidden state."""
-    return UserContext(
-        recent=(*context.recent, interaction.item_id)[-max_recent:],
-        state=state,
-        clicks=context.clicks + 1,
-        # Out-of-order events must not move the clock back, or a late event would look
-        # like the start of a new session to the next one.
-        last_timestamp=max(context.last_timestamp, interaction.timestamp),
-    )
+) -> bool:
+    """The counting a session model does with each click before anything of its own:
+    one click on the item in `popularity`, and the transitions to it from the user's
+    recent items in `transitions` when the click is in the same session (no later than
+    `session_gap_s` after the user's previous one). Returns that same-session test."""
+    popularity.observe(interaction.item_id, interaction.timestamp)
+    same_session = interaction.timestamp - context.last_timestamp <= transitions.session_gap_s
+    transitions.observe(context.recent, interaction.item_id, same_session=same_session)
+    return same_session
 
 
-class RecentPopularity:
+class RecentPopularity(OnlineRecommender):
     """Most clicked items, each click's weight halving every `half_life_s` seconds of
     event time (timestamps in the events, never the wall clock).
 
@@ -90,19 +87,15 @@ class RecentPopularity:
         self._top: list[int] = []  # rows, best first by _key
         self._in_top: set[int] = set()
 
-    @property
-    def version(self) -> str:
+    def default_version(self) -> str:
         return f"popularity-{self.half_life_s:g}s"
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def new_context(self) -> UserContext:
-        return UserContext()
-
     def learn_one(self, context: UserContext, interaction: Interaction) -> Update:
         self.observe(interaction.item_id, interaction.timestamp)
-        return Update(advance(context, interaction, max_recent=self.max_recent))
+        return Update(self.advance(context, interaction))
 
     def recommend(
         self, context: UserContext, k: int, exclude: Collection[str] = ()
@@ -214,7 +207,7 @@ class RecentPopularity:
         self._rebuild_top()
 
 
-class CoVisitation:
+class CoVisitation(OnlineRecommender):
     """Item-to-next-item transitions within a session, learned online.
 
     Learning: a click on item j adds weight 1/d to the transition i -> j for each of the
@@ -273,21 +266,12 @@ class CoVisitation:
     def window(self) -> int:
         return self.transitions.window
 
-    @property
-    def version(self) -> str:
+    def default_version(self) -> str:
         return f"covisit-w{self.window}"
 
-    def new_context(self) -> UserContext:
-        return UserContext()
-
     def learn_one(self, context: UserContext, interaction: Interaction) -> Update:
-        item = interaction.item_id
-        self.popularity.observe(item, interaction.timestamp)
-        same_session = (
-            interaction.timestamp - context.last_timestamp <= self.transitions.session_gap_s
-        )
-        self.transitions.observe(context.recent, item, same_session=same_session)
-        return Update(advance(context, interaction, max_recent=self.max_recent))
+        count_click(self.popularity, self.transitions, context, interaction)
+        return Update(self.advance(context, interaction))
 
     def neighbours(self, item_id: str) -> dict[str, float]:
         """Estimated P(next = j | clicked item_id) for the kept successors j (a copy)."""

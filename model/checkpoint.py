@@ -3,7 +3,7 @@
 A checkpoint holds the learned model, not the users: the contexts a model learned
 alongside (the worker's user table, or `streamrec train`'s dict) are not in it.
 
-File layout (`FORMAT_VERSION` 1):
+File layout (`FORMAT_VERSION` 2):
 
 - Each tensor of the state dict is a safetensors tensor named by its path in the dict,
   keys joined with "/" (for instance `gru/weight_ih`), contiguous and on the CPU.
@@ -28,9 +28,9 @@ Two hashes:
   catches corruption and truncation; to refuse a deliberately swapped file, pass
   `expected_sha256` from configuration.
 - The content hash identifies the learned state whatever the file's name, version or
-  save time: sha256 over, in order, `b"streamrec-checkpoint/1"`, the model name, the
-  `build` JSON, the state JSON document, then for each tensor in sorted name order its
-  name, dtype (`str(tensor.dtype)`), shape (JSON list) and raw bytes (C order,
+  save time: sha256 over, in order, `b"streamrec-checkpoint/2"` (the format version),
+  the model name, the `build` JSON, the state JSON document, then for each tensor in
+  sorted name order its name, dtype (`str(tensor.dtype)`), shape (JSON list) and raw bytes (C order,
   little-endian as safetensors stores them). Each part goes in as its length (8 bytes,
   little-endian) followed by its bytes, so no two different contents hash alike. It
   does not cover `version`, `created_at` or `metadata`. It ends the default version,
@@ -51,7 +51,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,14 +62,13 @@ import safetensors
 import safetensors.torch
 import torch
 
-from model.base import Interaction, ItemIndex, Recommender, Scored, Update, UserContext
+from model.base import ItemIndex, Recommender
 from model.registry import build_recommender
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointInfo",
-    "VersionedRecommender",
     "check_version",
     "load_checkpoint",
     "save_checkpoint",
@@ -77,7 +76,9 @@ __all__ = [
 ]
 
 FORMAT = "streamrec-checkpoint"
-FORMAT_VERSION = 1
+# 2: the torch model's state has every part (co-occurrence memory, gap and kind rows,
+# the full mixer and its challenger); version 1 files may lack some and are refused.
+FORMAT_VERSION = 2
 STATE_TENSOR = "__streamrec_state__"
 _VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}")
 _Path = list[str | int]
@@ -107,47 +108,6 @@ class CheckpointInfo:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-class VersionedRecommender:
-    """A model under a version of the caller's choosing, here its checkpoint's.
-
-    Recommenders derive `version` from their hyperparameters (`covisit-w5`), which
-    would name the code, not the learned state a recommendation came from. This
-    wrapper delegates the `Recommender` protocol to `model` and answers `version`
-    itself, so recommendation events carry the checkpoint's version as
-    `model_version` while the model keeps learning. Model-specific attributes are on
-    `.model`.
-    """
-
-    def __init__(self, model: Recommender, version: str) -> None:
-        self.model = model
-        self.name = model.name
-        self._version = version
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    def new_context(self) -> UserContext:
-        return self.model.new_context()
-
-    def learn_one(self, context: UserContext, interaction: Interaction) -> Update:
-        return self.model.learn_one(context, interaction)
-
-    def recommend(
-        self, context: UserContext, k: int, exclude: Collection[str] = ()
-    ) -> list[Scored]:
-        return self.model.recommend(context, k, exclude)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state)
-
-    def __repr__(self) -> str:
-        return f"VersionedRecommender({self.model!r}, version={self._version!r})"
-
-
 def save_checkpoint(
     model: Recommender,
     path: str | os.PathLike[str],
@@ -173,7 +133,6 @@ def save_checkpoint(
     for a bad version or metadata; CheckpointError if the file cannot be written.
     """
     path = Path(path)
-    inner = model.model if isinstance(model, VersionedRecommender) else model
     if version is not None:
         check_version(version)
     try:
@@ -181,7 +140,7 @@ def save_checkpoint(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint metadata is not JSON-serialisable: {exc}") from exc
 
-    build = {key: getattr(inner, key) for key in ("dim", "seed") if hasattr(inner, key)}
+    build = {key: getattr(model, key) for key in ("dim", "seed") if hasattr(model, key)}
     build_json = json.dumps(build)
     tensors: dict[str, torch.Tensor] = {}
     tensor_paths: dict[str, _Path] = {}
@@ -235,14 +194,15 @@ def load_checkpoint(
     index: ItemIndex | None = None,
     expected_sha256: str | None = None,
     dim: int | None = None,
-) -> tuple[VersionedRecommender, CheckpointInfo]:
+) -> tuple[Recommender, CheckpointInfo]:
     """The model saved at `path`, ready to recommend and keep learning, and its info.
 
     The file's sha256 must equal `expected_sha256`, or else the one in `<path>.sha256`;
     with neither, the file is refused. Only then is it parsed, the content hash checked,
     and the model rebuilt with `build_recommender(model_name, index=index, **build)` and
-    given the state; the torch model upserts every item vector into `index`. The model
-    is wrapped so that its `version` is the checkpoint's. `dim`, if given, is the vector
+    given the state; the torch model upserts every item vector into `index`. The model's
+    `version` is set to the checkpoint's, so recommendation events name the learned
+    state they came from rather than the code. `dim`, if given, is the vector
     dimension the caller's index expects: a model with another dimension is refused
     before anything reaches the index.
 
@@ -308,7 +268,8 @@ def load_checkpoint(
         build=build,
         metadata=metadata,
     )
-    return VersionedRecommender(model, info.version), info
+    model.version = info.version
+    return model, info
 
 
 def check_version(version: str) -> str:

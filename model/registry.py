@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from model.base import ItemIndex, Recommender
+from model.base import MODEL_NAMES, ItemIndex, Recommender
 from model.baselines import DEFAULT_HALF_LIFE_S, CoVisitation, RecentPopularity
-from model.torch_model import TorchRecommender
 
-MODEL_NAMES = ("torch", "popularity", "covisit")
+__all__ = ["MODEL_NAMES", "build_recommender"]
 
 
 def build_recommender(
@@ -27,6 +26,9 @@ def build_recommender(
     'covisit-w5'
     """
     if name == "torch":
+        # Imported here: torch costs a second or more to import, and nothing else needs it.
+        from model.torch_model import TorchRecommender
+
         return TorchRecommender(dim=dim, seed=seed, index=index, half_life_s=half_life_s)
     if name == "popularity":
         return RecentPopularity(half_life_s)

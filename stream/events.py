@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-EVENT_TYPES = frozenset({"click", "view", "add_to_cart", "purchase"})
+from model.base import EVENT_TYPES
+
 MAX_ID_CHARS = 256
 MAX_CONTEXT_KEYS = 64
 # Event times more than a day ahead of the record's own timestamp are clock errors;

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
 )
-# model_update excludes index_update, the upsert of changed item vectors into FAISS that
-# the model does inside learn_one (timed by stream.worker.pipeline.TimedIndex).
-STAGES = ("decode", "model_update", "index_update", "search", "produce")
+# model_update includes the upsert of changed item vectors into FAISS that the model
+# does inside learn_one.
+STAGES = ("decode", "model_update", "search", "produce")
 VECTOR_STORES = ("index", "redis")
 # Why a user context was evicted (stream/worker/retention.py imports these).
 EVICTION_REASONS = ("cap", "idle", "memory")

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from model.base import MODEL_NAMES
+
 ENV_PREFIX = "STREAMREC_"
-MODELS = ("torch", "popularity", "covisit")
+MODELS = MODEL_NAMES  # the recommenders a worker can run, named by the model layer
 EXCLUSION_POLICIES = ("seen", "last", "none")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")

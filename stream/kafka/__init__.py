@@ -11,7 +11,7 @@ Private hooks overridden (they cannot move to `internals`; re-read them when a p
 moves): on faust's AIOKafkaConsumerThread `_create_worker_consumer` (K1),
 `_fetch_records` (K5), `_highwaters` (K3); on faust's aiokafka Consumer `_new_offset`
 (K2) and `_new_consumer_thread`; on faust.App `_new_transport` (both only install the
-classes above); on mode's Worker `_cry` (P2, stream/worker/process.py today).
+classes above); on mode's Worker `_cry` (P2, `internals.Sigusr1Worker`).
 
 Corrections
 -----------
@@ -88,39 +88,39 @@ W1  Faust's recovery consistency check is off (`recovery_consistency_check=False
     cause:   Tansu under-reports end offsets (as K3); with the in-memory store the check
              compares only those
     checked: faust-streaming 0.15.3, Tansu 0.6.0
-    where:   stream/worker/app.py:create_worker
+    where:   stream/worker/app.py:make_app
     test:    tests/integration/test_faults.py
 W2  Short consumer-group timeouts (session 10 s, rebalance 6 s, heartbeat 1 s)
     fixes:   every start or failover waiting 20-30 s
     cause:   Tansu holds a group join for about half the session timeout
     checked: faust-streaming 0.15.3, Tansu 0.6.0
-    where:   stream/worker/app.py:create_worker
+    where:   stream/worker/app.py:make_app
     test:    tests/integration/test_rebalance.py
 W3  Events buffered from an older consumer generation are neither applied nor acked
     fixes:   commits past clicks never applied, after a rebalance reset faust's per-
              partition offsets while events fetched before it sat in the stream
     cause:   faust keeps handing on buffered events after a rebalance
     checked: faust-streaming 0.15.3
-    where:   stream/worker/app.py:create_worker (batches)
+    where:   stream/worker/agents.py:in_order_batches
     test:    tests/integration/test_rebalance.py
 W4  Batches are acknowledged after the loop body that got them (`noack_take`)
     fixes:   a worker stopped mid-batch committing clicks it never applied
     cause:   faust's `take_events` acks a batch in a `finally`
     checked: faust-streaming 0.15.3
-    where:   stream/worker/app.py:create_worker (batches)
+    where:   stream/worker/agents.py:in_order_batches
     test:    tests/integration/test_rebalance.py
 W5  Consumer lag from fetch responses' high watermarks, not ListOffsets
     fixes:   a wrong consumer_lag metric
     cause:   Tansu under-reports ListOffsets (as K3)
     checked: faust-streaming 0.15.3, Tansu 0.6.0
-    where:   stream/worker/app.py:create_worker (report_state; reads the private
-             read offsets, stream/kafka/internals.py:read_offsets after the merge)
+    where:   stream/worker/housekeeping.py:Housekeeping.report_state (the read
+             offsets through stream/kafka/internals.py:read_offsets)
     test:    none directly (the metric is exported in tests/integration/test_pipeline.py)
 W6  The web server binds STREAMREC_WEB_HOST, and table views are off
     fixes:   a worker serving its web app, table state included, on every interface
     cause:   `faust worker` binds 0.0.0.0:6066 by default, even with web_enabled=False
     checked: faust-streaming 0.15.3
-    where:   stream/worker/app.py:create_worker (web_bind, web_tables_enabled)
+    where:   stream/worker/app.py:make_app (web_bind, web_tables_enabled)
     test:    tests/unit/test_deploy.py
 P1  Faust's progress spinner is off
     fixes:   7% of a worker's CPU spent formatting dropped debug records
@@ -132,8 +132,8 @@ P2  SIGUSR1 dumps streamrec's diagnostics instead of mode's task stacks
     fixes:   (a diagnostic, not a defect) no fetch or commit state in mode's dump
     cause:   mode's Worker runs its private `_cry` on SIGUSR1
     checked: mode-streaming 0.7.1
-    where:   stream/worker/process.py:StreamrecWorker (hook _cry; after the merge,
-             stream/kafka/internals.py:Sigusr1Worker.on_sigusr1)
+    where:   stream/kafka/internals.py:Sigusr1Worker (hook _cry), overridden by
+             stream/worker/process.py:StreamrecWorker.on_sigusr1
     test:    tests/unit/test_diagnostics.py
 S1  kafka-python's admin client log hides SASL and TLS key passwords
     fixes:   the SASL password written to logs at DEBUG level

@@ -45,7 +45,7 @@ from stream.worker import agents
 from stream.worker.applier import BatchApplier
 from stream.worker.housekeeping import Housekeeping
 from stream.worker.item_owner import ItemOwner
-from stream.worker.pipeline import ClickProcessor, TimedIndex
+from stream.worker.pipeline import ClickProcessor
 from stream.worker.publisher import VectorPublisher
 from stream.worker.retention import UserRetention, resident_bytes
 from stream.worker.users import UserTable, assigned_partitions
@@ -145,11 +145,6 @@ class Worker:
     app: faust.App
 
 
-def _item_vector_model(recommender: Recommender) -> ItemVectorModel | None:
-    model = getattr(recommender, "model", recommender)  # a VersionedRecommender wraps it
-    return model if isinstance(model, ItemVectorModel) else None
-
-
 def _user_retention(settings: Settings, app: faust.App, metrics: WorkerMetrics) -> UserRetention:
     # Evict only users whose clicks Faust has surely committed: three commit intervals
     # after their last one was applied (why: stream/worker/retention.py).
@@ -180,11 +175,9 @@ def create_worker(
     settings: Settings,
     recommender: Recommender,
     index: FaissIndex,
-    timed_index: TimedIndex | None = None,
 ) -> Worker:
     """Build the Faust app for `settings`. `recommender` must search through `index`
-    (directly, or through `timed_index` wrapping it) when it has vectors (the torch
-    model); baselines ignore it. Connects to nothing: Redis and Kafka are reached once
+    when it has vectors (the torch model); baselines ignore it. Connects to nothing: Redis and Kafka are reached once
     the app runs."""
     kafka_security = KafkaSecurity.from_settings(settings)
     app = make_app(settings, kafka_security)
@@ -196,7 +189,7 @@ def create_worker(
         **redis_options(settings),
     )
     publisher = VectorPublisher(store, metrics)
-    vector_model = _item_vector_model(recommender)
+    vector_model = recommender if isinstance(recommender, ItemVectorModel) else None
     tracker = DeltaTracker()
     processor = ClickProcessor(
         recommender,
@@ -205,8 +198,7 @@ def create_worker(
         top_k=settings.top_k,
         exclude=settings.exclude,
         dedup_window=settings.dedup_window,
-        timed_index=timed_index,
-        tracker=tracker if vector_model is not None and timed_index is not None else None,
+        tracker=tracker if vector_model is not None else None,
     )
     items = ItemOwner(
         settings, kafka_security, index=index, vector_model=vector_model, tracker=tracker,

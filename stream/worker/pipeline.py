@@ -1,9 +1,9 @@
 """One accepted click's path, independent of Faust so it reads and tests top to bottom:
 
 dedup by event id -> user context update and item representation update (the model,
-which also upserts the changed item vectors into its FAISS index) -> vectors queued for
-Redis (`VectorPublisher`, flushed off this path) -> top-K with the exclusion policy ->
-the recommendation event.
+which also upserts the changed item vectors into its FAISS index) -> the item changes to
+their owners (`DeltaTracker`) and the user vector queued for Redis (`VectorPublisher`,
+flushed off this path) -> top-K with the exclusion policy -> the recommendation event.
 
 The Faust agents in `stream/worker/app.py` feed it and persist the `UserRecord` it returns.
 """
@@ -11,14 +11,12 @@ The Faust agents in `stream/worker/app.py` feed it and persist the `UserRecord` 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import orjson
 
-from model.base import Interaction, Recommender, Scored, UserContext
+from model.base import Interaction, Recommender, UserContext
 from stream.events import Click, Recommendation, RecommendedItem
 from stream.items.ledger import DeltaTracker
 from stream.metrics import WorkerMetrics
@@ -83,51 +81,15 @@ class Outcome:
     duplicate: bool = False
 
 
-class TimedIndex:
-    """Wraps the worker's item index to time the upserts the model makes inside
-    `learn_one`, so index time and model time are reported as separate stages.
-
-    With `track_changes` on, each upsert also keeps (id, vector before or None, vector
-    after) until `take_changes`: the deltas the item owners must receive."""
-
-    def __init__(self, index: Any) -> None:
-        self.index = index
-        self.upsert_seconds = 0.0
-        self.track_changes = False
-        self._changes: list[tuple[str, np.ndarray | None, np.ndarray]] = []
-
-    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
-        started = time.perf_counter()
-        if self.track_changes:
-            index = self.index
-            befores = [index.vector(i) if i in index else None for i in ids]
-            self.index.upsert(ids, vectors)
-            rows = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
-            self._changes += zip(ids, befores, rows.copy(), strict=True)
-        else:
-            self.index.upsert(ids, vectors)
-        self.upsert_seconds += time.perf_counter() - started
-
-    def take_changes(self) -> list[tuple[str, np.ndarray | None, np.ndarray]]:
-        changes, self._changes = self._changes, []
-        return changes
-
-    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[Scored]:
-        return self.index.search(query, k, exclude)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def take_upsert_seconds(self) -> float:
-        elapsed, self.upsert_seconds = self.upsert_seconds, 0.0
-        return elapsed
-
-
 class ClickProcessor:
     """Applies accepted clicks to the model, the vector store and the index.
 
-    Not thread-safe; the worker calls it from the agent's single task, one event at a
-    time per partition, which is what keeps per-user updates ordered.
+    `tracker` receives each click's `Update.item_changes` as deltas for the items'
+    owners (stream/items/ledger.py); without one they are dropped, which only a single
+    process without Redis item vectors (tests, the in-process benchmark) can afford.
+    `publisher` receives the user vectors. Not thread-safe; the worker calls it from
+    the agent's single task, one event at a time per partition, which is what keeps
+    per-user updates ordered.
     """
 
     def __init__(
@@ -139,14 +101,10 @@ class ClickProcessor:
         top_k: int,
         exclude: str,
         dedup_window: int,
-        timed_index: TimedIndex | None = None,
         tracker: DeltaTracker | None = None,
     ) -> None:
         self.recommender = recommender
-        self.timed_index = timed_index
         self.tracker = tracker
-        if tracker is not None and timed_index is not None:
-            timed_index.track_changes = True
         self.publisher = publisher
         self.metrics = metrics
         self.top_k = top_k
@@ -207,26 +165,22 @@ class ClickProcessor:
                 else 0.99 * self._loss_average + 0.01 * update.loss
             )
             self.metrics.model_loss.set(self._loss_average)
-        index_seconds = self.timed_index.take_upsert_seconds() if self.timed_index else 0.0
-        stage.labels(stage="index_update").observe(index_seconds)
-        stage.labels(stage="model_update").observe(after_model - started - index_seconds)
-        if clicked_at is not None and update.item_vectors:
+        # model_update includes the model's own index upserts of the vectors it changed.
+        stage.labels(stage="model_update").observe(after_model - started)
+        if clicked_at is not None and update.item_changes:
             self.metrics.vector_freshness.labels(store="index").observe(
                 max(0.0, time.time() - clicked_at)
             )
-        if self.tracker is not None and self.timed_index is not None:
+        if self.tracker is not None:
             # Item vectors have one writer each, the item's owner: it gets the deltas
             # and writes Redis (stream/items/sync.py). This worker writes the user's.
-            for item_id, before, after in self.timed_index.take_changes():
+            for item_id, change in update.item_changes.items():
                 self.tracker.record(
-                    item_id, before, after, source=source, offset=offset, clicked_at=clicked_at
+                    item_id, change.before, change.after,
+                    source=source, offset=offset, clicked_at=clicked_at,
                 )
-            if self.publisher is not None:
-                self.publisher.submit({}, click.user_id, update.user_vector)
-        elif self.publisher is not None:
-            self.publisher.submit(
-                update.item_vectors, click.user_id, update.user_vector, clicked_at
-            )
+        if self.publisher is not None and update.user_vector is not None:
+            self.publisher.submit({}, click.user_id, update.user_vector)
 
         items = self.recommender.recommend(
             update.context, self.top_k, exclude=self._excluded(update.context, click)

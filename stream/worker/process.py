@@ -7,19 +7,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import faust
 import redis
 
 from model.base import Recommender
 from model.checkpoint import load_checkpoint
 from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
+from stream.kafka.internals import Sigusr1Worker
 from stream.kafka.topics import ensure_topics
 from stream.security import KafkaSecurity, redact_url, redis_options
 from stream.settings import Settings
 from stream.worker import diagnostics
 from stream.worker.app import Worker, create_worker
-from stream.worker.pipeline import TimedIndex
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +66,16 @@ def build_worker(settings: Settings) -> Worker:
     a one-line message.
     """
     index = FaissIndex(settings.dim)
-    timed_index = TimedIndex(index)
     recommender: Recommender
     if settings.checkpoint:
         # The checkpoint names its model and version; STREAMREC_MODEL is not consulted.
         # Loading checks the file's hash before parsing it (safetensors, never pickle).
         recommender, _ = load_checkpoint(
             settings.checkpoint,
-            index=timed_index,
+            index=index,
             dim=settings.dim,
             expected_sha256=settings.checkpoint_sha256 or None,
         )
-        timed_index.take_upsert_seconds()  # the bulk load is not the first event's cost
         if len(index) >= index.exact_below:
             # Build the approximate index before taking clicks: until it exists every
             # search is exact, ~100 queries/s at 1M items.
@@ -89,7 +86,7 @@ def build_worker(settings: Settings) -> Worker:
             settings.model,
             dim=settings.dim,
             seed=settings.seed,
-            index=timed_index,
+            index=index,
             half_life_s=settings.half_life_s,
         )
     ensure_topics(
@@ -98,10 +95,10 @@ def build_worker(settings: Settings) -> Worker:
     )
     Path(settings.data_dir, settings.app_id).mkdir(parents=True, exist_ok=True)
     check_redis(settings.redis_url, **redis_options(settings))
-    return create_worker(settings, recommender, index, timed_index)
+    return create_worker(settings, recommender, index)
 
 
-class StreamrecWorker(faust.Worker):
+class StreamrecWorker(Sigusr1Worker):
     """Faust's worker, minus its progress spinner, with streamrec's SIGUSR1 dump."""
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -111,7 +108,7 @@ class StreamrecWorker(faust.Worker):
         self.spinner = None
         super().on_setup_root_logger(logger, level)
 
-    async def _cry(self) -> None:  # SIGUSR1 (stream/worker/diagnostics.py)
+    async def on_sigusr1(self) -> None:  # stream/worker/diagnostics.py
         diagnostics.dump(self.stderr)
 
 

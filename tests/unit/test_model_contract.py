@@ -19,6 +19,7 @@ import torch
 
 from model import (
     MODEL_NAMES,
+    ExactIndex,
     Interaction,
     Recommender,
     Scored,
@@ -257,6 +258,41 @@ def test_torch_update_carries_exactly_the_vectors_that_changed():
         np.testing.assert_array_equal(update.user_vector, np.float32(update.context.state[8:16]))
 
 
+def test_torch_item_changes_match_what_the_index_holds():
+    # Expected: each change's `after` is what the index holds once learn_one returns,
+    # and its `before` what the index held just before (None: the item was not there).
+    index = ExactIndex(8)
+    model = TorchRecommender(dim=8, seed=2, index=index)
+    contexts: dict[str, UserContext] = {}
+    created = stepped = 0
+    for event in EVENTS[:200]:
+        held = {i: index.vector(i) for i in index.ids}
+        context = contexts.get(event.user_id, model.new_context())
+        update = model.learn_one(context, event)
+        contexts[event.user_id] = update.context
+        for item_id, change in update.item_changes.items():
+            np.testing.assert_array_equal(change.after, index.vector(item_id))
+            if change.before is None:
+                assert item_id not in held
+                created += 1
+            else:
+                np.testing.assert_array_equal(change.before, held[item_id])
+                assert not np.array_equal(change.before, change.after)
+                stepped += 1
+        unchanged = set(held) - set(update.item_changes)
+        for item_id in unchanged:
+            np.testing.assert_array_equal(held[item_id], index.vector(item_id))
+    assert created > 0 and stepped > 0
+
+
+def test_torch_refuses_a_state_missing_a_part():
+    # States from before checkpoint format 2 could lack the challenger; none is made up.
+    state = TorchRecommender(dim=8).state_dict()
+    del state["mix_prior"]
+    with pytest.raises(KeyError, match="mix_prior"):
+        TorchRecommender(dim=8).load_state_dict(state)
+
+
 def test_torch_seed_changes_the_model():
     a, b = TorchRecommender(dim=8, seed=0), TorchRecommender(dim=8, seed=1)
     contexts_a, contexts_b = feed(a, EVENTS[:100]), feed(b, EVENTS[:100])
@@ -266,7 +302,7 @@ def test_torch_seed_changes_the_model():
     item = EVENTS[0].item_id
     assert not np.array_equal(a.item_vector(item), b.item_vector(item))
     assert [c.state for c in contexts_a.values()] != [c.state for c in contexts_b.values()]
-    a._mix_scores = b._mix_scores = [0.0, 1.0]  # serve the learned mixers
+    a.ranker.mix_scores = b.ranker.mix_scores = [0.0, 1.0]  # serve the learned mixers
     assert recommend_all(a, contexts_a) != recommend_all(b, contexts_b)
 
 
@@ -286,3 +322,14 @@ def test_torch_load_rejects_another_dimension():
 def test_registry_rejects_unknown_names_listing_the_choices():
     with pytest.raises(ValueError, match="torch, popularity, covisit"):
         build_recommender("sasrec")
+
+
+def test_the_model_package_and_the_cli_import_without_torch():
+    # `model.base` is what stream/ imports everywhere; torch costs a second or more and
+    # is needed only by the commands that build a torch model.
+    import subprocess
+    import sys
+
+    code = "import sys, model, model.registry, stream.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

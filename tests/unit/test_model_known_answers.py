@@ -350,11 +350,11 @@ def test_torch_serves_its_starting_weights_while_the_learned_mixer_ranks_worse()
     # clicked item last among its candidates online, so the starting weights (the log
     # transition and co-occurrence votes) serve, and they put each planted b_i first.
     model = TorchRecommender(dim=16, seed=0, mix_lr=1e-12)
-    model._mix = -model._prior.clone()
+    model.ranker.mix = -model.ranker.prior.clone()
     train(model, EVENTS)
-    prior_score, learned_score = model._mix_scores
+    prior_score, learned_score = model.ranker.mix_scores
     assert prior_score > 0.2 and learned_score < 0.1
-    assert model.mixer() is model._prior
+    assert model.ranker.mixer() is model.ranker.prior
     for a, b in PAIRS.items():
         context = UserContext(recent=("noise-7", a), clicks=2, last_timestamp=2e9)
         assert ranked(model, context, 1) == [b]

@@ -222,3 +222,11 @@ def test_describe_covers_every_field_with_its_default_and_help() -> None:
 def test_describe_defaults_parse_back_to_the_defaults() -> None:
     env = {variable: default for variable, default, _ in describe()}
     assert Settings.from_env(env) == Settings()
+
+
+def test_model_and_event_type_names_come_from_the_model_layer():
+    import model.base
+    import stream.events
+
+    assert MODELS is model.base.MODEL_NAMES
+    assert stream.events.EVENT_TYPES is model.base.EVENT_TYPES
