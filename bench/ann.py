@@ -301,8 +301,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--model-vectors", help="a .npy of learned item vectors (n, 64)")
     parser.add_argument("--cpu", type=int, help="CPU to pin to (default: the last allowed)")
-    parser.add_argument("--gaussian-1m", action="store_true",
-                        help="also Gaussian vectors at 1M items (about 3 more CPU-minutes)")
+    parser.add_argument(
+        "--gaussian-1m",
+        action="store_true",
+        help="also Gaussian vectors at 1M items (about 3 more CPU-minutes)",
+    )
     args = parser.parse_args(argv)
     results = run(args.quick, args.model_vectors, args.cpu, args.gaussian_1m)
     print(report(results))

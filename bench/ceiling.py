@@ -30,7 +30,12 @@ def ceiling_events_per_s(
         index.rebuild(wait=True)  # as the worker does before taking clicks
     tracker = DeltaTracker()
     processor = ClickProcessor(
-        model, None, WorkerMetrics(), top_k=top_k, exclude="seen", dedup_window=128,
+        model,
+        None,
+        WorkerMetrics(),
+        top_k=top_k,
+        exclude="seen",
+        dedup_window=128,
         tracker=tracker,
     )
     users: dict[str, bytes] = {}

@@ -63,8 +63,16 @@ def kill_schedule(rng: random.Random, kills: int, duration_s: float) -> list[flo
 
 
 def chaos_run(
-    stack: Any, workdir: Path, events: Sequence[dict[str, Any]], *, workers: int, kills: int,
-    duration_s: float, model: str, rng: random.Random, drain_quiet_s: float,
+    stack: Any,
+    workdir: Path,
+    events: Sequence[dict[str, Any]],
+    *,
+    workers: int,
+    kills: int,
+    duration_s: float,
+    model: str,
+    rng: random.Random,
+    drain_quiet_s: float,
     log_level: str = "warning",
 ) -> dict[str, Any]:
     """The run under faults; returns its figures and final state."""
@@ -76,12 +84,21 @@ def chaos_run(
         cluster.start()
         schedule = kill_schedule(rng, kills, duration_s)
         rate = total / duration_s
-        say(f"producing {total:,} clicks at {rate:,.0f}/s over {duration_s:.0f} s; "
-            f"{kills} kills at {', '.join(f'{t:.0f}' for t in schedule)} s")
+        say(
+            f"producing {total:,} clicks at {rate:,.0f}/s over {duration_s:.0f} s; "
+            f"{kills} kills at {', '.join(f'{t:.0f}' for t in schedule)} s"
+        )
         producer = threading.Thread(
-            target=replay, args=(events,), daemon=True, name="producer",
-            kwargs={"bootstrap_servers": settings.bootstrap_servers,
-                    "topic": settings.clicks_topic, "rate": rate, "progress": False},
+            target=replay,
+            args=(events,),
+            daemon=True,
+            name="producer",
+            kwargs={
+                "bootstrap_servers": settings.bootstrap_servers,
+                "topic": settings.clicks_topic,
+                "rate": rate,
+                "progress": False,
+            },
         )
         started = time.monotonic()
         crashed: list[int] = []
@@ -95,8 +112,10 @@ def chaos_run(
 
             def progress(done: int) -> None:
                 watch()
-                say(f"{time.monotonic() - started:6.0f} s  recommended {done:,}/{total:,}  "
-                    f"kills {cluster.kills}  workers alive {len(cluster.pids())}")
+                say(
+                    f"{time.monotonic() - started:6.0f} s  recommended {done:,}/{total:,}  "
+                    f"kills {cluster.kills}  workers alive {len(cluster.pids())}"
+                )
 
             next_report = 0.0
             for moment in schedule:
@@ -108,8 +127,10 @@ def chaos_run(
                     time.sleep(0.1)
                 slot = rng.randrange(workers)
                 cluster.kill(slot)
-                say(f"{time.monotonic() - started:6.0f} s  SIGKILL worker {slot} "
-                    f"({cluster.kills}/{kills})")
+                say(
+                    f"{time.monotonic() - started:6.0f} s  SIGKILL worker {slot} "
+                    f"({cluster.kills}/{kills})"
+                )
                 time.sleep(rng.uniform(0.0, 3.0))  # a restarted pod takes a moment
                 cluster.spawn(slot)
             producer.join()
@@ -124,14 +145,21 @@ def chaos_run(
     finally:
         cluster.close()
     return {
-        "settings": settings, "drained": drained, "seconds": drain_s, "kills": cluster.kills,
-        "crashed": crashed, "peak_rss_mb": rss.peak_bytes / 2**20,
-        "recommendations": recommendations, "users": users, "items": items,
+        "settings": settings,
+        "drained": drained,
+        "seconds": drain_s,
+        "kills": cluster.kills,
+        "crashed": crashed,
+        "peak_rss_mb": rss.peak_bytes / 2**20,
+        "recommendations": recommendations,
+        "users": users,
+        "items": items,
     }
 
 
-def replay_run(stack: Any, workdir: Path, events: Sequence[dict[str, Any]], *, model: str,
-               drain_quiet_s: float) -> dict[str, Any]:
+def replay_run(
+    stack: Any, workdir: Path, events: Sequence[dict[str, Any]], *, model: str, drain_quiet_s: float
+) -> dict[str, Any]:
     """The same input into one fresh worker on fresh topics; its final state."""
     settings = fresh_topics(stack, workdir / "replay", model)
     cluster = Cluster(settings, 1, workdir / "replay-logs")
@@ -140,10 +168,18 @@ def replay_run(stack: Any, workdir: Path, events: Sequence[dict[str, Any]], *, m
         cluster.start()
         started = time.monotonic()
         with Recommended(settings) as recommended:
-            replay(events, bootstrap_servers=settings.bootstrap_servers,
-                   topic=settings.clicks_topic, progress=False)
-            wait_drained(lambda: len(recommended.ids), len(events), drain_quiet_s,
-                         lambda done: say(f"replay: recommended {done:,}/{len(events):,}"))
+            replay(
+                events,
+                bootstrap_servers=settings.bootstrap_servers,
+                topic=settings.clicks_topic,
+                progress=False,
+            )
+            wait_drained(
+                lambda: len(recommended.ids),
+                len(events),
+                drain_quiet_s,
+                lambda done: say(f"replay: recommended {done:,}/{len(events):,}"),
+            )
         seconds = time.monotonic() - started
         time.sleep(3)
         users = audit.final_user_records(settings)
@@ -153,8 +189,13 @@ def replay_run(stack: Any, workdir: Path, events: Sequence[dict[str, Any]], *, m
     return {"users": users, "items": items, "seconds": seconds}
 
 
-def report(args: argparse.Namespace, events: Sequence[dict[str, Any]], run: dict[str, Any],
-           again: dict[str, Any] | None, wall_s: float) -> dict[str, Any]:
+def report(
+    args: argparse.Namespace,
+    events: Sequence[dict[str, Any]],
+    run: dict[str, Any],
+    again: dict[str, Any] | None,
+    wall_s: float,
+) -> dict[str, Any]:
     verdict = audit.check(events, run["recommendations"], run["users"])
     fields = audit.comparable_fields(args.model)
     summary: dict[str, Any] = {
@@ -184,7 +225,8 @@ def report(args: argparse.Namespace, events: Sequence[dict[str, Any]], run: dict
         summary["state_mismatched_users"] = len(mismatched)
         if run["items"] or again["items"]:
             summary["item_deltas_double_applied"] = audit.item_event_excess(
-            run["items"], again["items"])
+                run["items"], again["items"]
+            )
     rows = [
         ("events", "clicks sent (distinct event ids)"),
         ("workers", "workers in the group"),
@@ -204,8 +246,15 @@ def report(args: argparse.Namespace, events: Sequence[dict[str, Any]], run: dict
     print(f"compared fields per user: {', '.join(fields)}")
     for key, label in rows:
         value = summary[key]
-        shown = "n/a" if value is None else (f"{value:,}" if isinstance(value, int)
-                                             and not isinstance(value, bool) else str(value))
+        shown = (
+            "n/a"
+            if value is None
+            else (
+                f"{value:,}"
+                if isinstance(value, int) and not isinstance(value, bool)
+                else str(value)
+            )
+        )
         print(f"{label:<58} {shown:>10}")
     return summary
 
@@ -225,26 +274,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sampled every 0.5 s). Exit code 1 if lost, double_applied or under_applied is "
         "not 0 or the state differs.",
     )
-    parser.add_argument("--events", type=int, default=100_000,
-                        help="clicks to send (default 100000)")
-    parser.add_argument("--workers", type=int, default=3,
-                        help="workers in the group (default 3)")
+    parser.add_argument(
+        "--events", type=int, default=100_000, help="clicks to send (default 100000)"
+    )
+    parser.add_argument("--workers", type=int, default=3, help="workers in the group (default 3)")
     parser.add_argument("--kills", type=int, default=10, help="SIGKILLs over the run (default 10)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the clicks and the kill schedule")
-    parser.add_argument("--model", default="covisit", choices=("covisit", "popularity", "torch"),
-                        help="recommender of every worker (default covisit: see above)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the clicks and the kill schedule"
+    )
+    parser.add_argument(
+        "--model",
+        default="covisit",
+        choices=("covisit", "popularity", "torch"),
+        help="recommender of every worker (default covisit: see above)",
+    )
     parser.add_argument("--users", type=int, default=5000, help="distinct users (default 5000)")
     parser.add_argument("--items", type=int, default=2000, help="distinct items (default 2000)")
-    parser.add_argument("--duration", type=float, default=240.0,
-                        help="seconds over which the clicks are produced (default 240)")
-    parser.add_argument("--drain-quiet", type=float, default=90.0,
-                        help="give up draining after this many seconds without progress")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=240.0,
+        help="seconds over which the clicks are produced (default 240)",
+    )
+    parser.add_argument(
+        "--drain-quiet",
+        type=float,
+        default=90.0,
+        help="give up draining after this many seconds without progress",
+    )
     parser.add_argument("--no-replay", action="store_true", help="skip the replay comparison")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs) at the end")
-    parser.add_argument("--log-level", default="warning",
-                        help="log level of the workers under faults (info shows each "
-                        "rebalance and recovery step in the kept logs)")
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        help="log level of the workers under faults (info shows each "
+        "rebalance and recovery step in the kept logs)",
+    )
     args = parser.parse_args(argv)
     for name in ("events", "workers", "users", "items"):
         if getattr(args, name) < 1:
@@ -262,14 +327,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack = start_stack(workdir / "services")
         events = make_events(args.events, users=args.users, items=args.items, seed=args.seed)
         rng = random.Random(args.seed)
-        run = chaos_run(stack, workdir, events, workers=args.workers, kills=args.kills,
-                        duration_s=args.duration, model=args.model, rng=rng,
-                        drain_quiet_s=args.drain_quiet, log_level=args.log_level)
-        again = None if args.no_replay else replay_run(
-            stack, workdir, events, model=args.model, drain_quiet_s=args.drain_quiet)
+        run = chaos_run(
+            stack,
+            workdir,
+            events,
+            workers=args.workers,
+            kills=args.kills,
+            duration_s=args.duration,
+            model=args.model,
+            rng=rng,
+            drain_quiet_s=args.drain_quiet,
+            log_level=args.log_level,
+        )
+        again = (
+            None
+            if args.no_replay
+            else replay_run(
+                stack, workdir, events, model=args.model, drain_quiet_s=args.drain_quiet
+            )
+        )
         summary = report(args, events, run, again, time.monotonic() - started)
-        failed = (summary["lost"] or summary["double_applied"] or summary["under_applied"]
-                  or summary["state_matches_replay"] is False)
+        failed = (
+            summary["lost"]
+            or summary["double_applied"]
+            or summary["under_applied"]
+            or summary["state_matches_replay"] is False
+        )
         if failed:
             keep = True
             say(f"FAILED; logs kept in {workdir}")

@@ -114,8 +114,9 @@ def read_recommendations(
     settings: Settings, expected: set[str], timeout_s: float
 ) -> dict[str, int]:
     """source_event_id -> recommendation record timestamp (ms), for `expected` ids."""
-    consumer = make_consumer(settings.bootstrap_servers, [settings.recommendations_topic],
-                             idle_timeout_s=1.0)
+    consumer = make_consumer(
+        settings.bootstrap_servers, [settings.recommendations_topic], idle_timeout_s=1.0
+    )
     found: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
     try:
@@ -138,8 +139,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def throughput(worker: Worker, events: list[dict[str, Any]]) -> dict[str, float]:
     settings = worker.settings
-    replay(events, bootstrap_servers=settings.bootstrap_servers, topic=settings.clicks_topic,
-           progress=False)
+    replay(
+        events,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        progress=False,
+    )
     stamps = read_recommendations(settings, {e["event_id"] for e in events}, timeout_s=900)
     first, last = min(stamps.values()), max(stamps.values())
     return {
@@ -152,8 +157,13 @@ def throughput(worker: Worker, events: list[dict[str, Any]]) -> dict[str, float]
 
 def latency(worker: Worker, events: list[dict[str, Any]], rate: float) -> dict[str, float]:
     settings = worker.settings
-    sent = replay(events, bootstrap_servers=settings.bootstrap_servers,
-                  topic=settings.clicks_topic, rate=rate, progress=False)
+    sent = replay(
+        events,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        rate=rate,
+        progress=False,
+    )
     stamps = read_recommendations(settings, set(sent.sent_at_ms), timeout_s=120)
     waits = [stamps[e] - sent.sent_at_ms[e] for e in stamps]
     return {
@@ -167,16 +177,25 @@ def latency(worker: Worker, events: list[dict[str, Any]], rate: float) -> dict[s
 
 
 def freshness(
-    workers: list[Worker], items: int, background: list[dict[str, Any]], rate: float,
+    workers: list[Worker],
+    items: int,
+    background: list[dict[str, Any]],
+    rate: float,
     probes: int = 40,
 ) -> dict[str, float]:
     settings = workers[0].settings
     store = redis.Redis.from_url(settings.redis_url)
     producer = make_producer(settings.bootstrap_servers)
     load = threading.Thread(
-        target=replay, args=(background,), daemon=True,
-        kwargs={"bootstrap_servers": settings.bootstrap_servers,
-                "topic": settings.clicks_topic, "rate": rate, "progress": False},
+        target=replay,
+        args=(background,),
+        daemon=True,
+        kwargs={
+            "bootstrap_servers": settings.bootstrap_servers,
+            "topic": settings.clicks_topic,
+            "rate": rate,
+            "progress": False,
+        },
     )
     load.start()
     rng = random.Random(7)
@@ -188,8 +207,9 @@ def freshness(
     def click(user: str, item: str) -> float:
         now_ms = int(time.time() * 1000)
         value = {"user_id": user, "item_id": item, "event_id": uuid.uuid4().hex}
-        producer.send(settings.clicks_topic, key=user.encode(), value=orjson.dumps(value),
-                      timestamp_ms=now_ms)
+        producer.send(
+            settings.clicks_topic, key=user.encode(), value=orjson.dumps(value), timestamp_ms=now_ms
+        )
         producer.flush()
         return now_ms / 1000
 
@@ -227,8 +247,15 @@ def freshness(
 
 
 def end_to_end(
-    stack: DevStack, workdir: Path, checkpoint: Path, items: int, *, events: int,
-    latency_s: float = 0.0, with_freshness: bool = False, log: Any = print,
+    stack: DevStack,
+    workdir: Path,
+    checkpoint: Path,
+    items: int,
+    *,
+    events: int,
+    latency_s: float = 0.0,
+    with_freshness: bool = False,
+    log: Any = print,
 ) -> dict[str, Any]:
     """Throughput at `items` items; with `latency_s`, latency at 70% of it; with
     `with_freshness`, freshness across two workers."""
@@ -242,8 +269,12 @@ def end_to_end(
         worker.wait_rebuilt()
         # Warm-up: first clicks of many users touch cold code paths and allocations.
         warm = click_stream(500, items=items, users=200, seed=99)
-        replay(warm, bootstrap_servers=settings.bootstrap_servers, topic=settings.clicks_topic,
-               progress=False)
+        replay(
+            warm,
+            bootstrap_servers=settings.bootstrap_servers,
+            topic=settings.clicks_topic,
+            progress=False,
+        )
         read_recommendations(settings, {e["event_id"] for e in warm}, timeout_s=300)
         log(f"[{items} items] throughput: {events} clicks as fast as they can be produced ...")
         stream = click_stream(events, items=items, users=max(100, events // 10), seed=1)
@@ -251,14 +282,19 @@ def end_to_end(
         rate = 0.7 * result["throughput"]["events_per_s"]
         if latency_s:
             log(f"[{items} items] latency: {latency_s:.0f} s at {rate:.0f} clicks/s (70%) ...")
-            paced = click_stream(int(rate * latency_s), items=items,
-                                 users=max(100, int(rate * latency_s) // 10), seed=2)
+            paced = click_stream(
+                int(rate * latency_s),
+                items=items,
+                users=max(100, int(rate * latency_s) // 10),
+                seed=2,
+            )
             result["latency"] = latency(worker, paced, rate)
         if with_freshness:
             log(f"[{items} items] freshness: a second worker joins; probes under load ...")
             second = Worker(
-                dataclasses.replace(settings, web_port=free_port(),
-                                    data_dir=str(Path(settings.data_dir) / "second")),
+                dataclasses.replace(
+                    settings, web_port=free_port(), data_dir=str(Path(settings.data_dir) / "second")
+                ),
                 workdir / f"worker-{items}-second.log",
             )
             try:

@@ -92,8 +92,10 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
             )
             Path(settings.data_dir).mkdir(parents=True)
             ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
-            log(f"starting a {args.model} worker (max_users {args.max_users}, "
-                f"memory cap {args.cap_mb} MB) ...")
+            log(
+                f"starting a {args.model} worker (max_users {args.max_users}, "
+                f"memory cap {args.cap_mb} MB) ..."
+            )
             worker = Worker(settings, workdir / "worker.log")
             try:
                 return measure(worker, args, events, log)
@@ -112,10 +114,16 @@ def measure(worker: Worker, args: argparse.Namespace, events: int, log: Any) -> 
     def produce() -> None:
         producer = make_producer(settings.bootstrap_servers)
         try:
-            for chunk in arriving_users(events, users=args.users, items=args.items,
-                                        seed=args.seed, cover=not args.catalogue):
-                replay(chunk, bootstrap_servers=settings.bootstrap_servers,
-                       topic=settings.clicks_topic, progress=False, producer=producer)
+            for chunk in arriving_users(
+                events, users=args.users, items=args.items, seed=args.seed, cover=not args.catalogue
+            ):
+                replay(
+                    chunk,
+                    bootstrap_servers=settings.bootstrap_servers,
+                    topic=settings.clicks_topic,
+                    progress=False,
+                    producer=producer,
+                )
         finally:
             producer.close()
             produced.set()
@@ -146,8 +154,10 @@ def measure(worker: Worker, args: argparse.Namespace, events: int, log: Any) -> 
         time.sleep(0.5)
     time.sleep(6)  # one more state report (every 5 s) for the final gauges
     rss.stop()
-    evicted = {reason: metric(worker, f'streamrec_users_evicted_total{{reason="{reason}"}}')
-               for reason in ("cap", "idle", "memory")}
+    evicted = {
+        reason: metric(worker, f'streamrec_users_evicted_total{{reason="{reason}"}}')
+        for reason in ("cap", "idle", "memory")
+    }
     seconds = (last - first) if first is not None and last is not None else float("nan")
     return {
         "model": args.model,
@@ -165,7 +175,8 @@ def measure(worker: Worker, args: argparse.Namespace, events: int, log: Any) -> 
         "peak_rss_mb": round(rss.peak / 2**20, 1),
         # Bounded means flat: how much the peak grew over the second half of the stream.
         "peak_rss_mb_at_half": None if half_rss is None else round(half_rss / 2**20, 1),
-        "second_half_growth_mb": None if half_rss is None
+        "second_half_growth_mb": None
+        if half_rss is None
         else round((rss.peak - half_rss) / 2**20, 1),
         "rss_samples": rss.samples,
         "under_cap": bool(args.cap_mb == 0 or rss.peak < args.cap_mb * 2**20),
@@ -181,8 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--clicks-per-user", type=int, default=2)
     parser.add_argument("--model", default="covisit", choices=("covisit", "popularity", "torch"))
-    parser.add_argument("--catalogue", action="store_true",
-                        help="start from a torch checkpoint holding every item (torch only)")
+    parser.add_argument(
+        "--catalogue",
+        action="store_true",
+        help="start from a torch checkpoint holding every item (torch only)",
+    )
     parser.add_argument("--max-users", type=int, default=100_000)
     parser.add_argument("--cap-mb", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=1)

@@ -82,8 +82,11 @@ def run(quick: bool, out_dir: Path) -> Path:
     # slow configuration still finishes and a fast one is measured long enough.
     seconds = 5.0 if quick else 20.0
     sample = 1_000 if quick else 3_000
-    report: dict[str, Any] = {"machine": machine(), "quick": quick,
-                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "quick": quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     with tempfile.TemporaryDirectory(prefix="streamrec-bench-") as tmp:
         workdir = Path(tmp)
         catalogues = {}
@@ -107,9 +110,14 @@ def run(quick: bool, out_dir: Path) -> Path:
         try:
             for label, items in sizes.items():
                 figures = end_to_end(
-                    stack, workdir, catalogues[label], items, events=events[label],
+                    stack,
+                    workdir,
+                    catalogues[label],
+                    items,
+                    events=events[label],
                     latency_s=15.0 if label == "100k" else 0.0,
-                    with_freshness=label == "100k", log=say,
+                    with_freshness=label == "100k",
+                    log=say,
                 )
                 report[f"e2e_{label}"] = figures
                 report[f"e2e_events_per_s_{label}"] = figures["throughput"]["events_per_s"]
@@ -169,10 +177,15 @@ def print_table(report: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="100k items only, fewer events: a smoke run")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"),
-                        help="where the JSON report goes (default bench/results)")
+    parser.add_argument(
+        "--quick", action="store_true", help="100k items only, fewer events: a smoke run"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench/results"),
+        help="where the JSON report goes (default bench/results)",
+    )
     args = parser.parse_args()
     try:
         run(args.quick, args.out)

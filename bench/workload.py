@@ -31,5 +31,3 @@ def write_catalogue(path: Path, items: int, dim: int = 64, seed: int = 0) -> Pat
         model.set_item_vectors([item_id(r) for r in rows], vectors)
     save_checkpoint(model, path, version=f"bench-{items}")
     return path
-
-

@@ -113,9 +113,7 @@ class ItemIndex(Protocol):
         """Insert or replace vectors (float32, shape (len(ids), dim)). Idempotent."""
         ...
 
-    def search(
-        self, query: np.ndarray, k: int, exclude: Collection[str] = ()
-    ) -> list[Scored]:
+    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[Scored]:
         """Best-first top-k for one query vector; never returns an excluded id, and
         returns min(k, len(index) - excluded present) results."""
         ...

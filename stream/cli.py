@@ -62,13 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     source = produce.add_mutually_exclusive_group(required=True)
     source.add_argument("--file", help="dataset file to replay in event-time order")
     source.add_argument("--generate", type=int, metavar="N", help="send N synthetic clicks")
-    produce.add_argument("--format", default="session-rec", choices=("session-rec", "movielens", "csv"),
-                         help="format of --file (default session-rec)")
+    produce.add_argument(
+        "--format",
+        default="session-rec",
+        choices=("session-rec", "movielens", "csv"),
+        help="format of --file (default session-rec)",
+    )
     produce.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
     produce.add_argument("--items", type=int, default=500, help="synthetic items (default 500)")
     produce.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream")
-    produce.add_argument("--rate", type=float, default=0.0,
-                         help="events per second; 0 sends as fast as possible (default)")
+    produce.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="events per second; 0 sends as fast as possible (default)",
+    )
     produce.add_argument("--limit", type=int, help="send at most this many events of --file")
 
     consume = commands.add_parser(
@@ -80,8 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--topic", help="topic to read (default STREAMREC_RECOMMENDATIONS_TOPIC)")
     consume.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     consume.add_argument("--max", type=int, help="stop after this many records")
-    consume.add_argument("--idle-timeout", type=float,
-                         help="stop after this many seconds without a record (default: never)")
+    consume.add_argument(
+        "--idle-timeout",
+        type=float,
+        help="stop after this many seconds without a record (default: never)",
+    )
 
     dev = commands.add_parser(
         "dev",
@@ -95,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--model", choices=MODELS, default="torch", help="recommender (default torch)")
     dev.add_argument("--users", type=int, default=500, help="synthetic users (default 500)")
     dev.add_argument("--items", type=int, default=300, help="synthetic items (default 300)")
-    dev.add_argument("--hold", action="store_true",
-                     help="keep the stack up after the summary, to watch the live dashboard")
+    dev.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the stack up after the summary, to watch the live dashboard",
+    )
     dev.add_argument("--quiet", action="store_true", help="no progress output, summary only")
     train_cmd.add_parser(commands)
     evaluate_cmd.add_parser(commands)
@@ -107,8 +121,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker.process import run_worker
 
     settings = Settings.from_env(
-        bootstrap_servers=args.bootstrap_servers, redis_url=args.redis_url, model=args.model,
-        web_host=args.web_host, web_port=args.web_port, partitions=args.partitions,
+        bootstrap_servers=args.bootstrap_servers,
+        redis_url=args.redis_url,
+        model=args.model,
+        web_host=args.web_host,
+        web_port=args.web_port,
+        partitions=args.partitions,
         checkpoint=args.checkpoint,
     )
     run_worker(settings)
@@ -125,16 +143,26 @@ def cmd_produce(args: argparse.Namespace) -> int:
         records: Any = read_interactions(args.file, args.format)[: args.limit]
         total = len(records)
     else:
-        records = synthetic_clicks(args.generate, users=args.users, items=args.items, seed=args.seed)
+        records = synthetic_clicks(
+            args.generate, users=args.users, items=args.items, seed=args.seed
+        )
         total = args.generate
     security = KafkaSecurity.from_settings(settings)
     require_topic(settings.bootstrap_servers, settings.clicks_topic, security=security)
     result = replay(
-        records, bootstrap_servers=settings.bootstrap_servers, topic=settings.clicks_topic,
-        rate=args.rate, total=total, progress=sys.stderr.isatty(), security=security,
+        records,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        rate=args.rate,
+        total=total,
+        progress=sys.stderr.isatty(),
+        security=security,
     )
-    summary = {"events_sent": result.sent, "seconds": round(result.seconds, 3),
-               "topic": settings.clicks_topic}
+    summary = {
+        "events_sent": result.sent,
+        "seconds": round(result.seconds, 3),
+        "topic": settings.clicks_topic,
+    }
     print(orjson.dumps(summary).decode())
     return 0
 
@@ -147,8 +175,13 @@ def cmd_consume(args: argparse.Namespace) -> int:
     security = KafkaSecurity.from_settings(settings)
     require_topic(settings.bootstrap_servers, topic, security=security)
     for n, record in enumerate(
-        tail(settings.bootstrap_servers, topic, from_beginning=args.from_beginning,
-             idle_timeout_s=args.idle_timeout, security=security),
+        tail(
+            settings.bootstrap_servers,
+            topic,
+            from_beginning=args.from_beginning,
+            idle_timeout_s=args.idle_timeout,
+            security=security,
+        ),
         start=1,
     ):
         value = record.value or b""
@@ -163,8 +196,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from stream.dev.demo import print_table, run_dev
 
     summary = run_dev(
-        events=args.events, rate=args.rate, model=args.model, users=args.users,
-        items=args.items, hold=args.hold, progress=not args.quiet,
+        events=args.events,
+        rate=args.rate,
+        model=args.model,
+        users=args.users,
+        items=args.items,
+        hold=args.hold,
+        progress=not args.quiet,
     )
     if not args.quiet:
         print_table(summary)
@@ -173,8 +211,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "worker": cmd_worker, "produce": cmd_produce, "consume": cmd_consume, "dev": cmd_dev,
-    "train": train_cmd.run, "evaluate": evaluate_cmd.run,
+    "worker": cmd_worker,
+    "produce": cmd_produce,
+    "consume": cmd_consume,
+    "dev": cmd_dev,
+    "train": train_cmd.run,
+    "evaluate": evaluate_cmd.run,
 }
 
 
@@ -201,7 +243,15 @@ def _is_user_error(exc: Exception) -> bool:
     from stream.worker.process import RedisUnreachable
 
     return isinstance(
-        exc, (SettingsError, DatasetError, ServiceError, BrokerUnreachable, RedisUnreachable, ValueError)
+        exc,
+        (
+            SettingsError,
+            DatasetError,
+            ServiceError,
+            BrokerUnreachable,
+            RedisUnreachable,
+            ValueError,
+        ),
     )
 
 

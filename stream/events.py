@@ -96,7 +96,8 @@ class Recommendation:
         data = orjson.loads(raw)
         try:
             items = tuple(
-                RecommendedItem(_require_str(i, "item_id"), float(i["score"])) for i in data["items"]
+                RecommendedItem(_require_str(i, "item_id"), float(i["score"]))
+                for i in data["items"]
             )
             return cls(
                 user_id=_require_str(data, "user_id"),

@@ -11,7 +11,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 # Click-to-recommendation latency is milliseconds when healthy; the tail buckets keep
 # a stalled consumer (seconds) visible instead of piling into +Inf.
 LATENCY_BUCKETS = (
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
 )
 # model_update includes the upsert of changed item vectors into FAISS that the model
 # does inside learn_one.

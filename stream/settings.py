@@ -35,7 +35,8 @@ class SettingsError(ValueError):
 class Settings:
     # Connections.
     bootstrap_servers: str = field(
-        default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers, host:port[,host:port]"}
+        default="127.0.0.1:9092",
+        metadata={"help": "Kafka bootstrap servers, host:port[,host:port]"},
     )
     redis_url: str = field(
         default="redis://127.0.0.1:6379/0", metadata={"help": "Redis URL for the vector store"}
@@ -55,34 +56,37 @@ class Settings:
     )
     sasl_username: str = field(default="", metadata={"help": "Kafka SASL user name"})
     sasl_password: str = field(
-        default="", repr=False,
+        default="",
+        repr=False,
         metadata={"help": "Kafka SASL password (or STREAMREC_SASL_PASSWORD_FILE)"},
     )
     ssl_cafile: str = field(
         default="",
-        metadata={"help": "CA bundle that signed the Kafka brokers' certificates "
-                  "(empty: the system CAs)"},
+        metadata={
+            "help": "CA bundle that signed the Kafka brokers' certificates (empty: the system CAs)"
+        },
     )
     ssl_certfile: str = field(
         default="", metadata={"help": "client certificate (PEM) for Kafka mutual TLS"}
     )
-    ssl_keyfile: str = field(
-        default="", metadata={"help": "private key (PEM) of ssl_certfile"}
-    )
+    ssl_keyfile: str = field(default="", metadata={"help": "private key (PEM) of ssl_certfile"})
     redis_username: str = field(
         default="", metadata={"help": "Redis ACL user name (empty: the default user)"}
     )
     redis_password: str = field(
-        default="", repr=False,
-        metadata={"help": "Redis password, AUTH (or STREAMREC_REDIS_PASSWORD_FILE; "
-                  "or in redis_url)"},
+        default="",
+        repr=False,
+        metadata={
+            "help": "Redis password, AUTH (or STREAMREC_REDIS_PASSWORD_FILE; or in redis_url)"
+        },
     )
     redis_ssl_cafile: str = field(
         default="",
         metadata={"help": "CA bundle for a rediss:// (TLS) redis_url (empty: the system CAs)"},
     )
     user_ttl_s: int = field(
-        default=604800, metadata={"help": "seconds a user vector stays in Redis after its last write"}
+        default=604800,
+        metadata={"help": "seconds a user vector stays in Redis after its last write"},
     )
     vector_flush_ms: int = field(
         default=50, metadata={"help": "how often refreshed vectors are flushed to Redis (ms)"}
@@ -100,17 +104,21 @@ class Settings:
     )
     fetch_max_wait_ms: int = field(
         default=10,
-        metadata={"help": "longest a consumer fetch waits for data; the embedded broker "
-                  "answers only when it ends (500 suits Apache Kafka); raised while "
-                  "a partition is behind and fetches come back empty"},
+        metadata={
+            "help": "longest a consumer fetch waits for data; the embedded broker "
+            "answers only when it ends (500 suits Apache Kafka); raised while "
+            "a partition is behind and fetches come back empty"
+        },
     )
     batch_size: int = field(
         default=256, metadata={"help": "most clicks a worker applies as one batch"}
     )
     batch_wait_ms: int = field(
         default=2,
-        metadata={"help": "longest a click waits for its batch to fill (ms): the latency "
-                  "a worker may add to save work under load"},
+        metadata={
+            "help": "longest a click waits for its batch to fill (ms): the latency "
+            "a worker may add to save work under load"
+        },
     )
     app_id: str = field(
         default="streamrec", metadata={"help": "consumer group and internal topic prefix"}
@@ -131,8 +139,10 @@ class Settings:
     seed: int = field(default=0, metadata={"help": "random seed of the model"})
     half_life_s: int = field(
         default=3600,
-        metadata={"help": "popularity half-life of a fresh model, event-time seconds "
-                  "(a checkpoint keeps its own)"},
+        metadata={
+            "help": "popularity half-life of a fresh model, event-time seconds "
+            "(a checkpoint keeps its own)"
+        },
     )
     checkpoint: str = field(
         default="",
@@ -151,18 +161,24 @@ class Settings:
     # Memory bounds (stream/worker/retention.py).
     max_users: int = field(
         default=250000,
-        metadata={"help": "most user contexts a worker keeps (0: no cap); past it the least "
-                  "recently active are evicted (about 2-5 kB each with torch)"},
+        metadata={
+            "help": "most user contexts a worker keeps (0: no cap); past it the least "
+            "recently active are evicted (about 2-5 kB each with torch)"
+        },
     )
     user_idle_s: int = field(
         default=0,
-        metadata={"help": "evict a user idle this many event-time seconds behind the newest "
-                  "click (0: never)"},
+        metadata={
+            "help": "evict a user idle this many event-time seconds behind the newest "
+            "click (0: never)"
+        },
     )
     memory_cap_mb: int = field(
         default=0,
-        metadata={"help": "resident memory cap (MB, 0: none); past it the user cap drops to "
-                  "90% of the users held"},
+        metadata={
+            "help": "resident memory cap (MB, 0: none); past it the user cap drops to "
+            "90% of the users held"
+        },
     )
     data_dir: str = field(
         default=".streamrec", metadata={"help": "local state directory of the worker"}
@@ -176,9 +192,18 @@ class Settings:
             raise SettingsError(
                 f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, not {self.exclude!r}"
             )
-        for name in ("partitions", "dim", "top_k", "max_event_bytes", "dedup_window",
-                     "vector_flush_ms", "fetch_max_wait_ms", "batch_size", "batch_wait_ms",
-                     "half_life_s"):
+        for name in (
+            "partitions",
+            "dim",
+            "top_k",
+            "max_event_bytes",
+            "dedup_window",
+            "vector_flush_ms",
+            "fetch_max_wait_ms",
+            "batch_size",
+            "batch_wait_ms",
+            "half_life_s",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in ("max_users", "user_idle_s", "memory_cap_mb"):
@@ -206,8 +231,7 @@ class Settings:
             for name in ("sasl_username", "sasl_password"):
                 if not getattr(self, name):
                     raise SettingsError(
-                        f"security_protocol {protocol} needs {name} "
-                        f"({ENV_PREFIX}{name.upper()})"
+                        f"security_protocol {protocol} needs {name} ({ENV_PREFIX}{name.upper()})"
                     )
         else:
             for name in ("sasl_username", "sasl_password"):
@@ -239,9 +263,7 @@ class Settings:
                 "the Redis user is in both redis_url and redis_username: give it once"
             )
         if self.redis_ssl_cafile and redis.scheme != "rediss":
-            raise SettingsError(
-                "redis_ssl_cafile is set but redis_url is not rediss:// (TLS)"
-            )
+            raise SettingsError("redis_ssl_cafile is set but redis_url is not rediss:// (TLS)")
 
     @property
     def changelog_topic(self) -> str:
@@ -276,9 +298,7 @@ class Settings:
         ]
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then `STREAMREC_*` variables, then non-None `overrides` (flags)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}

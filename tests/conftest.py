@@ -68,7 +68,9 @@ def worker_factory(dev_stack: DevStack, tmp_path_factory: pytest.TempPathFactory
 
     def start(**overrides: Any) -> RunningWorker:
         data_dir = tmp_path_factory.mktemp("worker")
-        worker = RunningWorker(unique_settings(dev_stack, data_dir, **overrides), data_dir / "worker.log")
+        worker = RunningWorker(
+            unique_settings(dev_stack, data_dir, **overrides), data_dir / "worker.log"
+        )
         started.append(worker)
         return worker
 
@@ -79,9 +81,7 @@ def worker_factory(dev_stack: DevStack, tmp_path_factory: pytest.TempPathFactory
             worker.stop()
 
 
-def read_topic(
-    settings: Settings, topic: str, *, until: int, timeout_s: float = 30.0
-) -> list[Any]:
+def read_topic(settings: Settings, topic: str, *, until: int, timeout_s: float = 30.0) -> list[Any]:
     """Records of `topic` from the beginning until `until` arrived or `timeout_s` passed."""
     consumer = make_consumer(settings.bootstrap_servers, [topic], idle_timeout_s=0.5)
     records: list[Any] = []

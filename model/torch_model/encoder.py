@@ -156,7 +156,10 @@ class GruEncoder:
         return after
 
     def _input(
-        self, e: torch.Tensor, inputs: ClickInputs, gap: torch.Tensor | None = None,
+        self,
+        e: torch.Tensor,
+        inputs: ClickInputs,
+        gap: torch.Tensor | None = None,
         kind: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The GRU's input for one click, shape (1, dim): the item's embedding plus the
@@ -244,12 +247,17 @@ class GruEncoder:
         self.gru.load_state_dict(state["gru"])
         self._flat_sq.copy_(torch.as_tensor(state["gru_sq"]))
         self.generator.set_state(state["generator"])
-        for name, current in (("gap_embeddings", self._gap_emb), ("gap_sq", self._gap_sq),
-                              ("kind_embeddings", self._kind_emb), ("kind_sq", self._kind_sq)):
+        for name, current in (
+            ("gap_embeddings", self._gap_emb),
+            ("gap_sq", self._gap_sq),
+            ("kind_embeddings", self._kind_emb),
+            ("kind_sq", self._kind_sq),
+        ):
             value = torch.as_tensor(state[name], dtype=torch.float32)
             if value.shape != current.shape:
-                raise ValueError(f"{name} of shape {tuple(value.shape)}, expected "
-                                 f"{tuple(current.shape)}")
+                raise ValueError(
+                    f"{name} of shape {tuple(value.shape)}, expected {tuple(current.shape)}"
+                )
         self._gap_emb = torch.as_tensor(state["gap_embeddings"], dtype=torch.float32).clone()
         self._gap_sq = torch.as_tensor(state["gap_sq"], dtype=torch.float32).clone()
         self._kind_emb = torch.as_tensor(state["kind_embeddings"], dtype=torch.float32).clone()

@@ -219,7 +219,8 @@ class MixRanker:
         evidence = Evidence(
             self.transitions.votes(context.recent),
             self._vote(context.recent, self.transitions, self._successors),
-            None if self.cooccurrence is None
+            None
+            if self.cooccurrence is None
             else self._vote(context.recent, self.cooccurrence, self._neighbours),
         )
         candidates = dict.fromkeys(evidence.votes)
@@ -363,9 +364,7 @@ class MixRanker:
                 extra = self._features([target], context, h, evidence)
                 ids, features = [*ids, target], torch.cat([features, extra])
         else:
-            ids, features, _ = self._candidates(
-                context, h, (), also="" if rare_repeats else target
-            )
+            ids, features, _ = self._candidates(context, h, (), also="" if rare_repeats else target)
         self._cache = None
         if rare_repeats:
             # Train on the ranking that will be shown: no seen items, and no step when
@@ -401,9 +400,7 @@ class MixRanker:
         return {
             "popularity": self.popularity.state_dict(),
             "transitions": self.transitions.state_dict(),
-            "cooccurrence": (
-                None if self.cooccurrence is None else self.cooccurrence.state_dict()
-            ),
+            "cooccurrence": (None if self.cooccurrence is None else self.cooccurrence.state_dict()),
             "mix": self.mix.clone(),
             "mix_sq": self._mix_sq.clone(),
             "mix_prior": self.prior.clone(),

@@ -94,9 +94,7 @@ class TorchRecommender(OnlineRecommender):
         # Which items a user clicks near each other in either order, whatever the time
         # between: the symmetric item-to-item evidence of an item-kNN over histories
         # (ratings in MovieLens are not a sequence the way a session's clicks are).
-        cooccurrence = (
-            cooccurrence_memory(cooccurrence_window) if cooccurrence_window > 0 else None
-        )
+        cooccurrence = cooccurrence_memory(cooccurrence_window) if cooccurrence_window > 0 else None
         self.ranker = MixRanker(
             self.encoder,
             ExactIndex(dim) if index is None else index,
@@ -222,5 +220,3 @@ class TorchRecommender(OnlineRecommender):
     @property
     def cooccurrence(self) -> TransitionMemory | None:
         return self.ranker.cooccurrence
-
-

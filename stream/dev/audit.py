@@ -157,8 +157,10 @@ def state_mismatches(
     sorted."""
     names = tuple(fields)
     return sorted(
-        user for user in set(left) | set(right)
-        if user not in left or user not in right
+        user
+        for user in set(left) | set(right)
+        if user not in left
+        or user not in right
         or user_view(left[user], names) != user_view(right[user], names)
     )
 

@@ -46,9 +46,7 @@ def run_settings(
     )
 
 
-def fresh_topics(
-    stack: Any, data_dir: Path, model: str, log_level: str = "warning"
-) -> Settings:
+def fresh_topics(stack: Any, data_dir: Path, model: str, log_level: str = "warning") -> Settings:
     """Settings for a run on `stack` with its topics created."""
     settings = run_settings(
         stack.bootstrap_servers, stack.redis_url, data_dir, model=model, log_level=log_level
@@ -188,7 +186,8 @@ class Recommended(_Background):
 
     def _run(self) -> None:
         consumer = make_consumer(
-            self._settings.bootstrap_servers, [self._settings.recommendations_topic],
+            self._settings.bootstrap_servers,
+            [self._settings.recommendations_topic],
             idle_timeout_s=0.5,
         )
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,14 @@ from stream.settings import Settings
 
 
 def demo_stream(
-    events: int, *, users: int, items: int, seed: int, bad_every: int, repeat_every: int, max_bytes: int
+    events: int,
+    *,
+    users: int,
+    items: int,
+    seed: int,
+    bad_every: int,
+    repeat_every: int,
+    max_bytes: int,
 ) -> Iterator[dict[str, Any] | bytes]:
     """`events` records: synthetic clicks, every `bad_every`-th a malformed record and
     every `repeat_every`-th a repeat of the previous click (same event_id)."""
@@ -85,7 +92,7 @@ def read_outputs(settings: Settings) -> TopicCounts:
     return counts
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
@@ -122,25 +129,39 @@ def run_dev(
             data_dir=str(stack.workdir / "worker"),
         )
         ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
-        say(progress, f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}; starting worker ...")
+        say(
+            progress,
+            f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}; starting worker ...",
+        )
         worker = start_worker(settings, stack.workdir / "worker.log")
         web = f"http://{settings.web_host}:{settings.web_port}"
         say(progress, f"worker ready; live dashboard at {web}/dashboard (metrics: {web}/metrics)")
 
         records = demo_stream(
-            events, users=users, items=items, seed=seed, bad_every=bad_every,
-            repeat_every=repeat_every, max_bytes=settings.max_event_bytes,
+            events,
+            users=users,
+            items=items,
+            seed=seed,
+            bad_every=bad_every,
+            repeat_every=repeat_every,
+            max_bytes=settings.max_event_bytes,
         )
         sent = replay(
-            records, bootstrap_servers=settings.bootstrap_servers, topic=settings.clicks_topic,
-            rate=rate, total=events, progress=progress,
+            records,
+            bootstrap_servers=settings.bootstrap_servers,
+            topic=settings.clicks_topic,
+            rate=rate,
+            total=events,
+            progress=progress,
         )
         repeats = sent.sent - len(sent.sent_at_ms) - _count_bytes(events, bad_every)
         expected = len(sent.sent_at_ms)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         wait_for(
             lambda: int(scrape_metric(metrics_url, "streamrec_recommendations_emitted_total") or 0),
-            expected, drain_timeout_s, progress,
+            expected,
+            drain_timeout_s,
+            progress,
         )
         outputs = read_outputs(settings)
         latencies = [

@@ -131,48 +131,73 @@ def bad_input_corpus(max_event_bytes: int, *, now: float, tag: str = "bad") -> l
 
     nested = b"[" * 1000 + b"]" * 1000  # orjson parses up to 1024 levels
     rejected = [  # (kind, value, the DLQ `error` header)
-        ("invalid_json", b'{"user_id": "u1", "item_id": "i1", "bad": "invalid_json"',
-         "invalid_json"),
-        ("non_utf8", b'{"user_id": "u\xff\xfe1", "item_id": "i1", "bad": "non_utf8"}',
-         "invalid_utf8"),
+        (
+            "invalid_json",
+            b'{"user_id": "u1", "item_id": "i1", "bad": "invalid_json"',
+            "invalid_json",
+        ),
+        (
+            "non_utf8",
+            b'{"user_id": "u\xff\xfe1", "item_id": "i1", "bad": "non_utf8"}',
+            "invalid_utf8",
+        ),
         ("empty_value", b"", "empty"),
         ("json_array", orjson.dumps([{"user_id": "u1", "item_id": "i1"}]), "not_an_object"),
-        ("missing_user_id", orjson.dumps({"item_id": "i1", "bad": "missing_user_id"}),
-         "missing_field"),
-        ("missing_item_id", orjson.dumps({"user_id": "u1", "bad": "missing_item_id"}),
-         "missing_field"),
+        (
+            "missing_user_id",
+            orjson.dumps({"item_id": "i1", "bad": "missing_user_id"}),
+            "missing_field",
+        ),
+        (
+            "missing_item_id",
+            orjson.dumps({"user_id": "u1", "bad": "missing_item_id"}),
+            "missing_field",
+        ),
         ("user_id_number", obj("user_id_number", user_id=42), "invalid_field"),
         ("item_id_list", obj("item_id_list", item_id=["i1", "i2"]), "invalid_field"),
         ("empty_user_id", obj("empty_user_id", user_id=""), "invalid_field"),
         ("huge_user_id", obj("huge_user_id", user_id="u" * 10_000), "invalid_field"),
-        ("unknown_event_type", obj("unknown_event_type", event_type="teleport"),
-         "invalid_field"),
+        ("unknown_event_type", obj("unknown_event_type", event_type="teleport"), "invalid_field"),
         ("timestamp_string", obj("timestamp_string", timestamp=str(int(now))), "invalid_field"),
         # orjson refuses NaN and Infinity literals, and numbers beyond a double, while
         # parsing, so these never reach the field checks.
         ("nan_timestamp", raw("nan_timestamp", b'"timestamp": NaN'), "invalid_json"),
-        ("infinity_timestamp", raw("infinity_timestamp", b'"timestamp": Infinity'),
-         "invalid_json"),
+        ("infinity_timestamp", raw("infinity_timestamp", b'"timestamp": Infinity'), "invalid_json"),
         ("overflow_timestamp", raw("overflow_timestamp", b'"timestamp": 1e400'), "invalid_json"),
         # An integer beyond 64 bits parses as a float (1e31): a number, out of range.
-        ("huge_int_timestamp", raw("huge_int_timestamp", b'"timestamp": ' + b"9" * 31),
-         "bad_timestamp"),
-        ("future_timestamp", obj("future_timestamp", timestamp=now + 30 * 86_400),
-         "bad_timestamp"),
-        ("past_timestamp", obj("past_timestamp", timestamp=599_616_000.0),  # 1989-01-01
-         "bad_timestamp"),
-        ("millisecond_timestamp", obj("millisecond_timestamp", timestamp=now * 1000),
-         "bad_timestamp"),
-        ("nested_context", obj("nested_context", context={"device": {"os": "ios"}}),
-         "invalid_field"),
-        ("deeply_nested_value", raw("deeply_nested_value", b'"event_type": ' + nested),
-         "invalid_field"),
+        (
+            "huge_int_timestamp",
+            raw("huge_int_timestamp", b'"timestamp": ' + b"9" * 31),
+            "bad_timestamp",
+        ),
+        ("future_timestamp", obj("future_timestamp", timestamp=now + 30 * 86_400), "bad_timestamp"),
+        (
+            "past_timestamp",
+            obj("past_timestamp", timestamp=599_616_000.0),  # 1989-01-01
+            "bad_timestamp",
+        ),
+        (
+            "millisecond_timestamp",
+            obj("millisecond_timestamp", timestamp=now * 1000),
+            "bad_timestamp",
+        ),
+        (
+            "nested_context",
+            obj("nested_context", context={"device": {"os": "ios"}}),
+            "invalid_field",
+        ),
+        (
+            "deeply_nested_value",
+            raw("deeply_nested_value", b'"event_type": ' + nested),
+            "invalid_field",
+        ),
         ("too_deeply_nested", b"[" * 5000 + b"]" * 5000, "invalid_json"),
         ("just_over_the_limit", sized("just_over_the_limit", max_event_bytes + 1), "too_large"),
         ("one_mib", sized("one_mib", 1 << 20), "too_large"),
         ("twenty_mib", sized("twenty_mib", 20 << 20), "too_large"),
     ]
     records = [BadRecord(kind, value, reason) for kind, value, reason in rejected]
+
     # A repeat of a click already applied, and a click older than the user's last one;
     # one user each, so every policy record has its own `after`.
     def click(user: str, item: str, event: str, timestamp: float) -> bytes:

@@ -58,8 +58,14 @@ def scrape_metric(url: str, name: str) -> float | None:
 
 def wait_for(count: Any, expected: int, timeout_s: float, progress: bool) -> None:
     """Wait until count() reaches expected, or nothing new arrives for timeout_s."""
-    bar = tqdm(total=expected, unit="rec", desc="recommendations", disable=not progress,
-               leave=False, mininterval=0.5)
+    bar = tqdm(
+        total=expected,
+        unit="rec",
+        desc="recommendations",
+        disable=not progress,
+        leave=False,
+        mininterval=0.5,
+    )
     last, last_change = 0, time.monotonic()
     try:
         while True:

@@ -37,12 +37,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until host:port accepts TCP connections; ServiceError on timeout or exit."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ServiceError(f"process exited with code {process.returncode} before {host}:{port} opened")
+            raise ServiceError(
+                f"process exited with code {process.returncode} before {host}:{port} opened"
+            )
         try:
             socket.create_connection((host, port), timeout=0.2).close()
             return
@@ -58,7 +62,9 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def spawn(argv: Sequence[str], *, log_path: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], *, log_path: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child that is killed if this process dies; output goes to `log_path`."""
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
@@ -150,12 +156,18 @@ def start_stack(workdir: Path | None = None, timeout: float = 20.0) -> DevStack:
         redis = spawn(
             [
                 redis_binary(),
-                "--port", str(stack.redis_port),
-                "--bind", "127.0.0.1",
-                "--daemonize", "no",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(workdir),
+                "--port",
+                str(stack.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
             ],
             log_path=workdir / "redis.log",
         )

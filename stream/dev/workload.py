@@ -61,8 +61,15 @@ def click_stream(
 
 
 def arriving_users(
-    n: int, *, users: int, items: int, seed: int = 0, follow: float = 0.7,
-    spread: int = 2000, chunk: int = 100_000, start: float = 1_700_000_000.0,
+    n: int,
+    *,
+    users: int,
+    items: int,
+    seed: int = 0,
+    follow: float = 0.7,
+    spread: int = 2000,
+    chunk: int = 100_000,
+    start: float = 1_700_000_000.0,
     cover: bool = True,
 ) -> Iterator[list[dict[str, Any]]]:
     """`n` clicks in chunks, from `users` users who arrive over the stream and leave:
@@ -93,6 +100,12 @@ def arriving_users(
             else:
                 item = int(fresh[i - begin])
             last[user] = item
-            events.append({"user_id": f"m{user}", "item_id": item_id(item),
-                           "event_id": f"m{seed}-{i}", "timestamp": start + i / 1000})
+            events.append(
+                {
+                    "user_id": f"m{user}",
+                    "item_id": item_id(item),
+                    "event_id": f"m{seed}-{i}",
+                    "timestamp": start + i / 1000,
+                }
+            )
         yield events

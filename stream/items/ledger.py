@@ -83,9 +83,7 @@ class DeltaTracker:
         (None: it created the item) to `after`. Never blocks."""
         after = np.array(after, dtype=np.float32)
         change = np.zeros_like(after) if before is None else after - before
-        self._pending.append(
-            ItemDelta(item_id, source, offset, change, after, clicked_at, before)
-        )
+        self._pending.append(ItemDelta(item_id, source, offset, change, after, clicked_at, before))
         self._pending_items[item_id] = self._pending_items.get(item_id, 0) + 1
 
     def drain(self) -> list[ItemDelta]:

@@ -167,8 +167,10 @@ class VectorFollower:
                 # behind: an empty fetch is not the end of the topic.
                 if not self.caught_up.is_set() and (
                     len(self._at_end_of) == len(self.partitions)
-                    or (loop.time() - idle_since > self.idle_caught_up_s
-                        and not partitions_behind(consumer))
+                    or (
+                        loop.time() - idle_since > self.idle_caught_up_s
+                        and not partitions_behind(consumer)
+                    )
                 ):
                     log.info("item vectors caught up: %d records read", self.records_read)
                     self.caught_up.set()

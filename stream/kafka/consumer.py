@@ -49,8 +49,11 @@ def tail(
     security: KafkaSecurity = PLAINTEXT,
 ) -> Iterator[ConsumerRecord]:
     consumer = make_consumer(
-        bootstrap_servers, [topic], from_beginning=from_beginning,
-        idle_timeout_s=idle_timeout_s, security=security,
+        bootstrap_servers,
+        [topic],
+        from_beginning=from_beginning,
+        idle_timeout_s=idle_timeout_s,
+        security=security,
     )
     try:
         yield from consumer

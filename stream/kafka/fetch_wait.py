@@ -89,7 +89,9 @@ def adapt_fetch_wait(
     after = wait.after_round(got_records, bool(partitions_behind(consumer, partitions)))
     if after != before:
         (log.warning if after == wait.ceiling_ms else log.info)(
-            "fetch wait %d -> %d ms (%s)", before, after,
+            "fetch wait %d -> %d ms (%s)",
+            before,
+            after,
             "partitions behind, fetches empty" if after > before else "trying a shorter wait",
         )
     internals.set_fetch_wait(consumer, after)

@@ -134,13 +134,13 @@ def set_initial_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
     """Set the fetch wait an aiokafka `consumer` gives its Fetcher when it starts
     (`AIOKafkaConsumer._fetch_max_wait_ms`). Call before `start()`: later it has no
     effect (use `set_fetch_wait`)."""
-    consumer._fetch_max_wait_ms = wait_ms  # type: ignore[attr-defined]
+    consumer._fetch_max_wait_ms = wait_ms
 
 
 def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
     """Set the wait of a started aiokafka `consumer`'s next fetch requests
     (`Fetcher._fetch_max_wait_ms`, read for each request it builds)."""
-    consumer._fetcher._fetch_max_wait_ms = wait_ms  # type: ignore[attr-defined]
+    consumer._fetcher._fetch_max_wait_ms = wait_ms
 
 
 def assignment(consumer: AIOKafkaConsumer) -> Any:
@@ -148,7 +148,7 @@ def assignment(consumer: AIOKafkaConsumer) -> Any:
     none (`AIOKafkaConsumer._subscription.subscription.assignment`). Its `tps` is the
     set of assigned partitions; `state_value(tp)` has `position`,
     `has_valid_position` and `paused`."""
-    subscription = consumer._subscription.subscription  # type: ignore[attr-defined]
+    subscription = consumer._subscription.subscription
     return None if subscription is None else subscription.assignment
 
 

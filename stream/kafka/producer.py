@@ -60,8 +60,9 @@ def replay(
     producer = producer or make_producer(bootstrap_servers, security=security)
     result = ReplayResult()
     started = time.monotonic()
-    bar = tqdm(total=total, unit="ev", desc="produce", disable=not progress, leave=False,
-               mininterval=0.5)
+    bar = tqdm(
+        total=total, unit="ev", desc="produce", disable=not progress, leave=False, mininterval=0.5
+    )
     try:
         for i, record in enumerate(records):
             if rate > 0:

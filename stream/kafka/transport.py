@@ -103,8 +103,11 @@ class StreamrecConsumerThread(driver.AIOKafkaConsumerThread):
         return consumer
 
     async def _fetch_records(
-        self, consumer: AIOKafkaConsumer, active_partitions: Any,
-        timeout: float | None = None, max_records: int | None = None,
+        self,
+        consumer: AIOKafkaConsumer,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
     ) -> Any:
         records = await super()._fetch_records(
             consumer, active_partitions, timeout=timeout, max_records=max_records
@@ -119,9 +122,7 @@ class StreamrecConsumerThread(driver.AIOKafkaConsumerThread):
         reported = await super()._highwaters(partitions)
         if self.consumer.in_transaction:
             return reported
-        corrected = await true_end_offsets(
-            lambda: internals.new_client_consumer(self), reported
-        )
+        corrected = await true_end_offsets(lambda: internals.new_client_consumer(self), reported)
         return cast(Mapping[TP, int], corrected)
 
 
@@ -163,7 +164,8 @@ class StreamrecConsumer(driver.Consumer):
         # later ones acknowledged was committed past (faust-streaming issue 606,
         # tests/regression/test_faust_606_slow_head_not_committed_past.py).
         in_flight = [
-            m.offset for m in internals.unacked_messages(self)
+            m.offset
+            for m in internals.unacked_messages(self)
             if m.tp == tp and not m.acked and (committed is None or m.offset >= committed)
         ]
         if in_flight:
@@ -189,8 +191,9 @@ class StreamrecConsumer(driver.Consumer):
         have no start offset built yet (None), and aiokafka's seek raised ValueError,
         which crashed the worker (`make chaos`, once in 10 kills). None (or a negative
         offset) means "from the start" here, as a fresh start reads it."""
-        fixed = {tp: 0 if offset is None or offset < 0 else offset
-                 for tp, offset in partitions.items()}
+        fixed = {
+            tp: 0 if offset is None or offset < 0 else offset for tp, offset in partitions.items()
+        }
         unknown = sorted(tp for tp, offset in partitions.items() if offset != fixed[tp])
         if unknown:
             log.info("recovery gave no start offset for %s: reading from 0", unknown)
@@ -213,7 +216,10 @@ class StreamrecConsumer(driver.Consumer):
             seeks = self.record_order.seeks(message.tp)
             (log.warning if seeks > 3 else log.info)(
                 "%s: got offset %d, expected %s: seeking back (seek %d)",
-                message.tp, message.offset, want, seeks,
+                message.tp,
+                message.offset,
+                want,
+                seeks,
             )
             await self.seek(message.tp, want)  # type: ignore[arg-type]
         return verdict is Verdict.TAKE

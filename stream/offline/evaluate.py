@@ -73,7 +73,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dim", type=int, default=64, help="torch model dimension (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="torch model seed (default 0)")
     parser.add_argument(
-        "--half-life", default="auto", metavar="SECONDS|auto",
+        "--half-life",
+        default="auto",
+        metavar="SECONDS|auto",
         help="popularity half-life of every model, in event-time seconds; auto (default): "
         "twice the data's time span for last-out, whose held-out events are ranked with the "
         "counts at the data's end, else 3600",
@@ -82,17 +84,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--limit", type=int, metavar="N", help="use only the first N events (by time) of each file"
     )
     parser.add_argument(
-        "--through-kafka", action="store_true",
+        "--through-kafka",
+        action="store_true",
         help="session-split only: also run each model through the live pipeline (embedded "
         "broker and Redis, a worker started from a checkpoint of the training file) and "
         "report it as <model>@kafka beside the in-process figures",
     )
-    parser.add_argument("--chart", metavar="PNG",
-                        help="write a PNG chart of HR@K per window of predictions per model")
-    parser.add_argument("--report", metavar="MD",
-                        help="write a markdown report: command, machine, table, chart")
-    parser.add_argument("--window", type=int, default=500,
-                        help="predictions per window of the chart (default 500)")
+    parser.add_argument(
+        "--chart",
+        metavar="PNG",
+        help="write a PNG chart of HR@K per window of predictions per model",
+    )
+    parser.add_argument(
+        "--report", metavar="MD", help="write a markdown report: command, machine, table, chart"
+    )
+    parser.add_argument(
+        "--window", type=int, default=500, help="predictions per window of the chart (default 500)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -126,8 +134,14 @@ def run(args: argparse.Namespace) -> int:
         if chart:
             write_chart(Path(chart), windows, k=hit_log.k, title=title)
         if markdown:
-            write_report(Path(markdown), table=table, command=sys.argv[1:],
-                         chart=Path(chart) if chart else None, window=args.window, k=hit_log.k)
+            write_report(
+                Path(markdown),
+                table=table,
+                command=sys.argv[1:],
+                chart=Path(chart) if chart else None,
+                window=args.window,
+                k=hit_log.k,
+            )
     return 0
 
 
@@ -158,9 +172,7 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
     torch.set_num_threads(1)  # one thread: repeatable timings and results
     try:
         for name in models:
-            model = build_recommender(
-                name, dim=args.dim, seed=args.seed, half_life_s=half_life_s
-            )
+            model = build_recommender(name, dim=args.dim, seed=args.seed, half_life_s=half_life_s)
             logged = hit_log.recorder(name) if hit_log is not None else None
             with _progress_bar(name, total, disabled=args.quiet) as progress:
                 if args.protocol == "prequential":
@@ -176,8 +188,14 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
                 from stream.offline.live_eval import session_split_through_kafka
 
                 results[f"{name}@kafka"] = session_split_through_kafka(
-                    name, streams[0], streams[1], ks, dim=args.dim, seed=args.seed,
-                    half_life_s=half_life_s, progress=not args.quiet and sys.stderr.isatty(),
+                    name,
+                    streams[0],
+                    streams[1],
+                    ks,
+                    dim=args.dim,
+                    seed=args.seed,
+                    half_life_s=half_life_s,
+                    progress=not args.quiet and sys.stderr.isatty(),
                 )
     finally:
         torch.set_num_threads(threads)

@@ -61,9 +61,10 @@ def session_split_through_kafka(
     for event in train:
         metrics.see(event.item_id)
     test = time_ordered(test)
-    with tempfile.TemporaryDirectory(prefix="streamrec-live-eval-") as tmp, running_stack(
-        Path(tmp) / "services"
-    ) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="streamrec-live-eval-") as tmp,
+        running_stack(Path(tmp) / "services") as stack,
+    ):
         checkpoint = Path(tmp) / "model.safetensors"
         save_checkpoint(model, checkpoint)
         settings = Settings.from_env(
@@ -82,16 +83,28 @@ def session_split_through_kafka(
         try:
             started = time.monotonic()
             payloads = [
-                {"user_id": e.user_id, "item_id": e.item_id, "timestamp": e.timestamp,
-                 "session_id": e.user_id, "event_id": f"test-{n}"}
+                {
+                    "user_id": e.user_id,
+                    "item_id": e.item_id,
+                    "timestamp": e.timestamp,
+                    "session_id": e.user_id,
+                    "event_id": f"test-{n}",
+                }
                 for n, e in enumerate(test)
             ]
-            replay(payloads, bootstrap_servers=settings.bootstrap_servers,
-                   topic=settings.clicks_topic, total=len(payloads), progress=progress)
+            replay(
+                payloads,
+                bootstrap_servers=settings.bootstrap_servers,
+                topic=settings.clicks_topic,
+                total=len(payloads),
+                progress=progress,
+            )
             url = f"http://{settings.web_host}:{settings.web_port}/metrics"
             wait_for(
                 lambda: int(scrape_metric(url, "streamrec_recommendations_emitted_total") or 0),
-                len(payloads), drain_timeout_s, progress,
+                len(payloads),
+                drain_timeout_s,
+                progress,
             )
             seconds = time.monotonic() - started
             lists = _read_lists(settings, len(payloads))

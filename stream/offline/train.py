@@ -64,7 +64,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="passes over the data, each from fresh user contexts (default 1)",
     )
     parser.add_argument(
-        "--half-life", default="auto", metavar="SECONDS|auto",
+        "--half-life",
+        default="auto",
+        metavar="SECONDS|auto",
         help="popularity half-life in event-time seconds, saved in the checkpoint; auto "
         "(default): 3600, since the worker ranks with counts that are current (see "
         "`evaluate --half-life`)",

@@ -111,10 +111,16 @@ async def take_clicks(
             if message.partition == owning_partition(user_key, partitions):
                 # Keyed by user with the default partitioner: this record already
                 # sits where the user's state lives, so apply it here, no hop.
-                accepted.append(Accepted(
-                    click, user_key, event_id, message.timestamp,
-                    f"c{message.partition}", message.offset,
-                ))
+                accepted.append(
+                    Accepted(
+                        click,
+                        user_key,
+                        event_id,
+                        message.timestamp,
+                        f"c{message.partition}",
+                        message.offset,
+                    )
+                )
                 continue
             metrics.events_rerouted.inc()
             await by_user.send(
@@ -139,10 +145,16 @@ async def take_routed_clicks(
             if isinstance(click, Rejected):  # only our own take_clicks writes here
                 log.error("unreadable routed click dropped: %s", click.detail)
                 continue
-            accepted.append(Accepted(
-                click, event.key, click.event_id or "", message.timestamp,
-                f"u{message.partition}", message.offset,
-            ))
+            accepted.append(
+                Accepted(
+                    click,
+                    event.key,
+                    click.event_id or "",
+                    message.timestamp,
+                    f"u{message.partition}",
+                    message.offset,
+                )
+            )
         await applier.apply(accepted)
 
 

@@ -57,8 +57,6 @@ from stream.worker.views import (
 )
 
 log = logging.getLogger(__name__)
-# Keys and values stay bytes end to end: we decode once, ourselves (stream/events.py).
-RAW = {"key_type": bytes, "value_type": bytes}
 
 
 def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
@@ -115,21 +113,31 @@ class WorkerTopics:
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings) -> WorkerTopics:
-        partitions = {"partitions": settings.partitions}
+        n = settings.partitions
+
+        # Keys and values stay bytes end to end: decoded once, by stream/events.py.
+        def topic(name: str) -> Any:
+            return app.topic(name, key_type=bytes, value_type=bytes, partitions=n)
+
         return cls(
-            clicks=app.topic(settings.clicks_topic, **RAW, **partitions),
-            dlq=app.topic(settings.dlq_topic, **RAW, **partitions),
-            by_user=app.topic(settings.by_user_topic, **RAW, **partitions),
-            recommendations=app.topic(settings.recommendations_topic, **RAW, **partitions),
+            clicks=topic(settings.clicks_topic),
+            dlq=topic(settings.dlq_topic),
+            by_user=topic(settings.by_user_topic),
+            recommendations=topic(settings.recommendations_topic),
             # use_partitioner: a batch holds clicks of several partitions, so a write
             # cannot take its changelog partition from "the current event"; the key's
             # murmur2 partition is the user's owning partition anyway
             # (stream/worker/users.py: owning_partition).
             users=app.Table(
-                "user_contexts", default=None, use_partitioner=True, **RAW, **partitions
+                "user_contexts",
+                default=None,
+                use_partitioner=True,
+                key_type=bytes,
+                value_type=bytes,
+                partitions=n,
             ),
-            item_deltas=app.topic(settings.item_deltas_topic, **RAW, **partitions),
-            item_vectors=app.topic(settings.item_vectors_topic, **RAW, **partitions),
+            item_deltas=topic(settings.item_deltas_topic),
+            item_vectors=topic(settings.item_vectors_topic),
         )
 
     def send_recommendation(self, user_key: bytes, value: bytes) -> Awaitable[Any]:
@@ -177,15 +185,17 @@ def create_worker(
     index: FaissIndex,
 ) -> Worker:
     """Build the Faust app for `settings`. `recommender` must search through `index`
-    when it has vectors (the torch model); baselines ignore it. Connects to nothing: Redis and Kafka are reached once
-    the app runs."""
+    when it has vectors (the torch model); baselines ignore it. Connects to nothing:
+    Redis and Kafka are reached once the app runs."""
     kafka_security = KafkaSecurity.from_settings(settings)
     app = make_app(settings, kafka_security)
     topics = WorkerTopics.declare(app, settings)
     metrics = WorkerMetrics()
     metrics.model_info.labels(model=recommender.name, version=recommender.version).set(1)
     store = RedisVectorStore.from_url(
-        settings.redis_url, prefix=settings.redis_prefix, user_ttl_s=settings.user_ttl_s,
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        user_ttl_s=settings.user_ttl_s,
         **redis_options(settings),
     )
     publisher = VectorPublisher(store, metrics)
@@ -201,38 +211,71 @@ def create_worker(
         tracker=tracker if vector_model is not None else None,
     )
     items = ItemOwner(
-        settings, kafka_security, index=index, vector_model=vector_model, tracker=tracker,
-        publisher=publisher, store=store, metrics=metrics,
-        deltas_topic=topics.item_deltas, vectors_topic=topics.item_vectors,
+        settings,
+        kafka_security,
+        index=index,
+        vector_model=vector_model,
+        tracker=tracker,
+        publisher=publisher,
+        store=store,
+        metrics=metrics,
+        deltas_topic=topics.item_deltas,
+        vectors_topic=topics.item_vectors,
     )
     users = UserTable(
-        topics.users, _user_retention(settings, app, metrics), metrics,
+        topics.users,
+        _user_retention(settings, app, metrics),
+        metrics,
         partitions=settings.partitions,
         owned_partitions=functools.partial(assigned_partitions, app, settings.by_user_topic),
     )
     recent = RecentRecommendations()
     applier = BatchApplier(
-        processor, users, send_deltas=items.send_deltas,
+        processor,
+        users,
+        send_deltas=items.send_deltas,
         send_recommendation=topics.send_recommendation,
-        metrics=metrics, index=index, recent=recent,
+        metrics=metrics,
+        index=index,
+        recent=recent,
     )
 
     batches = functools.partial(
-        agents.in_order_batches, app=app, metrics=metrics,
-        size=settings.batch_size, within_s=settings.batch_wait_ms / 1000,
+        agents.in_order_batches,
+        app=app,
+        metrics=metrics,
+        size=settings.batch_size,
+        within_s=settings.batch_wait_ms / 1000,
     )
     # The agent names name consumer and changelog state: they stay as they were.
-    app.agent(topics.clicks, name="validate")(_bound(
-        agents.take_clicks, batches=batches, items=items, applier=applier,
-        dlq=topics.dlq, by_user=topics.by_user, metrics=metrics,
-        partitions=settings.partitions, max_event_bytes=settings.max_event_bytes,
-    ))
-    app.agent(topics.by_user, name="recommend")(_bound(
-        agents.take_routed_clicks, batches=batches, items=items, applier=applier,
-    ))
-    app.agent(topics.item_deltas, name="own_items")(_bound(
-        agents.own_item_deltas, batches=batches, items=items,
-    ))
+    app.agent(topics.clicks, name="validate")(
+        _bound(
+            agents.take_clicks,
+            batches=batches,
+            items=items,
+            applier=applier,
+            dlq=topics.dlq,
+            by_user=topics.by_user,
+            metrics=metrics,
+            partitions=settings.partitions,
+            max_event_bytes=settings.max_event_bytes,
+        )
+    )
+    app.agent(topics.by_user, name="recommend")(
+        _bound(
+            agents.take_routed_clicks,
+            batches=batches,
+            items=items,
+            applier=applier,
+        )
+    )
+    app.agent(topics.item_deltas, name="own_items")(
+        _bound(
+            agents.own_item_deltas,
+            batches=batches,
+            items=items,
+        )
+    )
     app.task(items.follow_item_vectors)
     app.task(items.rebuild_redis)
     Housekeeping(
@@ -247,4 +290,4 @@ def create_worker(
     return Worker(app)
 
 
-__all__ = ["RAW", "Worker", "WorkerTopics", "create_worker", "make_app"]
+__all__ = ["Worker", "WorkerTopics", "create_worker", "make_app"]

@@ -91,8 +91,12 @@ class BatchApplier:
         for accepted in batch:
             record = self.users.current_record(accepted.user_key) or self.processor.new_record()
             outcome = self.processor.process(
-                accepted.click, record, accepted.event_id, accepted.clicked_at,
-                source=accepted.source, offset=accepted.offset,
+                accepted.click,
+                record,
+                accepted.event_id,
+                accepted.clicked_at,
+                source=accepted.source,
+                offset=accepted.offset,
             )
             if outcome.recommendation is not None:
                 records[accepted.user_key] = outcome.record

@@ -78,7 +78,9 @@ class Housekeeping:
         if retention.note_resident(resident):
             log.warning(
                 "resident memory %.0f MB is past STREAMREC_MEMORY_CAP_MB=%d: keeping at most "
-                "%d users from now on", (resident or 0) / 2**20, self.settings.memory_cap_mb,
+                "%d users from now on",
+                (resident or 0) / 2**20,
+                self.settings.memory_cap_mb,
                 retention.cap,
             )
             metrics.user_cap.set(retention.cap)
@@ -123,7 +125,8 @@ class Housekeeping:
         queues = {}
         for channel, queue in channel_queues(app):
             queues[repr(channel)[:120]] = {
-                "size": queue.qsize(), "maxsize": queue.maxsize,
+                "size": queue.qsize(),
+                "maxsize": queue.maxsize,
                 "pressure_drop_callbacks": pressure_drop_callbacks(queue),
             }
         return {

@@ -110,8 +110,10 @@ class ItemOwner:
         for entry in entries:
             self.ledger.observe(entry)
             current = self.ledger.get(entry.item_id)
-            if current is not None and current.version == entry.version and (
-                self.tracker.may_overwrite(entry)
+            if (
+                current is not None
+                and current.version == entry.version
+                and (self.tracker.may_overwrite(entry))
             ):
                 ids.append(entry.item_id)
                 vectors.append(entry.vector)

@@ -161,7 +161,8 @@ class ClickProcessor:
         self.metrics.model_updates.inc()
         if update.loss is not None:
             self._loss_average = (
-                update.loss if self._loss_average is None
+                update.loss
+                if self._loss_average is None
                 else 0.99 * self._loss_average + 0.01 * update.loss
             )
             self.metrics.model_loss.set(self._loss_average)
@@ -176,8 +177,12 @@ class ClickProcessor:
             # and writes Redis (stream/items/sync.py). This worker writes the user's.
             for item_id, change in update.item_changes.items():
                 self.tracker.record(
-                    item_id, change.before, change.after,
-                    source=source, offset=offset, clicked_at=clicked_at,
+                    item_id,
+                    change.before,
+                    change.after,
+                    source=source,
+                    offset=offset,
+                    clicked_at=clicked_at,
                 )
         if self.publisher is not None and update.user_vector is not None:
             self.publisher.submit({}, click.user_id, update.user_vector)

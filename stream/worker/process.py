@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -90,7 +90,9 @@ def build_worker(settings: Settings) -> Worker:
             half_life_s=settings.half_life_s,
         )
     ensure_topics(
-        settings.bootstrap_servers, settings.topics(), settings.partitions,
+        settings.bootstrap_servers,
+        settings.topics(),
+        settings.partitions,
         security=KafkaSecurity.from_settings(settings),
     )
     Path(settings.data_dir, settings.app_id).mkdir(parents=True, exist_ok=True)
@@ -109,7 +111,7 @@ class StreamrecWorker(Sigusr1Worker):
         super().on_setup_root_logger(logger, level)
 
     async def on_sigusr1(self) -> None:  # stream/worker/diagnostics.py
-        diagnostics.dump(self.stderr)
+        diagnostics.dump(cast(TextIO, self.stderr))
 
 
 def run_worker(settings: Settings) -> None:

@@ -123,8 +123,9 @@ class UserRetention:
         """Stop tracking `key` without evicting it (its partition moved elsewhere)."""
         self._users.pop(key, None)
 
-    def due(self, owned: Callable[[bytes], bool] = lambda key: True,
-            busy: Container[bytes] = ()) -> Iterator[Eviction]:
+    def due(
+        self, owned: Callable[[bytes], bool] = lambda key: True, busy: Container[bytes] = ()
+    ) -> Iterator[Eviction]:
         """Users to evict now, least recently active first; each is forgotten as it is
         returned. Keys `owned` rejects (another worker's partition now) are forgotten,
         not returned. Stops at the first user applied less than `safe_after_s` ago or

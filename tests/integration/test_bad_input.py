@@ -66,8 +66,11 @@ def test_the_bad_input_corpus_among_valid_clicks(worker_factory: Any) -> None:
     corpus = bad_input_corpus(settings.max_event_bytes, now=now, tag=tag)
     valid = list(synthetic_clicks(200, users=30, items=40, seed=12))
     for n, click in enumerate(valid):
-        click.update(user_id=f"{tag}-{click['user_id']}", event_id=f"{tag}-{click['event_id']}",
-                     timestamp=now + n * 0.001)  # in order per user
+        click.update(
+            user_id=f"{tag}-{click['user_id']}",
+            event_id=f"{tag}-{click['event_id']}",
+            timestamp=now + n * 0.001,
+        )  # in order per user
 
     # (key, value): valid clicks keyed by user, as `streamrec produce` sends them; one bad
     # record after every seventh; a policy record's `after` three valid clicks earlier.
@@ -85,8 +88,12 @@ def test_the_bad_input_corpus_among_valid_clicks(worker_factory: Any) -> None:
         stream += [(r.key, r.value) for due, r in pending if due == n]
     assert next(bad, None) is None and all(due < len(valid) for due, _ in pending)
 
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers.split(","),
-                             max_request_size=32 << 20, linger_ms=2, acks=1)
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers.split(","),
+        max_request_size=32 << 20,
+        linger_ms=2,
+        acks=1,
+    )
     try:
         for key, value in stream:
             producer.send(settings.clicks_topic, key=key, value=value)
@@ -98,9 +105,11 @@ def test_the_bad_input_corpus_among_valid_clicks(worker_factory: Any) -> None:
     by_policy = {r.expect: orjson.loads(r.value) for r in corpus if r.expect in POLICIES}
     # Every valid click gets a recommendation: the generated ones, each policy record's
     # `after`, and the late click (applied); the repeat gets none of its own.
-    wanted = {c["event_id"] for c in valid} | {
-        orjson.loads(r.after)["event_id"] for r in corpus if r.after
-    } | {by_policy[OUT_OF_ORDER]["event_id"]}
+    wanted = (
+        {c["event_id"] for c in valid}
+        | {orjson.loads(r.after)["event_id"] for r in corpus if r.after}
+        | {by_policy[OUT_OF_ORDER]["event_id"]}
+    )
 
     def sources(records: list[Any]) -> list[str]:
         return [Recommendation.from_json(r.value).source_event_id for r in records]
@@ -109,13 +118,14 @@ def test_the_bad_input_corpus_among_valid_clicks(worker_factory: Any) -> None:
     deadline = time.monotonic() + 45
     while time.monotonic() < deadline:
         metrics = samples(worker.metrics_url)
-        if (metrics.get("streamrec_events_consumed_total") == len(stream)
-                and metrics.get("streamrec_duplicates_skipped_total") == 1
-                and metrics.get("streamrec_recommendations_emitted_total") == len(wanted)):
+        if (
+            metrics.get("streamrec_events_consumed_total") == len(stream)
+            and metrics.get("streamrec_duplicates_skipped_total") == 1
+            and metrics.get("streamrec_recommendations_emitted_total") == len(wanted)
+        ):
             break
         time.sleep(0.5)
-    recs = collect(settings, settings.recommendations_topic,
-                   lambda rs: set(sources(rs)) >= wanted)
+    recs = collect(settings, settings.recommendations_topic, lambda rs: set(sources(rs)) >= wanted)
     dead = collect(settings, settings.dlq_topic, lambda rs: len(rs) >= len(rejected))
 
     counts = Counter(sources(recs))
@@ -144,9 +154,11 @@ def test_the_bad_input_corpus_among_valid_clicks(worker_factory: Any) -> None:
     assert metrics["streamrec_events_out_of_order_total"] == 1
     assert metrics["streamrec_events_consumed_total"] == len(stream)
     assert metrics["streamrec_recommendations_emitted_total"] == len(wanted)
-    late = next(Recommendation.from_json(r.value) for r in recs
-                if Recommendation.from_json(r.value).source_event_id
-                == by_policy[OUT_OF_ORDER]["event_id"])
+    late = next(
+        Recommendation.from_json(r.value)
+        for r in recs
+        if Recommendation.from_json(r.value).source_event_id == by_policy[OUT_OF_ORDER]["event_id"]
+    )
     assert late.event_time == by_policy[OUT_OF_ORDER]["timestamp"]
     assert by_policy[DUPLICATE]["event_id"] in counts
 

@@ -19,10 +19,15 @@ from stream.dev.services import DevStack, free_port
 pytestmark = pytest.mark.integration
 
 
-def streamrec(*args: str, timeout: float = 240, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def streamrec(
+    *args: str, timeout: float = 240, **kwargs: object
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "stream.cli", *args],
-        capture_output=True, text=True, timeout=timeout, **kwargs,  # type: ignore[call-overload]
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,  # type: ignore[call-overload]
     )
 
 
@@ -33,7 +38,10 @@ class Demo:
     def __init__(self, *args: str, cwd: Path) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stream.cli", "dev", *args],
-            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.descendants: set[psutil.Process] = set()
 
@@ -51,7 +59,9 @@ class Demo:
 
     def survivors(self) -> set[psutil.Process]:
         time.sleep(0.5)
-        return {p for p in self.descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+        return {
+            p for p in self.descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        }
 
 
 def test_dev_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
@@ -60,8 +70,13 @@ def test_dev_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert demo.process.returncode == 0, stderr[-2000:]
     assert demo.poll_children() >= 3, "broker, Redis and worker were never seen running"
     summary = json.loads(stdout.strip().splitlines()[-1])
-    for key in ("events_produced", "events_rejected", "recommendations",
-                "latency_ms_p50", "latency_ms_p99"):
+    for key in (
+        "events_produced",
+        "events_rejected",
+        "recommendations",
+        "latency_ms_p50",
+        "latency_ms_p99",
+    ):
         assert key in summary
     assert summary["events_produced"] == 600
     # Every 100th record is malformed, so 6 land in the DLQ.
@@ -100,12 +115,18 @@ def test_unreachable_broker_is_one_line_naming_host_and_port() -> None:
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_unreachable_redis_stops_the_worker_with_one_line(dev_stack: DevStack, tmp_path: Path) -> None:
+def test_unreachable_redis_stops_the_worker_with_one_line(
+    dev_stack: DevStack, tmp_path: Path
+) -> None:
     port = free_port()
     env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path), "STREAMREC_APP_ID": "redisless"}
     done = streamrec(
-        "worker", "--bootstrap-servers", dev_stack.bootstrap_servers,
-        "--redis-url", f"redis://127.0.0.1:{port}/0", env=env,
+        "worker",
+        "--bootstrap-servers",
+        dev_stack.bootstrap_servers,
+        "--redis-url",
+        f"redis://127.0.0.1:{port}/0",
+        env=env,
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
@@ -133,17 +154,21 @@ def test_help_explains_every_command_and_setting() -> None:
 
 def test_a_tampered_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
     data = tmp_path / "clicks.tsv"
-    data.write_text("SessionId\tItemId\tTime\n" + "".join(
-        f"s{n}\ti{n % 7}\t{1_600_000_000 + n}\n" for n in range(50)))
+    data.write_text(
+        "SessionId\tItemId\tTime\n"
+        + "".join(f"s{n}\ti{n % 7}\t{1_600_000_000 + n}\n" for n in range(50))
+    )
     model_file = tmp_path / "model.safetensors"
-    trained = streamrec("train", "--data", str(data), "--model", "covisit", "--out",
-                        str(model_file), "--quiet")
+    trained = streamrec(
+        "train", "--data", str(data), "--model", "covisit", "--out", str(model_file), "--quiet"
+    )
     assert trained.returncode == 0, trained.stderr
     raw = bytearray(model_file.read_bytes())
     raw[-1] ^= 0xFF
     model_file.write_bytes(bytes(raw))
-    done = streamrec("worker", "--checkpoint", str(model_file),
-                     "--bootstrap-servers", f"127.0.0.1:{free_port()}")
+    done = streamrec(
+        "worker", "--checkpoint", str(model_file), "--bootstrap-servers", f"127.0.0.1:{free_port()}"
+    )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert str(model_file) in done.stderr and len(done.stderr.strip().splitlines()) == 1
@@ -156,15 +181,25 @@ def test_evaluate_through_kafka_agrees_with_the_in_process_replay(tmp_path: Path
         rows = []
         for n in range(count):
             first = n % 9
-            rows += [f"{prefix}{n}\ti{(first + step) % 12}\t{start + 10 * n + step}"
-                     for step in range(4)]
+            rows += [
+                f"{prefix}{n}\ti{(first + step) % 12}\t{start + 10 * n + step}" for step in range(4)
+            ]
         return "SessionId\tItemId\tTime\n" + "\n".join(rows) + "\n"
 
     (tmp_path / "x_train_full.txt").write_text(sessions("s", 120, 1_600_000_000))
     (tmp_path / "x_test.txt").write_text(sessions("t", 30, 1_600_100_000))
-    done = streamrec("evaluate", "--data", str(tmp_path / "x_train_full.txt"),
-                     "--protocol", "session-split", "--models", "covisit",
-                     "--through-kafka", "--json", "--quiet")
+    done = streamrec(
+        "evaluate",
+        "--data",
+        str(tmp_path / "x_train_full.txt"),
+        "--protocol",
+        "session-split",
+        "--models",
+        "covisit",
+        "--through-kafka",
+        "--json",
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     models = json.loads(done.stdout)["models"]
     assert set(models) == {"covisit", "covisit@kafka"}
@@ -174,9 +209,13 @@ def test_evaluate_through_kafka_agrees_with_the_in_process_replay(tmp_path: Path
 
 
 def test_an_unknown_topic_is_one_line_naming_it(dev_stack: DevStack) -> None:
-    for command in (["consume", "--topic", "no-such-topic", "--idle-timeout", "1"],
-                    ["produce", "--topic", "no-such-topic", "--generate", "1"]):
+    for command in (
+        ["consume", "--topic", "no-such-topic", "--idle-timeout", "1"],
+        ["produce", "--topic", "no-such-topic", "--generate", "1"],
+    ):
         done = streamrec(*command, "--bootstrap-servers", dev_stack.bootstrap_servers)
         assert done.returncode == 1, command
         assert "Traceback" not in done.stderr
-        assert f"topic 'no-such-topic' does not exist at {dev_stack.bootstrap_servers}" in done.stderr
+        assert (
+            f"topic 'no-such-topic' does not exist at {dev_stack.bootstrap_servers}" in done.stderr
+        )

@@ -35,8 +35,14 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard
 # unresolvable, so a stray external URL fails here instead of leaving the machine; the
 # performance log still records the attempt, which the test checks.
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
     "--window-size=1280,900",
 )
@@ -105,8 +111,13 @@ def clicks(n: int, tag: str, seed: int) -> list[dict[str, Any]]:
 
 
 def send(settings: Settings, events: list[dict[str, Any]], rate: float = 0.0) -> None:
-    replay(events, bootstrap_servers=settings.bootstrap_servers,
-           topic=settings.clicks_topic, rate=rate, progress=False)
+    replay(
+        events,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        rate=rate,
+        progress=False,
+    )
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -119,8 +130,11 @@ def scrape(url: str) -> dict[str, float]:
     return samples
 
 
-def wait_until(read: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool],
-               timeout_s: float = 45.0) -> dict[str, Any]:
+def wait_until(
+    read: Callable[[], dict[str, Any]],
+    done: Callable[[dict[str, Any]], bool],
+    timeout_s: float = 45.0,
+) -> dict[str, Any]:
     """Poll `read` until `done` holds or the time is up; returns the last state either way,
     so the asserts that follow say what was missing."""
     deadline = time.monotonic() + timeout_s
@@ -154,15 +168,22 @@ def test_the_live_page_draws_live_data_and_fetches_only_from_the_worker(
     # The second batch flows for about 4 s while the page polls, so the charts have
     # several intervals with traffic to draw.
     send(settings, second, rate=75)
-    wait_until(lambda: scrape(worker.metrics_url),
-               lambda m: m.get("streamrec_recommendations_emitted_total") == total)
+    wait_until(
+        lambda: scrape(worker.metrics_url),
+        lambda m: m.get("streamrec_recommendations_emitted_total") == total,
+    )
     try:
-        state = wait_until(page, lambda s: (
-            # Emitted last: a scrape with every recommendation counted has every
-            # click's quality scored too (consumed is counted before processing).
-            s["samples"] >= 6 and s["emitted"] == str(total) and s["latency_points"] > 0
-            and s["users"] != []
-        ))
+        state = wait_until(
+            page,
+            lambda s: (
+                # Emitted last: a scrape with every recommendation counted has every
+                # click's quality scored too (consumed is counted before processing).
+                s["samples"] >= 6
+                and s["emitted"] == str(total)
+                and s["latency_points"] > 0
+                and s["users"] != []
+            ),
+        )
     finally:
         # The whole page: the window is the document plus the browser's own frame.
         height = browser.execute_script(
@@ -192,8 +213,11 @@ def test_the_live_page_draws_live_data_and_fetches_only_from_the_worker(
         if '"Network.requestWillBeSent"' in entry["message"]
     }
     # chrome:// is the browser's own UI (the blank tab before navigation), not the network.
-    outside = {url for url in requested
-               if urlsplit(url).scheme not in ("data", "chrome") and urlsplit(url).netloc != origin}
+    outside = {
+        url
+        for url in requested
+        if urlsplit(url).scheme not in ("data", "chrome") and urlsplit(url).netloc != origin
+    }
     assert not outside, f"the page requested something outside the worker: {outside}"
     paths = {urlsplit(url).path for url in requested}
     assert {"/dashboard", "/metrics", "/api/recent"} <= paths

@@ -29,17 +29,24 @@ pytestmark = pytest.mark.integration
 def test_workers_killed_mid_stream_lose_nothing_and_apply_nothing_twice(
     dev_stack: Any, tmp_path: Path
 ) -> None:
-    settings = run_settings(dev_stack.bootstrap_servers, dev_stack.redis_url, tmp_path,
-                            model="covisit")
+    settings = run_settings(
+        dev_stack.bootstrap_servers, dev_stack.redis_url, tmp_path, model="covisit"
+    )
     ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
     events = make_events(3000, users=300, items=200, seed=3)
     cluster = Cluster(settings, 2, tmp_path / "logs")
     try:
         cluster.start()
         producer = threading.Thread(
-            target=replay, args=(events,), daemon=True,
-            kwargs={"bootstrap_servers": settings.bootstrap_servers,
-                    "topic": settings.clicks_topic, "rate": 300.0, "progress": False},
+            target=replay,
+            args=(events,),
+            daemon=True,
+            kwargs={
+                "bootstrap_servers": settings.bootstrap_servers,
+                "topic": settings.clicks_topic,
+                "rate": 300.0,
+                "progress": False,
+            },
         )
         with Recommended(settings) as recommended:
             producer.start()  # 10 s of clicks

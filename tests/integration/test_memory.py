@@ -27,8 +27,12 @@ USERS = 100
 
 
 def click(user: int, n: int) -> dict[str, Any]:
-    return {"user_id": f"mem-u{user}", "item_id": f"i{(user * 7 + n) % 30}",
-            "event_id": f"mem-{user}-{n}", "timestamp": 1_700_000_000.0 + 10 * user + n}
+    return {
+        "user_id": f"mem-u{user}",
+        "item_id": f"i{(user * 7 + n) % 30}",
+        "event_id": f"mem-{user}-{n}",
+        "timestamp": 1_700_000_000.0 + 10 * user + n,
+    }
 
 
 def pull(url: str, user: str) -> dict[str, Any]:
@@ -46,8 +50,12 @@ def test_user_cap_evicts_the_least_recently_active(worker_factory: Any) -> None:
     first: list[dict[str, Any]] = []
     for users in (range(USERS - CAP), range(USERS - CAP, USERS)):
         sent = [click(u, n) for u in users for n in range(2)]
-        replay(sent, bootstrap_servers=settings.bootstrap_servers,
-               topic=settings.clicks_topic, progress=False)
+        replay(
+            sent,
+            bootstrap_servers=settings.bootstrap_servers,
+            topic=settings.clicks_topic,
+            progress=False,
+        )
         first += sent
         records = read_topic(settings, settings.recommendations_topic, until=len(first))
         answered = {Recommendation.from_json(r.value).source_event_id for r in records}
@@ -57,8 +65,10 @@ def test_user_cap_evicts_the_least_recently_active(worker_factory: Any) -> None:
     # after each batch and every 5 s.
     evicted_sample = 'streamrec_users_evicted_total{reason="cap"}'
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (scrape_metric(worker.metrics_url, evicted_sample)
-                                           or 0) < USERS - CAP:
+    while (
+        time.monotonic() < deadline
+        and (scrape_metric(worker.metrics_url, evicted_sample) or 0) < USERS - CAP
+    ):
         time.sleep(0.5)
     assert scrape_metric(worker.metrics_url, evicted_sample) == USERS - CAP, worker.log_tail()
     assert scrape_metric(worker.metrics_url, "streamrec_users_in_state") == CAP
@@ -70,17 +80,21 @@ def test_user_cap_evicts_the_least_recently_active(worker_factory: Any) -> None:
     assert pull(base, f"mem-u{USERS - CAP}")["source_event_id"] == f"mem-{USERS - CAP}-1"
 
     # Each eviction wrote a tombstone, so a restarted worker does not recover the user.
-    changelog = read_topic(settings, settings.changelog_topic, until=2 * len(first) + 1,
-                           timeout_s=5)
+    changelog = read_topic(
+        settings, settings.changelog_topic, until=2 * len(first) + 1, timeout_s=5
+    )
     tombstones = {r.key for r in changelog if r.value is None}
     assert tombstones == {f"mem-u{u}".encode() for u in range(USERS - CAP)}
 
     # An evicted user's next click works, from a cold context: its record holds only
     # the new click.
     back = click(0, 2)
-    replay([back], bootstrap_servers=settings.bootstrap_servers,
-           topic=settings.clicks_topic, progress=False)
+    replay(
+        [back],
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        progress=False,
+    )
     records = read_topic(settings, settings.recommendations_topic, until=len(first) + 1)
-    assert back["event_id"] in {Recommendation.from_json(r.value).source_event_id
-                                for r in records}
+    assert back["event_id"] in {Recommendation.from_json(r.value).source_event_id for r in records}
     assert pull(base, "mem-u0")["source_event_id"] == back["event_id"]

@@ -32,8 +32,12 @@ def worker(worker_factory: Any) -> Any:
 
 
 def send(settings: Settings, records: list[Any]) -> None:
-    replay(records, bootstrap_servers=settings.bootstrap_servers,
-           topic=settings.clicks_topic, progress=False)
+    replay(
+        records,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        progress=False,
+    )
 
 
 def collect(
@@ -51,14 +55,18 @@ def collect(
     return records
 
 
-def recommendations_for(settings: Settings, event_ids: set[str], timeout_s: float = 45.0) -> list[Recommendation]:
+def recommendations_for(
+    settings: Settings, event_ids: set[str], timeout_s: float = 45.0
+) -> list[Recommendation]:
     def parsed(records: list[Any]) -> list[Recommendation]:
         recs = [Recommendation.from_json(r.value) for r in records]
         return [rec for rec in recs if rec.source_event_id in event_ids]
 
     records = collect(
-        settings, settings.recommendations_topic,
-        lambda rs: {r.source_event_id for r in parsed(rs)} >= event_ids, timeout_s,
+        settings,
+        settings.recommendations_topic,
+        lambda rs: {r.source_event_id for r in parsed(rs)} >= event_ids,
+        timeout_s,
     )
     return parsed(records)
 
@@ -110,7 +118,8 @@ def test_recommendation_records_are_keyed_by_user(worker: Any) -> None:
     send(settings, events)
     wanted = {e["event_id"] for e in events}
     records = collect(
-        settings, settings.recommendations_topic,
+        settings,
+        settings.recommendations_topic,
         lambda rs: wanted <= {orjson.loads(r.value)["source_event_id"] for r in rs},
     )
     mine = [r for r in records if orjson.loads(r.value)["source_event_id"] in wanted]
@@ -123,7 +132,9 @@ def test_malformed_events_go_to_the_dlq_while_valid_ones_flow(worker: Any) -> No
     settings = worker.settings
     bad = malformed_records(settings.max_event_bytes)
     good = clicks(len(bad), uuid.uuid4().hex[:6], users=5, items=10, seed=3)
-    interleaved: list[Any] = [x for pair in zip(good, (value for value, _ in bad), strict=True) for x in pair]
+    interleaved: list[Any] = [
+        x for pair in zip(good, (value for value, _ in bad), strict=True) for x in pair
+    ]
     before = metric(worker.metrics_url, 'streamrec_events_rejected_total{reason="invalid_json"}')
     send(settings, interleaved)
 
@@ -210,7 +221,8 @@ def test_web_server_binds_loopback_only_and_serves_no_table_contents(worker: Any
     import psutil
 
     listening = [
-        c.laddr for c in psutil.Process(worker.process.pid).net_connections(kind="inet")
+        c.laddr
+        for c in psutil.Process(worker.process.pid).net_connections(kind="inet")
         if c.status == psutil.CONN_LISTEN
     ]
     assert listening, "the worker listens on nothing"
@@ -232,12 +244,25 @@ def test_a_baseline_worker_learns_a_planted_sequence_from_the_stream(worker_fact
     for n in range(30):
         user = f"{tag}-u{n}"
         for step, item in enumerate(["A", "B", f"noise{n}"]):
-            events.append({"user_id": user, "item_id": item, "timestamp": now,
-                           "event_id": f"{tag}-{n}-{step}"})
+            events.append(
+                {
+                    "user_id": user,
+                    "item_id": item,
+                    "timestamp": now,
+                    "event_id": f"{tag}-{n}-{step}",
+                }
+            )
     # P is twice as popular as B, so a model that ignored the sequence would say P.
-    events += [{"user_id": f"{tag}-p{n}", "item_id": "P", "timestamp": now,
-                "event_id": f"{tag}-p{n}"} for n in range(60)]
-    probe = {"user_id": f"{tag}-probe", "item_id": "A", "timestamp": now, "event_id": f"{tag}-probe"}
+    events += [
+        {"user_id": f"{tag}-p{n}", "item_id": "P", "timestamp": now, "event_id": f"{tag}-p{n}"}
+        for n in range(60)
+    ]
+    probe = {
+        "user_id": f"{tag}-probe",
+        "item_id": "A",
+        "timestamp": now,
+        "event_id": f"{tag}-probe",
+    }
     send(settings, events)
     recommendations_for(settings, {e["event_id"] for e in events})
     send(settings, [probe])
@@ -253,7 +278,9 @@ def test_online_hit_rate_equals_one_computed_offline_from_the_topics(worker_fact
     settings = fresh.settings
     events = clicks(400, uuid.uuid4().hex[:6], users=20, items=30, seed=7)
     send(settings, events)
-    recs = {r.source_event_id: r for r in recommendations_for(settings, {e["event_id"] for e in events})}
+    recs = {
+        r.source_event_id: r for r in recommendations_for(settings, {e["event_id"] for e in events})
+    }
     # Offline: each click scored against the recommendation after the user's previous click.
     previous: dict[str, list[str]] = {}
     predictions = hits = 0
@@ -276,7 +303,9 @@ def test_online_hit_rate_equals_one_computed_offline_from_the_topics(worker_fact
     assert metric(url, "streamrec_recommendations_emitted_total") == len(events)
     assert metric(url, "streamrec_model_updates_total") == len(events)
     # A user's first click on a known item changes no item vector, so fewer than all.
-    assert 300 < metric(url, 'streamrec_vector_freshness_seconds_count{store="index"}') <= len(events)
+    assert (
+        300 < metric(url, 'streamrec_vector_freshness_seconds_count{store="index"}') <= len(events)
+    )
     assert metric(url, "streamrec_duplicates_skipped_total") == 0
     deadline = time.monotonic() + 10  # users_in_state is refreshed every 5 s
     while metric(url, "streamrec_users_in_state") != 20 and time.monotonic() < deadline:
@@ -307,16 +336,34 @@ def test_a_worker_starts_from_a_trained_checkpoint(worker_factory: Any, tmp_path
     data.write_text("\n".join(rows) + "\n")
     model_file = tmp_path / "covisit.safetensors"
     trained = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "train", "--data", str(data), "--model", "covisit",
-         "--out", str(model_file), "--quiet"], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "covisit",
+            "--out",
+            str(model_file),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert trained.returncode == 0, trained.stderr
     version = orjson.loads(trained.stdout.strip().splitlines()[-1])["version"]
 
     started = worker_factory(checkpoint=str(model_file))
     settings = started.settings
-    probe = {"user_id": f"probe-{uuid.uuid4().hex[:6]}", "item_id": "A",
-             "timestamp": time.time(), "event_id": uuid.uuid4().hex}
+    probe = {
+        "user_id": f"probe-{uuid.uuid4().hex[:6]}",
+        "item_id": "A",
+        "timestamp": time.time(),
+        "event_id": uuid.uuid4().hex,
+    }
     send(settings, [probe])
     (rec,) = recommendations_for(settings, {probe["event_id"]})
     assert rec.model_version == version
@@ -330,10 +377,19 @@ def test_unkeyed_clicks_are_rerouted_to_their_users_partition(worker_factory: An
     settings = fresh.settings
     tag = uuid.uuid4().hex[:6]
     now = time.time()
-    events = [{"user_id": f"{tag}-u{n % 5}", "item_id": f"i{n}", "timestamp": now,
-               "event_id": f"{tag}-{n}"} for n in range(60)]
+    events = [
+        {
+            "user_id": f"{tag}-u{n % 5}",
+            "item_id": f"i{n}",
+            "timestamp": now,
+            "event_id": f"{tag}-{n}",
+        }
+        for n in range(60)
+    ]
     send(settings, [orjson.dumps(event) for event in events])  # bytes: sent with no key
-    recs = {r.source_event_id: r for r in recommendations_for(settings, {e["event_id"] for e in events})}
+    recs = {
+        r.source_event_id: r for r in recommendations_for(settings, {e["event_id"] for e in events})
+    }
     assert len(recs) == len(events)
     assert metric(fresh.metrics_url, "streamrec_events_rerouted_total") > 0
     # Policy `seen`: every earlier click of the same user is excluded, whichever

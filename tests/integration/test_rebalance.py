@@ -34,9 +34,14 @@ def test_adding_and_removing_workers_keeps_every_partition_moving(
         event["timestamp"] = time.time()
     first = RunningWorker(settings, tmp_path / "a" / "worker.log")
     producer = threading.Thread(
-        target=replay, args=(events,),
-        kwargs={"bootstrap_servers": settings.bootstrap_servers,
-                "topic": settings.clicks_topic, "rate": 50.0, "progress": False},
+        target=replay,
+        args=(events,),
+        kwargs={
+            "bootstrap_servers": settings.bootstrap_servers,
+            "topic": settings.clicks_topic,
+            "rate": 50.0,
+            "progress": False,
+        },
     )
     producer.start()  # 30 s of clicks
     second = None
@@ -50,8 +55,9 @@ def test_adding_and_removing_workers_keeps_every_partition_moving(
         time.sleep(8)
         first.stop()  # leaves (SIGTERM): its partitions move to the second worker
         producer.join()
-        records = read_topic(settings, settings.recommendations_topic, until=len(events),
-                             timeout_s=90)
+        records = read_topic(
+            settings, settings.recommendations_topic, until=len(events), timeout_s=90
+        )
     finally:
         producer.join()
         if second is not None:

@@ -31,8 +31,12 @@ def run_once(dev_stack: Any, data_dir: Path, events: list[dict[str, Any]]) -> di
     settings = unique_settings(dev_stack, data_dir, partitions=1, model="torch", seed=7)
     worker = RunningWorker(settings, data_dir / "worker.log")
     try:
-        replay(events, bootstrap_servers=settings.bootstrap_servers,
-               topic=settings.clicks_topic, progress=False)
+        replay(
+            events,
+            bootstrap_servers=settings.bootstrap_servers,
+            topic=settings.clicks_topic,
+            progress=False,
+        )
         recommendations = read_all(settings, settings.recommendations_topic, len(events))
         # Item owners broadcast after the recommendations; give them a moment.
         time.sleep(2)

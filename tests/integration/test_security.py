@@ -93,8 +93,12 @@ def test_worker_publishes_through_redis_auth(auth_worker: RunningWorker, auth_re
     worker = auth_worker
     settings = worker.settings
     events = list(synthetic_clicks(20, users=4, items=6, seed=3))
-    replay(events, bootstrap_servers=settings.bootstrap_servers,
-           topic=settings.clicks_topic, progress=False)
+    replay(
+        events,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        progress=False,
+    )
     assert len(read_topic(settings, settings.recommendations_topic, until=20)) == 20
     items = {str(e["item_id"]) for e in events}
     keys = [f"{settings.redis_prefix}item:{item}" for item in sorted(items)]

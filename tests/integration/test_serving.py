@@ -61,8 +61,12 @@ def clicks(n: int, tag: str, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def send_and_drain(settings: Settings, events: list[dict[str, Any]]) -> None:
-    replay(events, bootstrap_servers=settings.bootstrap_servers,
-           topic=settings.clicks_topic, progress=False)
+    replay(
+        events,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        progress=False,
+    )
     records = read_topic(settings, settings.recommendations_topic, until=len(events), timeout_s=90)
     assert len(records) >= len(events), f"{len(records)} of {len(events)} recommendations"
 
@@ -74,7 +78,7 @@ def redis_items(settings: Settings) -> dict[str, tuple[np.ndarray, int]]:
         prefix = f"{settings.redis_prefix}item:"
         for key in client.scan_iter(match=prefix + "*", count=1000):
             raw, version = client.hmget(key, ["v", "ver"])
-            found[key.decode()[len(prefix):]] = (np.frombuffer(raw, dtype="<f4"), int(version))
+            found[key.decode()[len(prefix) :]] = (np.frombuffer(raw, dtype="<f4"), int(version))
         return found
     finally:
         client.close()

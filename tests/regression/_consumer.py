@@ -21,9 +21,13 @@ def run_with_consumer(
     tracked for commits, as subscribing an agent to it would, inside an event loop."""
 
     async def main() -> None:
-        app = streamrec_app("tregression", fetch_max_wait_ms=10,
-                            broker="kafka://127.0.0.1:1", store="memory://",
-                            autodiscover=False)
+        app = streamrec_app(
+            "tregression",
+            fetch_max_wait_ms=10,
+            broker="kafka://127.0.0.1:1",
+            store="memory://",
+            autodiscover=False,
+        )
         app.topic(topic, value_type=bytes, value_serializer="raw", partitions=1)
         internals.acking_topics(app).add(topic)
         consumer = app.consumer
@@ -37,8 +41,9 @@ def run_with_consumer(
 
 def delivered(consumer: Any, tp: TP, offsets: range) -> list[Message]:
     """Messages at `offsets` of `tp`, each handed to a stream and pending its ack."""
-    messages = [Message(tp.topic, tp.partition, o, 0.0, 0, None, b"u1", b"{}", None)
-                for o in offsets]
+    messages = [
+        Message(tp.topic, tp.partition, o, 0.0, 0, None, b"u1", b"{}", None) for o in offsets
+    ]
     for message in messages:
         consumer.track_message(message)
     return messages

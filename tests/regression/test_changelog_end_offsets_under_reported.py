@@ -39,6 +39,7 @@ def test_end_offsets_include_every_record_of_the_last_batch(dev_stack: Any) -> N
         reported: dict[TP, int | None] = {
             TP(tp.topic, tp.partition): end for tp, end in raw.items()
         }
+
         def probe() -> AIOKafkaConsumer:
             return AIOKafkaConsumer(bootstrap_servers=dev_stack.bootstrap_servers)
 

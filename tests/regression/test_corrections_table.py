@@ -40,7 +40,8 @@ def test_every_stream_kafka_place_resolves() -> None:
     ]
     assert places
     missing = [
-        f"{module}:{name}" for module, name in places
+        f"{module}:{name}"
+        for module, name in places
         if not hasattr(importlib.import_module(module.replace("/", ".")), name)
     ]
     assert missing == []

@@ -66,9 +66,12 @@ def test_a_follower_far_behind_reads_every_record_before_it_says_caught_up(
         await produce_small_batches(dev_stack.bootstrap_servers, topic)
         plain = await fixed_wait_reads(dev_stack.bootstrap_servers, topic)
         follower = VectorFollower(
-            dev_stack.bootstrap_servers, topic, 1,
+            dev_stack.bootstrap_servers,
+            topic,
+            1,
             lambda entries: seen.extend(e.item_id for e in entries),
-            fetch_max_wait_ms=SHORT_WAIT_MS, idle_caught_up_s=1.0,
+            fetch_max_wait_ms=SHORT_WAIT_MS,
+            idle_caught_up_s=1.0,
         )
         task = asyncio.create_task(follower.run())
         try:
@@ -79,7 +82,9 @@ def test_a_follower_far_behind_reads_every_record_before_it_says_caught_up(
             await asyncio.gather(task, return_exceptions=True)
 
     plain, read_when_caught_up = asyncio.run(run())
-    print(f"fixed {SHORT_WAIT_MS} ms wait read {plain} records in 2 s; "
-          f"the follower read {read_when_caught_up} of {RECORDS} before caught up")
+    print(
+        f"fixed {SHORT_WAIT_MS} ms wait read {plain} records in 2 s; "
+        f"the follower read {read_when_caught_up} of {RECORDS} before caught up"
+    )
     assert read_when_caught_up == RECORDS
     assert len(set(seen)) == RECORDS

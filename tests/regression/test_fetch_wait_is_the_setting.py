@@ -13,9 +13,13 @@ from stream.kafka.transport import streamrec_app
 
 def test_the_consumer_is_built_with_the_configured_fetch_wait() -> None:
     async def main() -> tuple[int, int]:
-        app = streamrec_app("tfetchwait", fetch_max_wait_ms=17,
-                            broker="kafka://127.0.0.1:1", store="memory://",
-                            autodiscover=False)
+        app = streamrec_app(
+            "tfetchwait",
+            fetch_max_wait_ms=17,
+            broker="kafka://127.0.0.1:1",
+            store="memory://",
+            autodiscover=False,
+        )
         thread = internals.consumer_thread(app.consumer)
         consumer = thread._create_worker_consumer(app.transport)  # built, not started
         try:

@@ -49,14 +49,21 @@ class Harness:
             recommender, None, self.metrics, top_k=5, exclude="seen", dedup_window=8
         )
         self.users = UserTable(
-            self.table, UserRetention(safe_after_s=0), self.metrics,
-            partitions=PARTITIONS, owned_partitions=lambda: range(PARTITIONS),
+            self.table,
+            UserRetention(safe_after_s=0),
+            self.metrics,
+            partitions=PARTITIONS,
+            owned_partitions=lambda: range(PARTITIONS),
         )
         self.deltas_per_batch = deltas_per_batch
         self.applier = BatchApplier(
-            processor, self.users,
-            send_deltas=self.send_deltas, send_recommendation=self.send_recommendation,
-            metrics=self.metrics, index=[], recent=RecentRecommendations(),
+            processor,
+            self.users,
+            send_deltas=self.send_deltas,
+            send_recommendation=self.send_recommendation,
+            metrics=self.metrics,
+            index=[],
+            recent=RecentRecommendations(),
         )
 
     def send_deltas(self) -> list[Awaitable[Any]]:
@@ -91,9 +98,13 @@ def accepted(user: str, item: str, event_id: str, at: float = T, offset: int = 0
 
 def test_every_delta_and_recommendation_is_durable_before_any_user_record_is_written() -> None:
     harness = Harness()
-    harness.apply([
-        accepted("u1", "a", "e1"), accepted("u2", "b", "e2"), accepted("u1", "c", "e3", T + 1),
-    ])
+    harness.apply(
+        [
+            accepted("u1", "a", "e1"),
+            accepted("u2", "b", "e2"),
+            accepted("u1", "c", "e3", T + 1),
+        ]
+    )
     sends = [entry[1] for entry in harness.log if entry[0] == "send"]
     durables = [entry[1] for entry in harness.log if entry[0] == "durable"]
     assert sorted(sends) == sorted(durables) == ["delta0", "delta1", "rec:u1", "rec:u1", "rec:u2"]

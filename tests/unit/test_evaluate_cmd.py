@@ -196,8 +196,21 @@ def test_chart_and_report_show_quality_over_the_stream(
     train, _ = session_files
     chart, report = tmp_path / "quality.png", tmp_path / "quality.md"
     code, out, err = evaluate(
-        ["--data", str(train), "--protocol", "session-split", "--models", "popularity,covisit",
-         "--chart", str(chart), "--report", str(report), "--window", "5", "--quiet"],
+        [
+            "--data",
+            str(train),
+            "--protocol",
+            "session-split",
+            "--models",
+            "popularity,covisit",
+            "--chart",
+            str(chart),
+            "--report",
+            str(report),
+            "--window",
+            "5",
+            "--quiet",
+        ],
         capsys,
     )
     assert code == 0, err
@@ -212,8 +225,13 @@ def test_hit_log_windows_are_known_answers() -> None:
 
     log = HitLog(k=2)
     record = log.recorder("m")
-    for ranked, target in [(["a", "b"], "a"), (["a", "b"], "c"), (["a", "b", "c"], "c"),
-                           (["b"], "b"), (["x"], "y")]:
+    for ranked, target in [
+        (["a", "b"], "a"),
+        (["a", "b"], "c"),
+        (["a", "b", "c"], "c"),
+        (["b"], "b"),
+        (["x"], "y"),
+    ]:
         record("u", ranked, target)
     # Hits: a yes, c no, c at rank 3 > k no, b yes, y no -> windows of 2: 1/2, 1/2, 0/1.
     assert log.windows(2) == {"m": [(2, 0.5), (4, 0.5), (5, 0.0)]}
@@ -236,8 +254,20 @@ def test_auto_half_life_keeps_popularity_for_last_out(
         lines.append(f"new{u},classic,5,{year + 10 * u + 1}")
     data = tmp_path / "ratings.csv"
     data.write_text("\n".join(lines) + "\n")
-    argv = ["--data", str(data), "--format", "movielens", "--protocol", "last-out",
-            "--models", "popularity", "--k", "1", "--json", "--quiet"]
+    argv = [
+        "--data",
+        str(data),
+        "--format",
+        "movielens",
+        "--protocol",
+        "last-out",
+        "--models",
+        "popularity",
+        "--k",
+        "1",
+        "--json",
+        "--quiet",
+    ]
 
     def hr(*extra: str) -> float:
         code, out, _ = evaluate([*argv, *extra], capsys)

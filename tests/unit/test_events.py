@@ -293,11 +293,27 @@ def test_the_corpus_covers_every_kind_the_issue_lists() -> None:
     assert len(kinds) == len(CORPUS) >= 12
     assert len({r.value for r in CORPUS if r.expect not in POLICIES}) == len(CORPUS) - 2
     assert {
-        "invalid_json", "non_utf8", "empty_value", "user_id_number", "item_id_list",
-        "missing_user_id", "unknown_event_type", "nan_timestamp", "infinity_timestamp",
-        "overflow_timestamp", "huge_int_timestamp", "empty_user_id", "huge_user_id",
-        "one_mib", "twenty_mib", "future_timestamp", "past_timestamp", "nested_context",
-        "deeply_nested_value", "duplicate_event_id", "out_of_order",
+        "invalid_json",
+        "non_utf8",
+        "empty_value",
+        "user_id_number",
+        "item_id_list",
+        "missing_user_id",
+        "unknown_event_type",
+        "nan_timestamp",
+        "infinity_timestamp",
+        "overflow_timestamp",
+        "huge_int_timestamp",
+        "empty_user_id",
+        "huge_user_id",
+        "one_mib",
+        "twenty_mib",
+        "future_timestamp",
+        "past_timestamp",
+        "nested_context",
+        "deeply_nested_value",
+        "duplicate_event_id",
+        "out_of_order",
     } <= kinds
     sizes = {r.kind: len(r.value) for r in CORPUS}
     assert sizes["one_mib"] == 1 << 20 and sizes["twenty_mib"] == 20 << 20
@@ -348,8 +364,11 @@ def test_dead_letter_cuts_a_too_large_value_and_records_its_size() -> None:
     big = b"x" * (20 << 20)
     value, headers = dead_letter(big, Rejected("too_large", "too big"), max_bytes=65536)
     assert value == big[:65536]
-    assert dict(headers) == {"error": b"too_large", "detail": b"too big",
-                             "value_bytes": str(20 << 20).encode()}
+    assert dict(headers) == {
+        "error": b"too_large",
+        "detail": b"too big",
+        "value_bytes": str(20 << 20).encode(),
+    }
 
 
 # --- never raises -----------------------------------------------------------------------
@@ -420,13 +439,12 @@ def test_decode_click_never_raises_on_arbitrary_json_values(data: Any) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from(["user_id", "item_id", "event_type", "timestamp", "session_id",
-                     "event_id", "context"]),
+    st.sampled_from(
+        ["user_id", "item_id", "event_type", "timestamp", "session_id", "event_id", "context"]
+    ),
     _any_json,
 )
-def test_decode_click_never_raises_with_any_json_value_in_any_field(
-    key: str, value: Any
-) -> None:
+def test_decode_click_never_raises_with_any_json_value_in_any_field(key: str, value: Any) -> None:
     result = decode_obj({**GOOD, "timestamp": NOW, key: value})
     assert isinstance(result, Click | Rejected)
 

@@ -93,8 +93,7 @@ def test_observe_keeps_only_newer_versions() -> None:
 
 def test_wire_round_trip_is_exact() -> None:
     tracker = DeltaTracker()
-    tracker.record("item/é", vec(0.1, -2.5), vec(0.3, 1e-7), source="u3", offset=9,
-                   clicked_at=12.5)
+    tracker.record("item/é", vec(0.1, -2.5), vec(0.3, 1e-7), source="u3", offset=9, clicked_at=12.5)
     deltas = tracker.drain()
     [back] = decode_deltas(encode_deltas(deltas))
     assert (back.item_id, back.source, back.offset, back.clicked_at) == ("item/é", "u3", 9, 12.5)
@@ -102,7 +101,10 @@ def test_wire_round_trip_is_exact() -> None:
     entry = CanonicalVector("x", vec(1.5, 2.25), 99, {"c1": 1}, None, 4)
     [again] = decode_vectors(encode_vectors([entry]))
     assert (again.item_id, again.version, dict(again.applied), again.events) == (
-        "x", 99, {"c1": 1}, 4,
+        "x",
+        99,
+        {"c1": 1},
+        4,
     )
     np.testing.assert_array_equal(again.vector, entry.vector)
 
@@ -131,8 +133,7 @@ def test_any_interleaving_and_replay_sums_every_click_exactly_once(
         tracker = DeltaTracker()
         before = local[(source, item)]
         local[(source, item)] = before + step
-        tracker.record(item, before, local[(source, item)], source=source,
-                       offset=offsets[source])
+        tracker.record(item, before, local[(source, item)], source=source, offset=offsets[source])
         offsets[source] += 1
         streams[source] += tracker.drain()
     rng = np.random.default_rng(seed)

@@ -16,9 +16,13 @@ from stream.kafka.transport import streamrec_app
 
 def with_app(body: Any) -> None:
     async def main() -> None:
-        app = streamrec_app("tinternals", fetch_max_wait_ms=10,
-                            broker="kafka://127.0.0.1:1", store="memory://",
-                            autodiscover=False)
+        app = streamrec_app(
+            "tinternals",
+            fetch_max_wait_ms=10,
+            broker="kafka://127.0.0.1:1",
+            store="memory://",
+            autodiscover=False,
+        )
         result = body(app)
         if result is not None:
             await result
@@ -38,7 +42,10 @@ def test_consumer_offsets_are_the_consumers_live_mappings() -> None:
         assert internals.committed_offsets(consumer)[tp] == 3
         assert internals.unacked_messages(consumer) == []
         assert internals.partition_flags(consumer, tp) == {
-            "active": False, "paused": False, "buffered": False}
+            "active": False,
+            "paused": False,
+            "buffered": False,
+        }
 
     with_app(body)
 
@@ -89,8 +96,9 @@ def test_sigusr1_runs_on_sigusr1() -> None:
             called.append("dump")
 
     def body(app: Any) -> Any:
-        worker = Worker(app, loglevel="warning", quiet=True, stdout=io.StringIO(),
-                        stderr=io.StringIO())
+        worker = Worker(
+            app, loglevel="warning", quiet=True, stdout=io.StringIO(), stderr=io.StringIO()
+        )
         return worker._cry()  # what mode's SIGUSR1 handler schedules
 
     with_app(body)

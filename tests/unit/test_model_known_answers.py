@@ -252,8 +252,9 @@ def test_torch_reads_time_gaps_and_event_types(context_lr: float):
     # "fast" ranks above "slow" after a 2 s gap and below it after 1,200 s, and "info"
     # above "checkout" after a view, below it after an add-to-cart. With them frozen
     # at zero (context_lr = 0) the two probes of each pair rank the pair alike.
-    model = train(TorchRecommender(dim=16, seed=0, context_lr=context_lr),
-                  gap_and_kind_sessions(500, seed=3))
+    model = train(
+        TorchRecommender(dim=16, seed=0, context_lr=context_lr), gap_and_kind_sessions(500, seed=3)
+    )
     assert isinstance(model, TorchRecommender)
     quick, later = x_reached(model, 2.0), x_reached(model, 1200.0)
     viewed, carted = x_reached(model, 10.0, "view"), x_reached(model, 10.0, "add_to_cart")
@@ -263,6 +264,7 @@ def test_torch_reads_time_gaps_and_event_types(context_lr: float):
         assert viewed.index("info") < viewed.index("checkout")
         assert carted.index("checkout") < carted.index("info")
     else:
+
         def before(ranking: list[str], a: str, b: str) -> bool:
             return ranking.index(a) < ranking.index(b)
 

@@ -71,8 +71,14 @@ def test_a_late_click_is_applied_counted_and_seen_with_a_zero_gap() -> None:
 
 def test_clicks_in_order_or_at_the_same_time_are_not_out_of_order() -> None:
     proc, _, metrics = processor()
-    run(proc, [Click("u1", "a", T, event_id="e1"), Click("u1", "b", T, event_id="e2"),
-               Click("u1", "c", T + 1, event_id="e3")])
+    run(
+        proc,
+        [
+            Click("u1", "a", T, event_id="e1"),
+            Click("u1", "b", T, event_id="e2"),
+            Click("u1", "c", T + 1, event_id="e3"),
+        ],
+    )
     assert sample(metrics, "streamrec_events_out_of_order_total") == 0
 
 

@@ -66,8 +66,9 @@ def test_users_idle_in_event_time_are_evicted_without_any_cap() -> None:
 
 
 def test_busy_users_and_other_workers_users_are_never_evicted() -> None:
-    retention = tracking([(b"moved", 0.0), (b"busy", 0.0), (b"kept", 0.0)],
-                         max_users=1, safe_after_s=0)
+    retention = tracking(
+        [(b"moved", 0.0), (b"busy", 0.0), (b"kept", 0.0)], max_users=1, safe_after_s=0
+    )
     out = evicted(retention, owned=lambda key: key != b"moved", busy={b"busy"})
     assert out == []  # "moved" forgotten, not evicted; "busy" has a record in flight
     assert b"moved" not in retention
@@ -81,8 +82,12 @@ def test_adopt_keeps_a_tracked_users_position() -> None:
 
 
 def test_memory_pressure_lowers_the_cap_once_per_growth() -> None:
-    retention = tracking([(b"u%d" % n, float(n)) for n in range(50)],
-                         max_users=100, safe_after_s=0, memory_cap_bytes=1000)
+    retention = tracking(
+        [(b"u%d" % n, float(n)) for n in range(50)],
+        max_users=100,
+        safe_after_s=0,
+        memory_cap_bytes=1000,
+    )
     assert not retention.note_resident(900)  # under the cap
     assert retention.note_resident(1200)
     assert retention.cap == 45

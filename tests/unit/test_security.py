@@ -219,7 +219,10 @@ def test_secrets_never_show(tmp_path: Path) -> None:
     settings = Settings(**SASL_SSL, redis_password=PASSWORD)  # type: ignore[arg-type]
     security = KafkaSecurity.from_settings(settings)
     shown = [
-        repr(settings), repr(security), security.describe(), repr(security.faust_credentials()),
+        repr(settings),
+        repr(security),
+        security.describe(),
+        repr(security.faust_credentials()),
         str(topics.BrokerUnreachable("k:9092", security)),
         str(RedisUnreachable(f"redis://u:{PASSWORD}@r:6379/0", "refused")),
     ]
@@ -251,7 +254,9 @@ def test_redact_url(url: str, shown: str) -> None:
 def test_redis_options() -> None:
     assert redis_options(Settings()) == {}
     settings = Settings(
-        redis_url="rediss://r:6380/0", redis_username="app", redis_password=PASSWORD,
+        redis_url="rediss://r:6380/0",
+        redis_username="app",
+        redis_password=PASSWORD,
         redis_ssl_cafile=CA,
     )
     assert redis_options(settings) == {

@@ -84,8 +84,15 @@ def test_bad_int_names_the_variable(name: str, raw: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["partitions", "dim", "top_k", "max_event_bytes", "dedup_window", "vector_flush_ms",
-     "fetch_max_wait_ms"],
+    [
+        "partitions",
+        "dim",
+        "top_k",
+        "max_event_bytes",
+        "dedup_window",
+        "vector_flush_ms",
+        "fetch_max_wait_ms",
+    ],
 )
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_non_positive_sizes_are_rejected(name: str, value: str) -> None:

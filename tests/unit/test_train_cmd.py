@@ -145,8 +145,11 @@ def test_an_empty_file_is_a_user_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("flag", "expected"), [((), 3600.0), (("--half-life", "60"), 60.0)])
 def test_half_life_is_saved_in_the_checkpoint(
-    sessions: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    flag: tuple[str, ...], expected: float,
+    sessions: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: tuple[str, ...],
+    expected: float,
 ) -> None:
     # Expected: the worker serving this checkpoint decays popularity as trained; auto
     # (no flag) is the live choice, 1 h.

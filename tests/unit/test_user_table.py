@@ -41,9 +41,10 @@ def table(
 
 
 def evicted(metrics: WorkerMetrics, reason: str) -> float:
-    return metrics.registry.get_sample_value(
-        "streamrec_users_evicted_total", {"reason": reason}
-    ) or 0.0
+    return (
+        metrics.registry.get_sample_value("streamrec_users_evicted_total", {"reason": reason})
+        or 0.0
+    )
 
 
 def write(users: UserTable, user: str, at: float) -> UserRecord:

@@ -14,10 +14,16 @@ def test_warning_level_leaves_library_debug_lines_disabled() -> None:
     root = logging.getLogger()
     saved = root.level, list(root.handlers)
     try:
-        app = streamrec_app("tlog", fetch_max_wait_ms=10, broker="kafka://127.0.0.1:1",
-                            store="memory://", autodiscover=False)
-        worker = StreamrecWorker(app, loglevel="warning", quiet=True, stdout=io.StringIO(),
-                                 stderr=io.StringIO())
+        app = streamrec_app(
+            "tlog",
+            fetch_max_wait_ms=10,
+            broker="kafka://127.0.0.1:1",
+            store="memory://",
+            autodiscover=False,
+        )
+        worker = StreamrecWorker(
+            app, loglevel="warning", quiet=True, stdout=io.StringIO(), stderr=io.StringIO()
+        )
         worker._setup_logging()
         assert root.level == logging.WARNING
         assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
