@@ -19,6 +19,10 @@ It also prints the rebuild CPU per click, amortised: a build is due every
 `rebuild_fraction * items` (at most `rebuild_max`) distinct changed rows, and a click
 changes the clicked item and the user's previous one; the clicks it takes to change that
 many distinct rows are counted on the benchmark's click stream (bench/workload.py).
+For comparison it times the alternative to a rebuild: FAISS's HNSW takes new nodes into
+a live graph (`add`), so a changed row could be inserted again (its old node marked
+stale) instead of rebuilding the graph; `rebuild_add_us_per_row` is that insertion's CPU
+per row into a graph of the same size, against `rebuild_cpu_us_per_row`.
 `run()` returns the figures for bench/run.py under `rebuild_*` keys.
 """
 
@@ -39,6 +43,7 @@ import numpy as np  # noqa: E402
 
 from bench.ann import DIM, model_like  # noqa: E402
 from bench.workload import click_stream  # noqa: E402
+from serving.ann import HnswParams, build_snapshot  # noqa: E402
 from serving.faiss_index import FaissIndex  # noqa: E402
 
 K = 50
@@ -106,6 +111,16 @@ def during_build(
     return figures
 
 
+def add_cost_us(vectors: np.ndarray, rows: int = 1_000) -> float:
+    """CPU per row of inserting `rows` more vectors into an HNSW graph of `vectors`."""
+    index = build_snapshot(vectors, len(vectors), HnswParams())
+    assert index is not None
+    extra = vectors[:rows] + np.float32(0.01)
+    start = time.thread_time()
+    index.index.add(extra)
+    return (time.thread_time() - start) / rows * 1e6
+
+
 def clicks_per_build(items: int, rows: int, seed: int = 1) -> float:
     """Clicks of the benchmark stream it takes to change `rows` distinct item rows."""
     changed: set[str] = set()
@@ -157,6 +172,7 @@ def run(
     finally:
         index.close()
     clicks = clicks_per_build(items, int(rows))
+    add_us = add_cost_us(vectors)
     build_cpu = min(normal["build_cpu_s"], niced["build_cpu_s"])
     figures: dict[str, Any] = {
         "rebuild_items": items,
@@ -171,6 +187,8 @@ def run(
         "rebuild_rows_per_build": rows,
         "rebuild_clicks_per_build": clicks,
         "rebuild_cpu_us_per_click": build_cpu / clicks * 1e6,
+        "rebuild_cpu_us_per_row": build_cpu / rows * 1e6,
+        "rebuild_add_us_per_row": add_us,
     }
     for label, run_ in (("nice0", normal), ("niced", niced)):
         figures[f"rebuild_query_p99_us_{label}"] = run_["p99_us"]
@@ -207,7 +225,9 @@ def report(figures: dict[str, Any]) -> str:
     lines.append(
         f"a build every {figures['rebuild_rows_per_build']:,.0f} distinct changed rows ="
         f" {figures['rebuild_clicks_per_build']:,.0f} clicks:"
-        f" {figures['rebuild_cpu_us_per_click']:,.0f} us of build CPU per click"
+        f" {figures['rebuild_cpu_us_per_click']:,.0f} us of build CPU per click,"
+        f" {figures['rebuild_cpu_us_per_row']:,.0f} us per changed row; inserting a row"
+        f" into the live graph instead: {figures['rebuild_add_us_per_row']:,.0f} us"
     )
     return "\n".join(lines)
 
