@@ -185,7 +185,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("latency_missing", "latency run: clicks never answered (timeout)"),
         ("max_rate_p99_20ms", "highest ladder rate with p99 <= 20 ms, events/s"),
         ("e2e_events_per_s_100k_2_workers", "end-to-end events/s, 100k, 2 workers"),
-        ("scaling_2_over_1_100k", "2 workers / 1 worker (worker 2 shares core 0)"),
+        ("scaling_2_over_1_100k", "2 workers / 1 worker (both on core 1)"),
         ("ann_qps_100k", "ANN queries/s, 100k items, one core"),
         ("ann_recall10_100k", "ANN recall@10, 100k items"),
         ("ann_qps_1m", "ANN queries/s, 1M items, one core"),
