@@ -8,8 +8,19 @@ timestamps or from polling the workers and Redis, never from the worker's own me
 - throughput: N clicks produced as fast as the producer goes into an idle worker;
   events/s = recommendations / (last - first recommendation record timestamp).
 - latency: clicks at 70% of that rate for a fixed time; per click, recommendation record
-  timestamp minus click record timestamp.
-- freshness: two workers in one group under background load; a probe user clicks item a
+  timestamp minus click record timestamp. Each latency run also reports its backlog: clicks
+  sent whose recommendation was not yet out when the last click was sent (a healthy run
+  has about rate x latency in flight; one whose queue grew has far more), clicks with no
+  recommendation within the timeout (`missing`: their latency is not in the percentiles)
+  and the time from the last click to the last recommendation (`drain_ms`).
+- rate ladder: latency runs of a fixed time at rising shares of the throughput
+  (`LADDER`), stopping at the first whose p99 exceeds `goal_ms` or that misses a
+  recommendation; `max_rate_p99_20ms` is the highest rate that met it (0: none did).
+- scaling: a second worker joins the group, on the worker core too (the machine has no
+  third core; on the services core it would compete with the broker, Redis and this
+  script), and the same throughput run is repeated; the ratio is two workers' events/s
+  over one's, so it shows what the group's coordination costs, not what a core gains.
+- freshness: the same two workers in one group under background load; a probe user clicks item a
   then item t; the time from the second click's record timestamp until both workers'
   `/api/items/t` and Redis show a newer version of t.
 """
@@ -24,7 +35,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +53,9 @@ from stream.settings import Settings
 
 SERVICES_CORE = 0
 WORKER_CORE = 1
+LADDER = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
+"""Rates of the latency ladder, as shares of the measured throughput."""
+SCALING_PLACEMENT = "both workers share core 1; the broker, Redis and the producer run on core 0"
 
 
 @contextlib.contextmanager
@@ -77,13 +91,13 @@ def bench_settings(stack: DevStack, workdir: Path, checkpoint: Path) -> Settings
 
 
 class Worker:
-    """One `streamrec worker` process pinned to the worker core."""
+    """One `streamrec worker` process pinned to `core`."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, core: int = WORKER_CORE) -> None:
         self.settings = settings
         self.log_path = log_path
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        with pinned(WORKER_CORE):
+        with pinned(core):
             self.process = start_worker(settings, log_path, timeout=600)
 
     @property
@@ -166,14 +180,71 @@ def latency(worker: Worker, events: list[dict[str, Any]], rate: float) -> dict[s
     )
     stamps = read_recommendations(settings, set(sent.sent_at_ms), timeout_s=120)
     waits = [stamps[e] - sent.sent_at_ms[e] for e in stamps]
+    nan = float("nan")
     return {
         "rate": rate,
         "events": len(events),
         "recommendations": len(stamps),
-        "latency_ms_p50": percentile(waits, 50),
-        "latency_ms_p99": percentile(waits, 99),
-        "latency_ms_p999": percentile(waits, 99.9),
+        **backlog(sent.sent_at_ms, stamps),
+        "latency_ms_p50": percentile(waits, 50) if waits else nan,
+        "latency_ms_p99": percentile(waits, 99) if waits else nan,
+        "latency_ms_p999": percentile(waits, 99.9) if waits else nan,
     }
+
+
+def backlog(sent_at_ms: dict[str, int], out_at_ms: dict[str, int]) -> dict[str, float]:
+    """From send and recommendation times (ms) by event id: `missing` (sent, never
+    answered), `backlog_at_end` (sent, not answered when the last click was sent) and
+    `drain_ms` (last click sent to last recommendation out; NaN with none out)."""
+    last_sent = max(sent_at_ms.values(), default=0)
+    answered = sum(out_at_ms[e] <= last_sent for e in sent_at_ms if e in out_at_ms)
+    return {
+        "missing": sum(e not in out_at_ms for e in sent_at_ms),
+        "backlog_at_end": len(sent_at_ms) - answered,
+        "drain_ms": max(out_at_ms.values()) - last_sent if out_at_ms else float("nan"),
+    }
+
+
+def climb(
+    rates: Sequence[float], measure: Callable[[int, float], dict[str, float]], goal_ms: float
+) -> tuple[list[dict[str, float]], float]:
+    """`measure(i, rate)` for each rate in order, up to and including the first whose p99
+    exceeds `goal_ms` or that has a click never answered. Returns the steps and the
+    highest rate that met the goal (0.0 when none did)."""
+    steps: list[dict[str, float]] = []
+    best = 0.0
+    for i, rate in enumerate(rates):
+        step = measure(i, rate)
+        steps.append(step)
+        if not (step["latency_ms_p99"] <= goal_ms and step["missing"] == 0):
+            break
+        best = rate
+    return steps, best
+
+
+def rate_ladder(
+    worker: Worker,
+    items: int,
+    top_rate: float,
+    seconds: float,
+    goal_ms: float = 20.0,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Latency runs of `seconds` at each `LADDER` share of `top_rate`, up to the first
+    that misses `goal_ms` at p99 (or loses a recommendation)."""
+
+    def measure(i: int, rate: float) -> dict[str, float]:
+        count = max(100, int(rate * seconds))
+        paced = click_stream(count, items=items, users=max(100, count // 10), seed=10 + i)
+        step = latency(worker, paced, rate)
+        log(
+            f"[{items} items] ladder {rate:.0f} clicks/s: p99 {step['latency_ms_p99']:.0f} ms,"
+            f" backlog at end {step['backlog_at_end']}, missing {step['missing']}"
+        )
+        return step
+
+    steps, best = climb([share * top_rate for share in LADDER], measure, goal_ms)
+    return {"goal_ms": goal_ms, "seconds": seconds, "steps": steps, "max_rate_p99_20ms": best}
 
 
 def freshness(
@@ -246,6 +317,35 @@ def freshness(
     }
 
 
+def scaling(worker: Worker, items: int, events: int, one: dict[str, float]) -> dict[str, Any]:
+    """The throughput run again, now that a second worker shares the group."""
+    settings = worker.settings
+    warm = click_stream(500, items=items, users=200, seed=98)
+    replay(
+        warm,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        progress=False,
+    )
+    read_recommendations(settings, {e["event_id"] for e in warm}, timeout_s=300)
+    stream = click_stream(events, items=items, users=max(100, events // 10), seed=4)
+    two = throughput(worker, stream)
+    return {
+        "placement": SCALING_PLACEMENT,
+        "one_worker_events_per_s": one["events_per_s"],
+        "two_workers_events_per_s": two["events_per_s"],
+        "ratio_2_over_1": two["events_per_s"] / one["events_per_s"],
+        "two_workers": two,
+    }
+
+
+def second_worker(settings: Settings, log_path: Path, core: int) -> Worker:
+    """Another worker in the same group, with its own web port and data directory."""
+    data_dir = Path(settings.data_dir) / log_path.stem
+    changed = dataclasses.replace(settings, web_port=free_port(), data_dir=str(data_dir))
+    return Worker(changed, log_path, core=core)
+
+
 def end_to_end(
     stack: DevStack,
     workdir: Path,
@@ -254,11 +354,13 @@ def end_to_end(
     *,
     events: int,
     latency_s: float = 0.0,
+    ladder_s: float = 0.0,
     with_freshness: bool = False,
     log: Any = print,
 ) -> dict[str, Any]:
     """Throughput at `items` items; with `latency_s`, latency at 70% of it; with
-    `with_freshness`, freshness across two workers."""
+    `ladder_s`, the rate ladder; with `with_freshness`, a second worker: scaling, then
+    freshness across the two."""
     settings = bench_settings(stack, workdir, checkpoint)
     Path(settings.data_dir).mkdir(parents=True)
     ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
@@ -289,16 +391,20 @@ def end_to_end(
                 seed=2,
             )
             result["latency"] = latency(worker, paced, rate)
+        if ladder_s:
+            log(f"[{items} items] rate ladder: {ladder_s:.0f} s per rate, up to p99 > 20 ms ...")
+            top = result["throughput"]["events_per_s"]
+            result["ladder"] = rate_ladder(worker, items, top, ladder_s, log=log)
         if with_freshness:
-            log(f"[{items} items] freshness: a second worker joins; probes under load ...")
-            second = Worker(
-                dataclasses.replace(
-                    settings, web_port=free_port(), data_dir=str(Path(settings.data_dir) / "second")
-                ),
-                workdir / f"worker-{items}-second.log",
-            )
+            log(f"[{items} items] scaling: a second worker joins (on the worker core) ...")
+            second = second_worker(settings, workdir / f"worker-{items}-second.log", WORKER_CORE)
             try:
-                time.sleep(10)  # the group rebalances onto both workers
+                # Its start-up rewrite of Redis would compete with the clicks; the group
+                # rebalances onto both workers meanwhile, or within the 10 s after.
+                second.wait_rebuilt()
+                time.sleep(10)
+                result["scaling"] = scaling(worker, items, events, result["throughput"])
+                log(f"[{items} items] freshness: probes under load ...")
                 load = click_stream(int(0.3 * rate * 30), items=items, users=2000, seed=3)
                 result["freshness"] = freshness([worker, second], items, load, 0.3 * rate)
             finally:

@@ -4,7 +4,8 @@
 
 Starts its own embedded broker and Redis, writes the catalogues it needs to a
 temporary directory, and prints the JSON report's path as its last line. `--quick`
-runs the 100k-item figures only, with fewer events (a smoke run, not the report).
+runs the 100k-item figures only, with fewer events and shorter latency runs (a smoke
+run that still produces every figure, not the report).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ GOALS = {
     "e2e_events_per_s_100k": (">=", 10_000),
     "e2e_events_per_s_1m": (">=", 3_000),
     "latency_ms_p99": ("<=", 20),
+    # The issue asks p99 <= 20 ms at 70% of the 10,000 events/s goal.
+    "max_rate_p99_20ms": (">=", 7_000),
     "ann_qps_100k": (">=", 15_000),
     "ann_recall10_100k": (">=", 0.95),
     "freshness_ms_p99": ("<=", 1000),
@@ -74,6 +77,16 @@ def ann_figures(quick: bool) -> dict[str, Any]:
     return figures  # type: ignore[no-any-return]
 
 
+def rebuild_figures(quick: bool) -> dict[str, Any]:
+    from bench import rebuild
+
+    items = 50_000 if quick else 100_000
+    with pinned(WORKER_CORE):
+        figures = rebuild.run(items, seconds=2.0, starve_s=3.0 if quick else 10.0, cpu=WORKER_CORE)
+    say(rebuild.report(figures))
+    return figures
+
+
 def run(quick: bool, out_dir: Path) -> Path:
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -81,6 +94,7 @@ def run(quick: bool, out_dir: Path) -> Path:
     # Each end-to-end run gets about `seconds` of clicks at the in-process rate, so a
     # slow configuration still finishes and a fast one is measured long enough.
     seconds = 5.0 if quick else 20.0
+    latency_s, ladder_s = (5.0, 3.0) if quick else (15.0, 10.0)
     sample = 1_000 if quick else 3_000
     report: dict[str, Any] = {
         "machine": machine(),
@@ -104,6 +118,7 @@ def run(quick: bool, out_dir: Path) -> Path:
             events[label] = int(min(50_000, max(1_000, seconds * ceiling["events_per_s"])))
 
         report.update(ann_figures(quick))
+        report.update(rebuild_figures(quick))
 
         with pinned(SERVICES_CORE):
             stack = start_stack(workdir / "services")
@@ -115,7 +130,8 @@ def run(quick: bool, out_dir: Path) -> Path:
                     catalogues[label],
                     items,
                     events=events[label],
-                    latency_s=15.0 if label == "100k" else 0.0,
+                    latency_s=latency_s if label == "100k" else 0.0,
+                    ladder_s=ladder_s if label == "100k" else 0.0,
                     with_freshness=label == "100k",
                     log=say,
                 )
@@ -125,6 +141,16 @@ def run(quick: bool, out_dir: Path) -> Path:
                     for key in ("latency_ms_p50", "latency_ms_p99", "latency_ms_p999"):
                         report[key] = figures["latency"][key]
                     report["latency_rate_events_per_s"] = figures["latency"]["rate"]
+                    report["latency_backlog_at_end"] = figures["latency"]["backlog_at_end"]
+                    report["latency_missing"] = figures["latency"]["missing"]
+                if "ladder" in figures:
+                    report["max_rate_p99_20ms"] = figures["ladder"]["max_rate_p99_20ms"]
+                if "scaling" in figures:
+                    report["e2e_events_per_s_100k_2_workers"] = figures["scaling"][
+                        "two_workers_events_per_s"
+                    ]
+                    report["scaling_2_over_1_100k"] = figures["scaling"]["ratio_2_over_1"]
+                    report["scaling_placement"] = figures["scaling"]["placement"]
                 if "freshness" in figures:
                     for key in ("freshness_ms_p50", "freshness_ms_p99"):
                         report[key] = figures["freshness"][key]
@@ -155,10 +181,18 @@ def print_table(report: dict[str, Any]) -> None:
         ("latency_ms_p50", "click-to-recommendation p50 ms"),
         ("latency_ms_p99", "click-to-recommendation p99 ms"),
         ("latency_ms_p999", "click-to-recommendation p99.9 ms"),
+        ("latency_backlog_at_end", "latency run: clicks not yet answered at its end"),
+        ("latency_missing", "latency run: clicks never answered (timeout)"),
+        ("max_rate_p99_20ms", "highest ladder rate with p99 <= 20 ms, events/s"),
+        ("e2e_events_per_s_100k_2_workers", "end-to-end events/s, 100k, 2 workers"),
+        ("scaling_2_over_1_100k", "2 workers / 1 worker (both on core 1)"),
         ("ann_qps_100k", "ANN queries/s, 100k items, one core"),
         ("ann_recall10_100k", "ANN recall@10, 100k items"),
         ("ann_qps_1m", "ANN queries/s, 1M items, one core"),
         ("ann_recall10_1m", "ANN recall@10, 1M items"),
+        ("rebuild_query_p99_us_nice0", "search p99 us during a rebuild, nice 0"),
+        ("rebuild_query_p99_us_niced", "search p99 us during a rebuild, nice 19"),
+        ("rebuild_cpu_us_per_click", "index rebuild CPU us per click, amortised"),
         ("freshness_ms_p50", "freshness p50 ms (both workers + Redis)"),
         ("freshness_ms_p99", "freshness p99 ms (both workers + Redis)"),
     ]

@@ -13,6 +13,8 @@ Both are plain data structures without locks: `FaissIndex` owns the locking.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +89,26 @@ def build_snapshot(
         if progress is not None:
             progress(start + len(chunk), size)
     return Snapshot(index, size, params.ef_search)
+
+
+def lower_thread_priority(nice: int) -> bool:
+    """Raise the calling thread's niceness to `nice`; True if it now runs at that level.
+
+    On Linux a nice value belongs to one thread, so a build thread can yield its core
+    to the event-loop thread that serves queries without slowing it: the scheduler
+    gives a nice-19 thread about 1.5% of a core that a nice-0 thread also wants, and
+    the whole core when that thread idles. Elsewhere it would renice the whole process,
+    so it does nothing. Never raises (an unprivileged thread cannot lower its niceness:
+    a process already niced past `nice` keeps its level). FAISS's OpenMP helper threads,
+    when there are several, keep their own level: the worker runs FAISS on one thread.
+    """
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError:
+        return False
+    return True
 
 
 class Delta:

@@ -11,11 +11,18 @@ always ranks by the newest vectors. When the delta outgrows `rebuild_fraction` o
 snapshot (or `rebuild_max` rows; new rows join the delta, so a catalogue that grows
 gets rebuilt long before it doubles), a background thread builds a new snapshot from a
 copy of the matrix and installs it together with the new delta under the lock, as one
-state change: a query sees either the old pair or the new one, never a mix.
+state change: a query sees either the old pair or the new one, never a mix. With
+`build_nice` > 0 that thread runs at that niceness (Linux, per thread:
+`serving.ann.lower_thread_priority`), so on a core shared with the event loop a build
+takes mostly the time the loop leaves idle instead of half the core; the price is that a
+loop that never idles slows the build down (nice 19: to about 1.5% of the core) while it
+keeps serving from the old snapshot and a growing delta. bench/rebuild.py measures both.
 
 Contract:
 - `upsert` is idempotent and O(dim) per vector; it starts a build when one is due and
   never waits for it (with `background=False` it builds inline instead: tests only).
+- A build `rebuild(wait=True)` waits for runs at normal priority (its caller is idle
+  meanwhile); builds started by `upsert` or `rebuild(wait=False)` run at `build_nice`.
 - `search` is best-first by inner product, never returns an excluded id, and returns
   min(k, len(index) - excluded present) results in both modes: when the snapshot
   yields too few survivors it widens the beam, then falls back to exact search.
@@ -43,7 +50,14 @@ import faiss
 import numpy as np
 
 from model.base import Scored
-from serving.ann import Delta, HnswParams, Progress, Snapshot, build_snapshot
+from serving.ann import (
+    Delta,
+    HnswParams,
+    Progress,
+    Snapshot,
+    build_snapshot,
+    lower_thread_priority,
+)
 
 _INITIAL_CAPACITY = 1024
 _score = itemgetter(0)
@@ -57,7 +71,8 @@ class FaissIndex:
     exact search there still answers ~6k queries/s on one core, and an HNSW build takes
     about a second; see bench/ann.py). `background=False` builds snapshots inline, in the
     `upsert` that makes one due (deterministic; for tests). `progress` is called from
-    the building thread with (rows added, rows total).
+    the building thread with (rows added, rows total). `build_nice`: the niceness of
+    background builds (0, the default, keeps the caller's priority).
     """
 
     def __init__(
@@ -70,6 +85,7 @@ class FaissIndex:
         rebuild_max: int = 5_000,
         background: bool = True,
         progress: Progress | None = None,
+        build_nice: int = 0,
     ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be positive, not {dim}")
@@ -79,6 +95,7 @@ class FaissIndex:
         self.rebuild_fraction = rebuild_fraction
         self.rebuild_max = rebuild_max
         self.background = background
+        self.build_nice = build_nice
         self._progress = progress
         self._vectors = np.zeros((_INITIAL_CAPACITY, dim), dtype=np.float32)
         self._ids: list[str] = []
@@ -148,7 +165,7 @@ class FaissIndex:
                     pending.add(row)
             due = self._rebuild_due()
         if due:
-            self._start_build()
+            self._start_build(self.build_nice)
 
     def rebuild(self, wait: bool = True) -> None:
         """Build a snapshot of the current matrix now, whatever its size (so a small
@@ -156,14 +173,14 @@ class FaissIndex:
         build already in flight is waited for first, and suffices when it left nothing
         in the delta. Without `wait`, start one unless one is in flight."""
         if not wait:
-            self._start_build()
+            self._start_build(self.build_nice)
             return
         self._join()
         with self._lock:
             snapshot = self._snapshot
             current = snapshot is not None and snapshot.size == len(self._ids) and not self._delta
         if not current:
-            self._start_build()
+            self._start_build(nice=0)
             self._join()
 
     def set_ef_search(self, ef_search: int) -> None:
@@ -210,13 +227,12 @@ class FaissIndex:
             raise ValueError(f"{nq} queries but {len(excludes)} exclude sets")
         with self._lock:
             snapshot, n = self._snapshot, len(self._ids)
-            if snapshot is None or k < 1 or n == 0:
-                return [
-                    self._search_locked(q[None], k, ex)
-                    for q, ex in zip(queries, excludes, strict=True)
-                ]
+            if k < 1 or n == 0 or nq == 0:
+                return [[] for _ in range(nq)]
             banned = [self._banned_rows(ex) for ex in excludes]
             most_banned = max(len(b) for b in banned)
+            if snapshot is None:  # exact: one brute-force pass for every query
+                return self._exact_many(queries, k, banned, most_banned)
             want = k + most_banned + min(len(self._delta), k)
             a_scores, a_rows = snapshot.search(queries, want)
             d_scores, d_rows = self._delta.search(queries, k + most_banned)
@@ -320,6 +336,20 @@ class FaissIndex:
                 break
         return results
 
+    def _exact_many(
+        self, queries: np.ndarray, k: int, banned: list[set[int]], most_banned: int
+    ) -> list[list[Scored]]:
+        n, ids = len(self._ids), self._ids
+        scores, rows = faiss.knn(
+            queries, self._vectors[:n], min(n, k + most_banned), metric=faiss.METRIC_INNER_PRODUCT
+        )
+        results = []
+        for i, ban in enumerate(banned):
+            pairs = zip(scores[i].tolist(), rows[i].tolist(), strict=True)
+            kept = [Scored(ids[row], score) for score, row in pairs if row >= 0 and row not in ban]
+            results.append(kept[: min(k, n - len(ban))])
+        return results
+
     # --- building -------------------------------------------------------------------
 
     def _rebuild_due(self) -> bool:
@@ -330,7 +360,7 @@ class FaissIndex:
         limit = min(self.rebuild_max, self.rebuild_fraction * self._snapshot.size)
         return len(self._delta) >= max(limit, 1)
 
-    def _start_build(self) -> None:
+    def _start_build(self, nice: int) -> None:
         with self._lock:
             if self._pending is not None or self._stop.is_set() or not self._ids:
                 return
@@ -341,13 +371,18 @@ class FaissIndex:
             matrix, size = self._vectors, len(self._ids)
             if self.background:
                 self._builder = threading.Thread(
-                    target=self._build, args=(matrix, size), name="faiss-index-build", daemon=True
+                    target=self._build,
+                    args=(matrix, size, nice),
+                    name="faiss-index-build",
+                    daemon=True,
                 )
                 self._builder.start()
                 return
-        self._build(matrix, size)
+        self._build(matrix, size, nice=0)
 
-    def _build(self, matrix: np.ndarray, size: int) -> None:
+    def _build(self, matrix: np.ndarray, size: int, nice: int) -> None:
+        if nice > 0 and threading.current_thread() is self._builder:
+            lower_thread_priority(nice)  # this thread only; it ends with the build
         try:
             snapshot = build_snapshot(matrix, size, self.hnsw, self._stop, self._progress)
         except Exception:

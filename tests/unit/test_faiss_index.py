@@ -7,6 +7,8 @@ test_index_contract.py against FaissIndex in both modes.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -16,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.base import Scored
-from serving.ann import HnswParams
+from serving.ann import HnswParams, lower_thread_priority
 from serving.faiss_index import FaissIndex
 
 
@@ -230,3 +232,41 @@ def test_set_ef_search_applies_now_and_to_later_builds() -> None:
     assert index.builds == 2 and index._snapshot.index.hnsw.efSearch == 200
     query = np.ones(8, dtype=np.float32)
     assert len(index.search(query, 10)) == 10
+
+
+def thread_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_background_builds_run_at_build_nice_and_only_that_thread() -> None:
+    """The build thread lowers its own priority; the caller's stays as it was, and a
+    build that `rebuild(wait=True)` waits for keeps the caller's priority."""
+    before = thread_nice()
+    if before >= 19:
+        pytest.skip("the process already runs at the lowest priority")
+    target = before + 1
+    seen: list[int] = []
+    ids, vectors = catalogue(300, 4)
+    index = FaissIndex(
+        4,
+        exact_below=10**6,
+        build_nice=target,
+        progress=lambda done, total: seen.append(thread_nice()),
+    )
+    index.upsert(ids, vectors)
+    index.rebuild(wait=True)  # waited for: the caller's priority
+    assert seen and set(seen) == {before}
+    seen.clear()
+    index.upsert(ids[:5], vectors[:5] * 2)
+    index.rebuild(wait=False)  # in the background: build_nice
+    index.rebuild(wait=True)  # joins that build; the delta it leaves is empty
+    index.close()
+    assert seen and set(seen) == {target}
+    assert thread_nice() == before
+
+
+def test_lower_thread_priority_refuses_non_positive_levels() -> None:
+    before = thread_nice()
+    assert lower_thread_priority(0) is False
+    assert thread_nice() == before

@@ -3,6 +3,7 @@
 `serving.faiss_index.FaissIndex` (what the worker serves from) and
 `model.index.ExactIndex` (what evaluation uses) must agree with each other and with a
 brute-force NumPy reference: best-first, never an excluded id, min(k, available) results.
+`search_many` (the batch form) is held to the same contract row by row.
 
 `FaissIndex` also runs forced into its approximate mode (an HNSW snapshot from the first
 upsert, plus the exact delta of rows written since): there exactness is replaced by
@@ -98,7 +99,19 @@ def check_search(
 ) -> None:
     """The whole search contract, tolerant only of the order within (near-)ties; with
     `exact=False`, only MIN_RECALL of the results need be among the true top k."""
-    results = index.search(query, k, exclude=exclude)
+    check_results(index.search(query, k, exclude=exclude), ids, vectors, query, k, exclude, exact)
+
+
+def check_results(
+    results: Sequence[Scored],
+    ids: list[str],
+    vectors: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    exclude: Collection[str],
+    exact: bool = True,
+) -> None:
+    """`check_search` on results already fetched (by `search` or one row of `search_many`)."""
     expected = reference(ids, vectors, query, k, exclude)
     assert all(isinstance(s, Scored) for s in results)
     assert len(results) == len(expected)
@@ -357,3 +370,61 @@ def test_upsert_twice_property(
             np.testing.assert_array_equal(index.vector(item), vector)  # type: ignore[attr-defined]
     assert len(index) == n
     check_search(index, ids, vectors, query, k, (), exact=is_exact(make_index))
+
+
+# --- search_many ------------------------------------------------------------------------
+
+
+def batch_search(index: ItemIndex) -> Callable[..., list[list[Scored]]]:
+    """The implementation's `search_many`; skips an implementation that has none yet."""
+    search_many = getattr(index, "search_many", None)
+    if search_many is None:
+        pytest.skip(f"{type(index).__name__} has no search_many")
+    return search_many  # type: ignore[no-any-return]
+
+
+def test_search_many_of_no_queries_is_empty(make_index: Factory) -> None:
+    index, _, _ = random_index(make_index, 20, 4, seed=0)
+    assert batch_search(index)(np.zeros((0, 4), dtype=np.float32), 5, []) == []
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_search_many_with_non_positive_k_returns_empty_rows(make_index: Factory, k: int) -> None:
+    index, _, _ = random_index(make_index, 20, 4, seed=0)
+    assert batch_search(index)(np.ones((3, 4), dtype=np.float32), k, [(), (), ()]) == [[], [], []]
+
+
+def test_search_many_applies_each_rows_own_excludes(make_index: Factory) -> None:
+    index = make_index(2)
+    index.upsert(["a", "b", "c", "d"], np.array([[1, 0], [0, 1], [2, 0], [-1, 0]], np.float32))
+    queries = np.array([[1, 0], [1, 0], [-1, 0.5]], dtype=np.float32)
+    results = batch_search(index)(queries, 2, [{"c"}, (), ["b", "missing"]])
+    assert [ids_of(row) for row in results] == [["a", "b"], ["c", "a"], ["d", "a"]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios(), st.integers(0, 6), st.integers(0, 2**32 - 1))
+def test_search_many_contract_property(
+    make_index: Factory,
+    scenario: tuple[int, int, int, bool, int, list[int]],
+    nq: int,
+    seed2: int,
+) -> None:
+    n, dim, seed, integer, k, _ = scenario
+    index, ids, vectors, _ = build(make_index, n, dim, seed, integer)
+    search_many = batch_search(index)
+    rng = np.random.default_rng(seed2)
+    if integer:
+        queries = rng.integers(-2, 3, size=(nq, dim)).astype(np.float32)
+    else:
+        queries = rng.standard_normal((nq, dim)).astype(np.float32)
+    # Each row its own exclusions, some of ids the index does not hold.
+    excludes = [
+        {f"item-{i}" for i in rng.integers(0, n + 5, size=int(rng.integers(0, n + 3)))}
+        for _ in range(nq)
+    ]
+    results = search_many(queries, k, excludes)
+    assert len(results) == nq
+    for row, query, exclude in zip(results, queries, excludes, strict=True):
+        check_results(row, ids, vectors, query, k, exclude, exact=is_exact(make_index))
+        assert len(row) == min(max(k, 0), len(set(ids) - exclude))
