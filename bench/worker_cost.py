@@ -9,8 +9,10 @@ default) the model costs a few microseconds, so the figure is the pipeline's own
 decoding, dedup, records, metrics, producing and committing.
 
 Also printed: end-to-end events/s (recommendation record timestamps, first to last) and
-the worker's idle CPU rate, measured over a few seconds before the load (its timers),
-which the per-click figure includes for the seconds the run lasts.
+the worker's idle CPU rate, measured over a few seconds before the load (its fetch
+loops and timers), which the per-click figure includes for the seconds the run lasts;
+`net_of_idle_us_per_click` takes it out. On a shared machine a slower run costs more
+per click (longer wall time, smaller batches): compare runs made back to back.
 
     python -m bench.worker_cost --events 30000 [--model popularity|covisit|torch]
         [--items 100000] [--profile profile.txt]
@@ -36,6 +38,7 @@ import psutil
 
 from bench.e2e import Worker, bench_settings, read_recommendations
 from bench.workload import click_stream, write_catalogue
+from stream.dev.harness import scrape_metric
 from stream.dev.services import start_stack
 from stream.kafka.producer import replay
 from stream.kafka.topics import ensure_topics
@@ -130,6 +133,9 @@ def measure(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
         profiler.wait(30)
     first, last = min(stamps.values()), max(stamps.values())
     clicks = len(stamps)
+    url = f"{worker.url}/metrics"
+    batches = scrape_metric(url, "streamrec_batch_clicks_count")
+    batched = scrape_metric(url, "streamrec_batch_clicks_sum")
     return {
         "model": args.model,
         "items": args.items,
@@ -137,9 +143,16 @@ def measure(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
         "recommendations": clicks,
         "worker_cpu_s": round(after - before, 3),
         "worker_cpu_us_per_click": round((after - before) / max(1, clicks) * 1e6, 1),
+        # The idle worker's own rate (fetch loops, timers) taken out: what the clicks
+        # cost beyond it. Both figures fall as throughput rises.
+        "net_of_idle_us_per_click": round(
+            max(0.0, after - before - idle_rate * wall) / max(1, clicks) * 1e6, 1
+        ),
         "idle_cpu_share": round(idle_rate, 4),
         "wall_s": round(wall, 2),
         "events_per_s": round((clicks - 1) / max(1e-3, (last - first) / 1000), 1),
+        # Over the worker's life, warm-up included; absent from workers without it.
+        "mean_batch_clicks": round(batched / batches, 1) if batches and batched else None,
     }
 
 

@@ -6,6 +6,7 @@ Label values are bounded (reasons and stages from fixed lists; never user or ite
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from typing import Any
 
@@ -241,9 +242,8 @@ def observe_many(histogram: Any, value: float, count: int) -> None:
             histogram.observe(value)
         return
     histogram._sum.inc(value * count)
-    index = int(np.searchsorted(bounds, value, side="left"))
-    if index < len(buckets):  # NaN lands in no bucket, as with observe()
-        buckets[index].inc(count)
+    if value == value:  # NaN lands in no bucket, as with observe()
+        buckets[bisect.bisect_left(bounds, value)].inc(count)
 
 
 def observe_values(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
