@@ -83,6 +83,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             settings,
             model=args.model,
             checkpoint=str(checkpoint) if args.model == "torch" else "",
+            **({"batch_wait_ms": args.batch_wait_ms} if args.batch_wait_ms is not None else {}),
         )
         Path(settings.data_dir).mkdir(parents=True)
         ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
@@ -138,6 +139,7 @@ def measure(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
     batched = scrape_metric(url, "streamrec_batch_clicks_sum")
     return {
         "model": args.model,
+        "batch_wait_ms": settings.batch_wait_ms,
         "items": args.items,
         "events": args.events,
         "recommendations": clicks,
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--model", default="popularity", choices=("popularity", "covisit", "torch"))
     parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument(
+        "--batch-wait-ms", type=int, default=None, help="the worker's STREAMREC_BATCH_WAIT_MS"
+    )
     parser.add_argument("--profile", default="", help="write the worker's profile here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="worker-cost-") as tmp:
