@@ -192,7 +192,7 @@ class ClickProcessor:
         offset: int = -1,
     ) -> Outcome:
         """Apply one click to the user's `record`: `process_batch` with a batch of one
-        (the pull API's tests and tools use it). `recommendation` is None and
+        (tests and the in-process benchmark use it). `recommendation` is None and
         `duplicate` True when `event_id` was already applied."""
         accepted = Accepted(click, click.user_id.encode(), event_id, clicked_at, source, offset)
         outcome = self.process_batch([accepted], lambda _key: record)
