@@ -17,6 +17,11 @@ per click (longer wall time, smaller batches): compare runs made back to back.
     python -m bench.worker_cost --events 30000 [--model popularity|covisit|torch]
         [--items 100000] [--profile profile.txt]
 
+`--in-process` measures instead the worker's own batch path alone, in this process:
+`BatchApplier.apply` over the same model, a dict for the user table and sinks that
+resolve at once (no Kafka client, no Faust), in batches of `--batch` clicks; CPU time
+per click. That is the part of the per-click cost this repository's worker code owns.
+
 `--profile` attaches a sampling profiler (py-spy, when installed) to the worker for the
 run and writes its raw collapsed stacks there. The last line of output is one JSON object.
 """
@@ -24,6 +29,7 @@ run and writes its raw collapsed stacks there. The last line of output is one JS
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import shutil
 import subprocess
@@ -38,10 +44,18 @@ import psutil
 
 from bench.e2e import Worker, bench_settings, read_recommendations
 from bench.workload import click_stream, write_catalogue
+from model.registry import build_recommender
 from stream.dev.harness import scrape_metric
 from stream.dev.services import start_stack
+from stream.events import Click
 from stream.kafka.producer import replay
 from stream.kafka.topics import ensure_topics
+from stream.metrics import WorkerMetrics
+from stream.worker.applier import BatchApplier
+from stream.worker.pipeline import Accepted, ClickProcessor
+from stream.worker.retention import UserRetention
+from stream.worker.users import UserTable
+from stream.worker.views import RecentRecommendations
 
 IDLE_SAMPLE_S = 3.0
 
@@ -158,6 +172,64 @@ def measure(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
     }
 
 
+def in_process(args: argparse.Namespace) -> dict[str, Any]:
+    metrics = WorkerMetrics()
+    model = build_recommender(args.model)
+    processor = ClickProcessor(model, None, metrics, top_k=20, exclude="seen", dedup_window=128)
+    users = UserTable(
+        {},
+        UserRetention(safe_after_s=0),
+        metrics,
+        partitions=4,
+        owned_partitions=lambda: range(4),
+    )
+    loop = asyncio.new_event_loop()
+
+    async def send_recommendation(key: bytes, value: bytes) -> Any:
+        done = loop.create_future()
+        done.set_result(None)
+        return done
+
+    applier = BatchApplier(
+        processor,
+        users,
+        send_deltas=list,
+        send_recommendation=send_recommendation,
+        metrics=metrics,
+        index=[],
+        recent=RecentRecommendations(),
+    )
+    events = click_stream(args.events, items=args.items, users=max(100, args.events // 10), seed=1)
+    now = time.time()
+    accepted = [
+        Accepted(
+            Click(e["user_id"], e["item_id"], e["timestamp"], event_id=e["event_id"]),
+            e["user_id"].encode(),
+            e["event_id"],
+            now,
+            "c0",
+            offset,
+        )
+        for offset, e in enumerate(events)
+    ]
+
+    async def run_all() -> None:
+        for start in range(0, len(accepted), args.batch):
+            await applier.apply(accepted[start : start + args.batch])
+
+    started = time.process_time()
+    loop.run_until_complete(run_all())
+    seconds = time.process_time() - started
+    loop.close()
+    return {
+        "model": args.model,
+        "in_process": True,
+        "batch": args.batch,
+        "events": len(accepted),
+        "cpu_us_per_click": round(seconds / len(accepted) * 1e6, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=30_000)
@@ -167,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-wait-ms", type=int, default=None, help="the worker's STREAMREC_BATCH_WAIT_MS"
     )
     parser.add_argument("--profile", default="", help="write the worker's profile here")
+    parser.add_argument("--in-process", action="store_true", help="the batch path alone")
+    parser.add_argument("--batch", type=int, default=32, help="clicks per batch (--in-process)")
     args = parser.parse_args(argv)
+    if args.in_process:
+        print(orjson.dumps(in_process(args)).decode())
+        return 0
     with tempfile.TemporaryDirectory(prefix="worker-cost-") as tmp:
         result = run(args, Path(tmp))
     print(orjson.dumps(result).decode())

@@ -70,7 +70,7 @@ class OnlineQuality:
         if not previous:
             return None
         try:
-            reciprocal_rank = 1.0 / (list(previous).index(clicked) + 1)
+            reciprocal_rank = 1.0 / (previous.index(clicked) + 1)
         except ValueError:
             reciprocal_rank = 0.0
         self._reciprocal_ranks.append(reciprocal_rank)
@@ -105,8 +105,11 @@ class OnlineQuality:
         self._shown.append(shown)
         self._shown_counts.update(shown)
         if len(self._shown) > self.window:
-            old = self._shown.popleft()
-            self._shown_counts.subtract(old)
-            for item in old:
-                if self._shown_counts[item] <= 0:
-                    del self._shown_counts[item]
+            counts = self._shown_counts
+            # One pass instead of Counter.subtract and a sweep for zeros (per click).
+            for item in self._shown.popleft():
+                left = counts[item] - 1
+                if left > 0:
+                    counts[item] = left
+                else:
+                    del counts[item]
