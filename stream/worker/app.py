@@ -95,10 +95,6 @@ def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
         # What this worker produces is at most about max_event_bytes (a forwarded click,
         # a dead letter cut to that size) plus headers; Faust's default is 1,000,000.
         producer_max_request_size=max(1_000_000, settings.max_event_bytes + 65_536),
-        # Up to 2 ms for more records to join a produce request: with none (Faust's
-        # default) a batch's recommendations, deltas and changelog writes leave in many
-        # small requests, whose socket writes cost more CPU than the clicks themselves.
-        producer_linger=0.002,
     )
 
 
