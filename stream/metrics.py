@@ -6,6 +6,11 @@ Label values are bounded (reasons and stages from fixed lists; never user or ite
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Click-to-recommendation latency is milliseconds when healthy; the tail buckets keep
@@ -223,6 +228,51 @@ class WorkerMetrics:
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""
         return generate_latest(self.registry)
+
+
+def observe_many(histogram: Any, value: float, count: int) -> None:
+    """`histogram.observe(value)` `count` times, at the cost of one: a batch's stage
+    timings are observed once per batch as the per-event average, so the histogram
+    still counts events. `histogram` is a Histogram without labels, or one child."""
+    if count <= 0:
+        return
+    buckets, bounds = _internals(histogram)
+    if buckets is None:
+        for _ in range(count):
+            histogram.observe(value)
+        return
+    histogram._sum.inc(value * count)
+    if value == value:  # NaN lands in no bucket, as with observe()
+        buckets[bisect.bisect_left(bounds, value)].inc(count)
+
+
+def observe_values(histogram: Any, values: Sequence[float] | np.ndarray) -> None:
+    """`histogram.observe(v)` for each of `values`, with one increment per bucket hit
+    instead of one call per value (a batch's click-to-recommendation latencies)."""
+    if len(values) == 0:
+        return
+    buckets, bounds = _internals(histogram)
+    if buckets is None:
+        for value in values:
+            histogram.observe(float(value))
+        return
+    array = np.asarray(values, dtype=np.float64)
+    histogram._sum.inc(float(array.sum()))
+    hits = np.bincount(np.searchsorted(bounds, array, side="left"), minlength=len(buckets))
+    for bucket, hit in zip(buckets, hits.tolist(), strict=False):
+        if hit:
+            bucket.inc(hit)
+
+
+def _internals(histogram: Any) -> tuple[Any, Any]:
+    """The histogram's per-bucket counters (not cumulative; a value counts in the first
+    bucket whose upper bound is >= it, as `Histogram.observe` does) and their bounds,
+    or (None, None) if this prometheus_client keeps them elsewhere."""
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if buckets is None or bounds is None or not hasattr(histogram, "_sum"):
+        return None, None
+    return buckets, bounds
 
 
 def exported_names(metrics: WorkerMetrics) -> set[str]:

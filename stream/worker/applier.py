@@ -3,7 +3,7 @@
 Every click is applied once, even across crashes and rebalances, because of the order in
 which a batch's effects reach Kafka (`BatchApplier.apply`):
 
-1. the clicks are applied in memory (`ClickProcessor.process`), each user's newest
+1. the clicks are applied in memory (`ClickProcessor.process_batch`), each user's newest
    record held in flight;
 2. the item-vector deltas of the batch are sent to the items' owners, and the
    recommendations to their topic, and the batch waits until the broker has all of
@@ -23,12 +23,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sized
-from dataclasses import dataclass
 from typing import Any
 
-from stream.events import Click, Recommendation
-from stream.metrics import WorkerMetrics
-from stream.worker.pipeline import ClickProcessor, UserRecord
+from stream.metrics import WorkerMetrics, observe_many, observe_values
+from stream.worker.pipeline import Accepted, BatchOutcome, ClickProcessor
 from stream.worker.users import UserTable
 from stream.worker.views import RecentRecommendations
 
@@ -38,18 +36,6 @@ SendDeltas = Callable[[], list[Awaitable[Any]]]
 # Sends one recommendation (user key, JSON value); the coroutine returns what resolves
 # once the broker has it (faust's Topic.send).
 SendRecommendation = Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A valid click to apply, with where it was read (its deltas' idempotence key)."""
-
-    click: Click
-    user_key: bytes
-    event_id: str
-    clicked_at: float
-    source: str
-    offset: int
 
 
 class BatchApplier:
@@ -86,46 +72,36 @@ class BatchApplier:
         until the broker has acknowledged every send; a send that fails raises here,
         before any record is written. Clicks already applied (by event id) emit
         nothing."""
-        records: dict[bytes, UserRecord] = {}
-        emitted: list[tuple[Accepted, Recommendation]] = []
-        for accepted in batch:
-            record = self.users.current_record(accepted.user_key) or self.processor.new_record()
-            outcome = self.processor.process(
-                accepted.click,
-                record,
-                accepted.event_id,
-                accepted.clicked_at,
-                source=accepted.source,
-                offset=accepted.offset,
-            )
-            if outcome.recommendation is not None:
-                records[accepted.user_key] = outcome.record
-                self.users.hold(accepted.user_key, outcome.record)
-                emitted.append((accepted, outcome.recommendation))
-        if not emitted:
+        outcome = self.processor.process_batch(batch, self.users.current_record)
+        if not outcome.applied:
             return
+        for user_key, record in outcome.records.items():
+            self.users.hold(user_key, record)
         started = time.perf_counter()
         pending = self.send_deltas()
-        for accepted, recommendation in emitted:
-            pending.append(
-                await self.send_recommendation(accepted.user_key, recommendation.to_json())
-            )
+        send = self.send_recommendation
+        for accepted, value in zip(outcome.applied, outcome.values, strict=True):
+            pending.append(await send(accepted.user_key, value))
         await asyncio.gather(*pending)
         # Only the newest record of a user is written: if the other agent applied a
         # later click meanwhile, its record includes this one's and it writes.
-        self.users.write_newest(records)
-        self._measure(emitted, time.perf_counter() - started)
+        self.users.write_newest(outcome.records)
+        self._measure(outcome, time.perf_counter() - started)
         self.users.evict_users()
 
-    def _measure(self, emitted: list[tuple[Accepted, Recommendation]], seconds: float) -> None:
-        per_event = seconds / len(emitted)
-        now = time.time()
+    def _measure(self, outcome: BatchOutcome, seconds: float) -> None:
+        """The batch's metrics, once per batch: per-event produce time, recommendations
+        emitted, click-to-recommendation latency of each click, the index size."""
         metrics = self.metrics
-        for accepted, recommendation in emitted:
-            metrics.stage_seconds.labels(stage="produce").observe(per_event)
-            metrics.recommendations_emitted.inc()
-            self.recent.add(recommendation)
-            metrics.click_to_recommendation.observe(max(0.0, now - accepted.clicked_at))
+        n = len(outcome.applied)
+        observe_many(metrics.stage_seconds.labels(stage="produce"), seconds / n, n)
+        metrics.recommendations_emitted.inc(n)
+        self.recent.add_encoded(outcome.values)
+        now = time.time()
+        observe_values(
+            metrics.click_to_recommendation,
+            [max(0.0, now - a.clicked_at) for a in outcome.applied if a.clicked_at is not None],
+        )
         metrics.index_items.set(len(self.index))
 
 

@@ -1,74 +1,44 @@
-"""One accepted click's path, independent of Faust so it reads and tests top to bottom:
+"""A batch of accepted clicks' path, independent of Faust so it reads and tests top to
+bottom:
 
 dedup by event id -> user context update and item representation update (the model,
 which also upserts the changed item vectors into its FAISS index) -> the item changes to
-their owners (`DeltaTracker`) and the user vector queued for Redis (`VectorPublisher`,
-flushed off this path) -> top-K with the exclusion policy -> the recommendation event.
+their owners (`DeltaTracker`) and the user vectors queued for Redis (`VectorPublisher`,
+flushed off this path) -> top-K with the exclusion policy -> the recommendation events.
 
-The Faust agents in `stream/worker/app.py` feed it and persist the `UserRecord` it returns.
+The batch goes through as a batch: one model call to learn (`learn_many`) and one to
+rank (`recommend_many`) when the model has them, else its one-event methods in a loop
+with the same results, and metrics observed once per batch. The Faust agents in
+`stream/worker/app.py` feed it and persist the `UserRecord`s it returns.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
-import orjson
-
-from model.base import Interaction, Recommender, UserContext
-from stream.events import Click, Recommendation, RecommendedItem
+from model.base import Interaction, Recommender, Scored, Update, UserContext
+from stream.events import Click, Recommendation, RecommendedItem, encode_recommendation
 from stream.items.ledger import DeltaTracker
-from stream.metrics import WorkerMetrics
+from stream.metrics import WorkerMetrics, observe_many, observe_values
 from stream.worker.publisher import VectorPublisher
 from stream.worker.quality import OnlineQuality
+from stream.worker.records import UserRecord
 
 
 @dataclass(frozen=True, slots=True)
-class UserRecord:
-    """What the worker's user table holds per user: the model context, the ids of the
-    user's most recent applied events (to skip repeats) and the items last recommended
-    (to score the next click for live quality)."""
+class Accepted:
+    """A valid click to apply, with where it was read (its deltas' idempotence key).
+    `clicked_at` (the click's record timestamp) starts the latency and freshness
+    measurements; None skips them."""
 
-    context: UserContext
-    event_ids: tuple[str, ...] = ()
-    last_recommended: tuple[str, ...] = ()
-    applied: int = 0  # clicks applied to this user, ever: what a fault test counts
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
-                "context": self.context.to_dict(),
-                "event_ids": self.event_ids,
-                "last_recommended": self.last_recommended,
-                "applied": self.applied,
-            }
-        )
-
-    @classmethod
-    def last_timestamp_of(cls, raw: bytes) -> float:
-        """`from_bytes(raw).context.last_timestamp`, read without decoding the record
-        (about 1 us instead of 50-90 us for a torch user): a worker reads it for every
-        user it recovers. Falls back to a full decode when the field is not found."""
-        start = raw.rfind(b'"last_timestamp":')
-        if start >= 0:
-            start += len(b'"last_timestamp":')
-            end = min(i for i in (raw.find(b",", start), raw.find(b"}", start)) if i >= 0)
-            try:
-                return float(raw[start:end])
-            except ValueError:
-                pass
-        return cls.from_bytes(raw).context.last_timestamp
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> UserRecord:
-        data = orjson.loads(raw)
-        return cls(
-            UserContext.from_dict(data["context"]),
-            tuple(data["event_ids"]),
-            tuple(data.get("last_recommended", ())),
-            int(data.get("applied", 0)),
-        )
+    click: Click
+    user_key: bytes
+    event_id: str
+    clicked_at: float | None
+    source: str = ""
+    offset: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +51,101 @@ class Outcome:
     duplicate: bool = False
 
 
+@dataclass(slots=True)
+class BatchOutcome:
+    """What a batch produced. `applied` are the clicks applied, in order (repeats of an
+    applied event id left out); `values[i]` is the encoded recommendation event of
+    `applied[i]` and `ranked[i]` its items; `records` maps the key of each user with an
+    applied click to the user's newest record, which includes all of them."""
+
+    applied: list[Accepted] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    ranked: list[list[Scored]] = field(default_factory=list)
+    records: dict[bytes, UserRecord] = field(default_factory=dict)
+    emitted_at: float = 0.0
+
+
+def _learn_many(
+    recommender: Recommender,
+    contexts: Mapping[str, UserContext],
+    interactions: Sequence[Interaction],
+) -> list[Update]:
+    """`recommender.learn_many` if it has it, else `learn_one` in order, each user's
+    later click learning on the context its earlier one produced."""
+    learn_many = getattr(recommender, "learn_many", None)
+    if learn_many is not None:
+        return list(learn_many(contexts, interactions))
+    current = dict(contexts)
+    updates = []
+    for interaction in interactions:
+        update = recommender.learn_one(current[interaction.user_id], interaction)
+        current[interaction.user_id] = update.context
+        updates.append(update)
+    return updates
+
+
+def _recommend_many(
+    recommender: Recommender,
+    contexts: Sequence[UserContext],
+    k: int,
+    excludes: Sequence[Collection[str]],
+) -> list[list[Scored]]:
+    """`recommender.recommend_many` if it has it, else `recommend` for each context."""
+    recommend_many = getattr(recommender, "recommend_many", None)
+    if recommend_many is not None:
+        return list(recommend_many(contexts, k, excludes))
+    return [
+        recommender.recommend(context, k, exclude=exclude)
+        for context, exclude in zip(contexts, excludes, strict=True)
+    ]
+
+
+@dataclass(slots=True)
+class _Learned:
+    """The model's answers for a batch and the time each half took."""
+
+    updates: list[Update]
+    ranked: list[list[Scored]]
+    model_seconds: float
+    search_seconds: float
+
+
+def _learn_and_rank(
+    recommender: Recommender,
+    contexts: Mapping[str, UserContext],
+    interactions: Sequence[Interaction],
+    k: int,
+    exclude_of: Callable[[UserContext, Interaction], Collection[str]],
+) -> _Learned:
+    """Learn from `interactions` and rank for each. A model with `learn_many` learns
+    the whole batch in one call and then ranks for every click (`recommend_many` if it
+    has it): each click's recommendation then also reflects the item changes of the
+    clicks after it in the batch. A model without it goes one click at a time, learn
+    then rank, exactly as single clicks do."""
+    started = time.perf_counter()
+    if getattr(recommender, "learn_many", None) is not None:
+        updates = _learn_many(recommender, contexts, interactions)
+        learned = time.perf_counter()
+        excludes = [exclude_of(u.context, i) for u, i in zip(updates, interactions, strict=True)]
+        ranked = _recommend_many(recommender, [u.context for u in updates], k, excludes)
+        return _Learned(updates, ranked, learned - started, time.perf_counter() - learned)
+    current = dict(contexts)
+    updates, ranked = [], []
+    searching = 0.0
+    for interaction in interactions:
+        update = recommender.learn_one(current[interaction.user_id], interaction)
+        current[interaction.user_id] = update.context
+        updates.append(update)
+        learned = time.perf_counter()
+        ranked.append(
+            recommender.recommend(
+                update.context, k, exclude=exclude_of(update.context, interaction)
+            )
+        )
+        searching += time.perf_counter() - learned
+    return _Learned(updates, ranked, time.perf_counter() - started - searching, searching)
+
+
 class ClickProcessor:
     """Applies accepted clicks to the model, the vector store and the index.
 
@@ -88,8 +153,8 @@ class ClickProcessor:
     owners (stream/items/ledger.py); without one they are dropped, which only a single
     process without Redis item vectors (tests, the in-process benchmark) can afford.
     `publisher` receives the user vectors. Not thread-safe; the worker calls it from
-    the agent's single task, one event at a time per partition, which is what keeps
-    per-user updates ordered.
+    its event loop, one batch at a time, and a batch holds each partition's clicks in
+    order, which is what keeps per-user updates ordered.
     """
 
     def __init__(
@@ -126,86 +191,169 @@ class ClickProcessor:
         source: str = "",
         offset: int = -1,
     ) -> Outcome:
-        """Apply one click. Idempotent per `event_id` within the user's dedup window.
-        A click older than the user's last one is applied with a zero time gap and
-        counted (`streamrec_events_out_of_order_total`).
-
-        `clicked_at` (the click's record timestamp) is the start of the vector
-        freshness measurements; None skips them. `source` and `offset` say where the
-        click was read; they tag its item-vector deltas (stream/items/ledger.py).
-        """
-        if event_id in record.event_ids:
-            self.metrics.duplicates_skipped.inc()
+        """Apply one click to the user's `record`: `process_batch` with a batch of one
+        (tests and the in-process benchmark use it). `recommendation` is None and
+        `duplicate` True when `event_id` was already applied."""
+        accepted = Accepted(click, click.user_id.encode(), event_id, clicked_at, source, offset)
+        outcome = self.process_batch([accepted], lambda _key: record)
+        if not outcome.applied:
             return Outcome(record, None, duplicate=True)
-
-        # Out of order (older than the user's last applied event): applied in arrival
-        # order all the same, since it happened and dropping it would lose it; the model
-        # sees the user's last time, so a time gap is never negative.
-        timestamp = click.timestamp
-        if timestamp < record.context.last_timestamp:
-            self.metrics.events_out_of_order.inc()
-            timestamp = record.context.last_timestamp
-
-        self.quality.score_click(record.last_recommended, click.item_id)
-        stage = self.metrics.stage_seconds
-        started = time.perf_counter()
-        interaction = Interaction(
-            user_id=click.user_id,
-            item_id=click.item_id,
-            timestamp=timestamp,
-            event_type=click.event_type,
-            session_id=click.session_id,
-        )
-        update = self.recommender.learn_one(record.context, interaction)
-        after_model = time.perf_counter()
-        self.metrics.model_updates.inc()
-        if update.loss is not None:
-            self._loss_average = (
-                update.loss
-                if self._loss_average is None
-                else 0.99 * self._loss_average + 0.01 * update.loss
-            )
-            self.metrics.model_loss.set(self._loss_average)
-        # model_update includes the model's own index upserts of the vectors it changed.
-        stage.labels(stage="model_update").observe(after_model - started)
-        if clicked_at is not None and update.item_changes:
-            self.metrics.vector_freshness.labels(store="index").observe(
-                max(0.0, time.time() - clicked_at)
-            )
-        if self.tracker is not None:
-            # Item vectors have one writer each, the item's owner: it gets the deltas
-            # and writes Redis (stream/items/sync.py). This worker writes the user's.
-            for item_id, change in update.item_changes.items():
-                self.tracker.record(
-                    item_id,
-                    change.before,
-                    change.after,
-                    source=source,
-                    offset=offset,
-                    clicked_at=clicked_at,
-                )
-        if self.publisher is not None and update.user_vector is not None:
-            self.publisher.submit({}, click.user_id, update.user_vector)
-
-        items = self.recommender.recommend(
-            update.context, self.top_k, exclude=self._excluded(update.context, click)
-        )
-        stage.labels(stage="search").observe(time.perf_counter() - after_model)
-
-        event_ids = (*record.event_ids, event_id)[-self.dedup_window :]
         recommendation = Recommendation(
             user_id=click.user_id,
-            items=tuple(RecommendedItem(s.item_id, s.score) for s in items),
+            items=tuple(RecommendedItem(s.item_id, s.score) for s in outcome.ranked[0]),
             model_version=self.recommender.version,
             source_event_id=event_id,
             event_time=click.timestamp,
-            emitted_at=time.time(),
+            emitted_at=outcome.emitted_at,
         )
-        shown = tuple(s.item_id for s in items)
-        self.quality.record_shown(shown)
-        return Outcome(
-            UserRecord(update.context, event_ids, shown, record.applied + 1), recommendation
+        return Outcome(outcome.records[accepted.user_key], recommendation)
+
+    def process_batch(
+        self, batch: Sequence[Accepted], record_of: Callable[[bytes], UserRecord | None]
+    ) -> BatchOutcome:
+        """Apply `batch` in order. `record_of(user_key)` is the user's record before the
+        batch (None: a new user); it is asked once per user. Idempotent per event id
+        within each user's dedup window, a later click of the batch included. A click
+        older than its user's last one is applied with a zero time gap and counted
+        (`streamrec_events_out_of_order_total`). `source` and `offset` tag each click's
+        item-vector deltas (stream/items/ledger.py)."""
+        before: dict[bytes, UserRecord] = {}
+        event_ids: dict[bytes, tuple[str, ...]] = {}
+        last_time: dict[bytes, float] = {}
+        applied: list[Accepted] = []
+        interactions: list[Interaction] = []
+        duplicates = late = 0
+        for accepted in batch:
+            key, click = accepted.user_key, accepted.click
+            ids = event_ids.get(key)
+            if ids is None:
+                record = before[key] = record_of(key) or self.new_record()
+                ids = event_ids[key] = record.event_ids
+                last_time[key] = record.context.last_timestamp
+            if accepted.event_id in ids:
+                duplicates += 1
+                continue
+            event_ids[key] = (*ids, accepted.event_id)[-self.dedup_window :]
+            # Out of order (older than the user's last applied event): applied in
+            # arrival order all the same, since it happened and dropping it would lose
+            # it; the model sees the user's last time, so a time gap is never negative.
+            # The user's last time after it is the later of the two, as the model's
+            # context keeps it (`OnlineRecommender.advance`).
+            timestamp = click.timestamp
+            if timestamp < last_time[key]:
+                late += 1
+                timestamp = last_time[key]
+            last_time[key] = timestamp
+            applied.append(accepted)
+            interactions.append(
+                Interaction(
+                    click.user_id, click.item_id, timestamp, click.event_type, click.session_id
+                )
+            )
+        if duplicates:
+            self.metrics.duplicates_skipped.inc(duplicates)
+        if late:
+            self.metrics.events_out_of_order.inc(late)
+        if not applied:
+            return BatchOutcome()
+        contexts = {a.click.user_id: before[a.user_key].context for a in applied}
+        return self._apply(applied, interactions, contexts, before, event_ids)
+
+    def _apply(
+        self,
+        applied: list[Accepted],
+        interactions: list[Interaction],
+        contexts: dict[str, UserContext],
+        before: dict[bytes, UserRecord],
+        event_ids: dict[bytes, tuple[str, ...]],
+    ) -> BatchOutcome:
+        """Learn, forward the item changes and user vectors, rank, and build the events
+        and each user's newest record: the deduplicated part of `process_batch`."""
+        n = len(applied)
+        stage = self.metrics.stage_seconds
+        learned = _learn_and_rank(
+            self.recommender, contexts, interactions, self.top_k, self._excluded
         )
+        updates, ranked = learned.updates, learned.ranked
+        # model_update includes the model's own index upserts of the vectors it changed.
+        observe_many(stage.labels(stage="model_update"), learned.model_seconds / n, n)
+        observe_many(stage.labels(stage="search"), learned.search_seconds / n, n)
+        self._forward(applied, updates)
+
+        version = self.recommender.version
+        outcome = BatchOutcome(applied=applied, ranked=ranked, emitted_at=time.time())
+        shown_by_user = {key: record.last_recommended for key, record in before.items()}
+        scored: list[tuple[Sequence[str], str]] = []
+        shown_all: list[tuple[str, ...]] = []
+        applied_by_user: dict[bytes, int] = {}
+        newest: dict[bytes, Update] = {}
+        for accepted, update, items in zip(applied, updates, ranked, strict=True):
+            click, key = accepted.click, accepted.user_key
+            scored.append((shown_by_user[key], click.item_id))
+            shown = shown_by_user[key] = tuple(s.item_id for s in items)
+            shown_all.append(shown)
+            applied_by_user[key] = applied_by_user.get(key, 0) + 1
+            newest[key] = update
+            outcome.values.append(
+                encode_recommendation(
+                    click.user_id,
+                    items,
+                    version,
+                    accepted.event_id,
+                    click.timestamp,
+                    outcome.emitted_at,
+                )
+            )
+        self.quality.score_clicks(scored)
+        self.quality.record_shown_many(shown_all)
+        outcome.records = {
+            key: UserRecord(
+                update.context,
+                event_ids[key],
+                shown_by_user[key],
+                before[key].applied + applied_by_user[key],
+            )
+            for key, update in newest.items()
+        }
+        return outcome
+
+    def _forward(self, applied: list[Accepted], updates: list[Update]) -> None:
+        """The item changes to their owners, the user vectors to the publisher, the
+        loss to its gauge and the index's freshness to its histogram."""
+        metrics = self.metrics
+        metrics.model_updates.inc(len(updates))
+        now = time.time()
+        fresh: list[float] = []
+        loss_seen = False
+        for accepted, update in zip(applied, updates, strict=True):
+            if update.loss is not None:
+                loss_seen = True
+                self._loss_average = (
+                    update.loss
+                    if self._loss_average is None
+                    else 0.99 * self._loss_average + 0.01 * update.loss
+                )
+            if update.item_changes:
+                if accepted.clicked_at is not None:
+                    fresh.append(max(0.0, now - accepted.clicked_at))
+                if self.tracker is not None:
+                    # Item vectors have one writer each, the item's owner: it gets the
+                    # deltas and writes Redis (stream/items/sync.py). This worker writes
+                    # the user's.
+                    for item_id, change in update.item_changes.items():
+                        self.tracker.record(
+                            item_id,
+                            change.before,
+                            change.after,
+                            source=accepted.source,
+                            offset=accepted.offset,
+                            clicked_at=accepted.clicked_at,
+                        )
+            if self.publisher is not None and update.user_vector is not None:
+                self.publisher.submit({}, accepted.click.user_id, update.user_vector)
+        if loss_seen and self._loss_average is not None:
+            metrics.model_loss.set(self._loss_average)
+        observe_values(metrics.vector_freshness.labels(store="index"), fresh)
 
     def answer(self, user_id: str, record: UserRecord | None, k: int) -> Recommendation:
         """The recommendation `user_id` would get now, without learning anything: the
@@ -228,9 +376,9 @@ class ClickProcessor:
             emitted_at=time.time(),
         )
 
-    def _excluded(self, context: UserContext, click: Click) -> Collection[str]:
+    def _excluded(self, context: UserContext, interaction: Interaction) -> Collection[str]:
         if self.exclude == "seen":
             return set(context.recent)
         if self.exclude == "last":
-            return {click.item_id}
+            return {interaction.item_id}
         return ()

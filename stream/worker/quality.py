@@ -11,7 +11,7 @@ were clicked so far and appear in the recommendations of that window.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from stream.metrics import WorkerMetrics
 
@@ -46,11 +46,31 @@ class OnlineQuality:
     def score_click(self, previous: Sequence[str], clicked: str) -> float | None:
         """Score a click against the user's previous recommendation; returns the
         reciprocal rank (0.0 for a miss), or None when there was nothing to score."""
+        reciprocal_rank = self._score(previous, clicked)
+        if reciprocal_rank is not None:
+            self._publish(1, reciprocal_rank > 0, reciprocal_rank)
+        return reciprocal_rank
+
+    def score_clicks(self, scored: Iterable[tuple[Sequence[str], str]]) -> None:
+        """`score_click` for each (previous recommendation, clicked item) in order,
+        with the metrics updated once at the end (a batch's clicks)."""
+        predictions = hits = 0
+        rr_sum = 0.0
+        for previous, clicked in scored:
+            reciprocal_rank = self._score(previous, clicked)
+            if reciprocal_rank is not None:
+                predictions += 1
+                hits += reciprocal_rank > 0
+                rr_sum += reciprocal_rank
+        if predictions:
+            self._publish(predictions, hits, rr_sum)
+
+    def _score(self, previous: Sequence[str], clicked: str) -> float | None:
         self._catalogue.add(clicked)
         if not previous:
             return None
         try:
-            reciprocal_rank = 1.0 / (list(previous).index(clicked) + 1)
+            reciprocal_rank = 1.0 / (previous.index(clicked) + 1)
         except ValueError:
             reciprocal_rank = 0.0
         self._reciprocal_ranks.append(reciprocal_rank)
@@ -60,23 +80,36 @@ class OnlineQuality:
             dropped = self._reciprocal_ranks.popleft()
             self._hits -= dropped > 0
             self._rr_sum -= dropped
-        self.metrics.online_predictions.inc()
-        if reciprocal_rank > 0:
-            self.metrics.online_hits.inc()
-            self.metrics.online_reciprocal_rank.inc(reciprocal_rank)
+        return reciprocal_rank
+
+    def _publish(self, predictions: int, hits: int, rr_sum: float) -> None:
+        self.metrics.online_predictions.inc(predictions)
+        if hits:
+            self.metrics.online_hits.inc(hits)
+            self.metrics.online_reciprocal_rank.inc(rr_sum)
         self.metrics.online_hit_rate.set(self.hit_rate)
         self.metrics.online_mrr.set(self.mrr)
-        return reciprocal_rank
 
     def record_shown(self, items: Sequence[str]) -> None:
         """Remember a recommendation for the coverage window."""
-        shown = tuple(items)
+        self._remember(tuple(items))
+        self.metrics.online_coverage.set(self.coverage)
+
+    def record_shown_many(self, shown: Iterable[tuple[str, ...]]) -> None:
+        """`record_shown` for each recommendation in order, the gauge set once."""
+        for items in shown:
+            self._remember(items)
+        self.metrics.online_coverage.set(self.coverage)
+
+    def _remember(self, shown: tuple[str, ...]) -> None:
         self._shown.append(shown)
         self._shown_counts.update(shown)
         if len(self._shown) > self.window:
-            old = self._shown.popleft()
-            self._shown_counts.subtract(old)
-            for item in old:
-                if self._shown_counts[item] <= 0:
-                    del self._shown_counts[item]
-        self.metrics.online_coverage.set(self.coverage)
+            counts = self._shown_counts
+            # One pass instead of Counter.subtract and a sweep for zeros (per click).
+            for item in self._shown.popleft():
+                left = counts[item] - 1
+                if left > 0:
+                    counts[item] = left
+                else:
+                    del counts[item]

@@ -15,7 +15,7 @@ from typing import Any
 from kafka.partitioner.default import murmur2
 
 from stream.metrics import WorkerMetrics
-from stream.worker.pipeline import UserRecord
+from stream.worker.records import UserRecord
 from stream.worker.retention import UserRetention
 
 

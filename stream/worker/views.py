@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -31,6 +31,10 @@ class RecentRecommendations:
 
     def add(self, recommendation: Recommendation) -> None:
         self._events.appendleft(recommendation.to_json())
+
+    def add_encoded(self, values: Sequence[bytes]) -> None:
+        """Add encoded recommendation events, oldest first (a batch's, in order)."""
+        self._events.extendleft(values[-(self._events.maxlen or len(values)) :])
 
     def to_json(self) -> bytes:
         return b'{"recommendations":[' + b",".join(self._events) + b"]}"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from model.base import Interaction, Update, UserContext
+import orjson
+import pytest
+
+from model.base import Interaction, Scored, Update, UserContext
 from model.baselines import CoVisitation
-from stream.events import Click
+from model.registry import build_recommender
+from stream.events import Click, Recommendation, RecommendedItem
 from stream.metrics import WorkerMetrics
-from stream.worker.pipeline import ClickProcessor, UserRecord
+from stream.worker.pipeline import Accepted, ClickProcessor, UserRecord
 
 T = 1_700_000_000.0
 
@@ -106,3 +112,137 @@ def test_last_timestamp_is_read_without_decoding_the_record() -> None:
     assert UserRecord.last_timestamp_of(raw) == 1234.5
     assert UserRecord.from_bytes(raw).context.last_timestamp == 1234.5
     assert UserRecord.last_timestamp_of(UserRecord(UserContext()).to_bytes()) == 0.0
+
+
+# --- The batch path against the per-click path it replaced -----------------------------
+
+
+def reference_process(
+    proc: ClickProcessor, click: Click, record: UserRecord, event_id: str
+) -> tuple[UserRecord, Recommendation | None]:
+    """The per-click path as it was before batches went through the processor as
+    batches (quality and metrics left out): the answer the batch path must give."""
+    if event_id in record.event_ids:
+        return record, None
+    timestamp = max(click.timestamp, record.context.last_timestamp)
+    interaction = Interaction(
+        click.user_id, click.item_id, timestamp, click.event_type, click.session_id
+    )
+    update = proc.recommender.learn_one(record.context, interaction)
+    excluded = {"seen": set(update.context.recent), "last": {click.item_id}}[proc.exclude]
+    items = proc.recommender.recommend(update.context, proc.top_k, exclude=excluded)
+    recommendation = Recommendation(
+        user_id=click.user_id,
+        items=tuple(RecommendedItem(s.item_id, s.score) for s in items),
+        model_version=proc.recommender.version,
+        source_event_id=event_id,
+        event_time=click.timestamp,
+        emitted_at=0.0,
+    )
+    event_ids = (*record.event_ids, event_id)[-proc.dedup_window :]
+    shown = tuple(s.item_id for s in items)
+    return UserRecord(update.context, event_ids, shown, record.applied + 1), recommendation
+
+
+def generated_stream(n: int, seed: int) -> list[Accepted]:
+    """Clicks of a few users (so a batch holds several clicks of one user), some late,
+    and about one in eight a repeat of an earlier event of the same user."""
+    rng = random.Random(seed)
+    accepted: list[Accepted] = []
+    for i in range(n):
+        if accepted and rng.random() < 0.125:
+            accepted.append(rng.choice(accepted[-40:]))
+            continue
+        user = f"u{rng.randrange(6)}"
+        at = T + i * 10 - (3600 if rng.random() < 0.1 else 0)
+        click = Click(user, f"i{rng.randrange(30)}", at, event_id=f"e{i}")
+        accepted.append(Accepted(click, user.encode(), f"e{i}", at, "c0", i))
+    return accepted
+
+
+def without_emitted_at(value: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads(value)
+    del data["emitted_at"]
+    return data
+
+
+@pytest.mark.parametrize("model", ["popularity", "covisit", "torch"])
+@pytest.mark.parametrize("exclude", ["seen", "last"])
+def test_batches_give_what_one_click_at_a_time_gave(model: str, exclude: str) -> None:
+    stream = generated_stream(300, seed=3)
+    kwargs = {"top_k": 5, "exclude": exclude, "dedup_window": 4}
+    one = ClickProcessor(build_recommender(model, dim=8), None, WorkerMetrics(), **kwargs)
+    batched = ClickProcessor(build_recommender(model, dim=8), None, WorkerMetrics(), **kwargs)
+
+    expected_records: dict[bytes, UserRecord] = {}
+    expected_values = []
+    for accepted in stream:
+        record = expected_records.get(accepted.user_key) or one.new_record()
+        after, recommendation = reference_process(one, accepted.click, record, accepted.event_id)
+        expected_records[accepted.user_key] = after
+        if recommendation is not None:
+            expected_values.append(without_emitted_at(recommendation.to_json()))
+
+    records: dict[bytes, UserRecord] = {}
+    values = []
+    rng = random.Random(5)
+    start = 0
+    while start < len(stream):
+        size = rng.choice([1, 2, 7, 64])
+        outcome = batched.process_batch(stream[start : start + size], records.get)
+        start += size
+        # What the worker does: the newest records go through the table's bytes.
+        records.update({k: UserRecord.from_bytes(r.to_bytes()) for k, r in outcome.records.items()})
+        values.extend(without_emitted_at(v) for v in outcome.values)
+
+    assert len(values) < len(stream)  # the stream has repeats to skip
+    assert values == expected_values
+    assert records == expected_records
+
+
+class Batched(CoVisitation):
+    """CoVisitation with the batch API of the model port, recording its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def learn_many(
+        self, contexts: Mapping[str, UserContext], interactions: Sequence[Interaction]
+    ) -> list[Update]:
+        self.calls.append(("learn_many", len(interactions)))
+        current = dict(contexts)
+        updates = []
+        for interaction in interactions:
+            update = self.learn_one(current[interaction.user_id], interaction)
+            current[interaction.user_id] = update.context
+            updates.append(update)
+        return updates
+
+    def recommend_many(
+        self, contexts: Sequence[UserContext], k: int, excludes: Sequence[Collection[str]]
+    ) -> list[list[Scored]]:
+        self.calls.append(("recommend_many", len(contexts)))
+        return [self.recommend(c, k, exclude=e) for c, e in zip(contexts, excludes, strict=True)]
+
+
+def test_a_model_with_the_batch_api_is_called_once_per_batch() -> None:
+    model = Batched()
+    proc = ClickProcessor(model, None, WorkerMetrics(), top_k=5, exclude="seen", dedup_window=8)
+    stream = generated_stream(50, seed=1)
+    applied = len({(a.user_key, a.event_id) for a in stream})
+    outcome = proc.process_batch(stream, lambda _key: None)
+    assert model.calls == [("learn_many", applied), ("recommend_many", applied)]
+    assert len(outcome.values) == len(outcome.applied) == applied
+
+
+def test_batch_metrics_count_events_not_batches() -> None:
+    proc, _, metrics = processor()
+    stream = generated_stream(100, seed=2)
+    outcome = proc.process_batch(stream, lambda _key: None)
+    applied = len(outcome.applied)
+    assert sample(metrics, "streamrec_model_updates_total") == applied
+    assert sample(metrics, "streamrec_duplicates_skipped_total") == len(stream) - applied
+    for stage in ("model_update", "search"):
+        count = metrics.registry.get_sample_value("streamrec_stage_seconds_count", {"stage": stage})
+        assert count == applied, stage
