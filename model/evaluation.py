@@ -165,7 +165,7 @@ def chunks(
     """
     if size < 1:
         raise ValueError(f"batch size must be at least 1, not {size}")
-    start, users = 0, set()
+    start, users = 0, set[str]()
     for position, event in enumerate(events):
         full = position - start == size
         if full or (distinct_users and event.user_id in users):
