@@ -18,10 +18,16 @@ than stream order; within a wave the mixer ranks with the item vectors and index
 they were at the wave's start; and the wave takes one Adagrad step on the summed
 gradients where one click at a time would take one step per click. A wave of a single
 click is `learn_one` itself, so a batch of one is exactly today's path.
+
+Each item the batch changed is reported once, in the `Update` of the last interaction
+(in stream order) that changed it, with its vector before the batch (None: the batch
+created it) and after it: waves run out of stream order, so per-click changes would not
+chain in the order of the updates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -62,6 +68,8 @@ def learn_many(
     """`model.learn_many`: see the module docstring."""
     current = dict(contexts)
     updates: list[Update | None] = [None] * len(interactions)
+    # Each changed item: its vector before the batch, after it, and the last position.
+    net: dict[str, tuple[np.ndarray | None, np.ndarray, int]] = {}
     for wave in waves(interactions):
         clicks = [interactions[p] for p in wave]
         if len(clicks) == 1:
@@ -71,7 +79,19 @@ def learn_many(
         for position, click, update in zip(wave, clicks, done, strict=True):
             current[click.user_id] = update.context
             updates[position] = update
-    return [update for update in updates if update is not None]
+            for item_id, change in update.item_changes.items():
+                first = net.get(item_id)
+                before = change.before if first is None else first[0]
+                last = position if first is None else max(first[2], position)
+                net[item_id] = (before, change.after, last)
+    reported: list[dict[str, ItemChange]] = [{} for _ in interactions]
+    for item_id, (before, after, position) in net.items():
+        reported[position][item_id] = ItemChange(before, after)
+    return [
+        dataclasses.replace(update, item_changes=changes)
+        for update, changes in zip(updates, reported, strict=True)
+        if update is not None
+    ]
 
 
 def _learn_wave(
