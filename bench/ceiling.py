@@ -4,6 +4,10 @@ Runs the same `ClickProcessor` the worker runs (dedup, model update, FAISS upser
 item-delta bookkeeping, top-K, the recommendation event serialised) over the same kind
 of stream, holding user records in a dict instead of a Faust table. The end-to-end
 figure divided by this one is what the pipeline costs.
+
+`model_events_per_s` is the model's share of it at a given batch size: `learn_many`
+and `recommend_many` over chunks of the same stream, with the worker's exclusion of the
+user's recent items, on the same FAISS index; batch 1 calls the one-event methods.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model.base import Interaction, UserContext
 from model.checkpoint import load_checkpoint
 from serving.faiss_index import FaissIndex
 from stream.events import Click
@@ -59,3 +64,44 @@ def ceiling_events_per_s(
     if close:
         close()
     return {"events": len(clicks), "seconds": seconds, "events_per_s": len(clicks) / seconds}
+
+
+def model_events_per_s(
+    checkpoint: Path,
+    events: list[dict[str, Any]],
+    batch_size: int,
+    dim: int = 64,
+    top_k: int = 10,
+) -> dict[str, float]:
+    """Events per second through the model alone, learning and ranking, at `batch_size`.
+    `cpu_events_per_s` counts the calling thread's CPU time only: the index's snapshot
+    rebuilds run on a thread of their own, and other processes' load drops out."""
+    index = FaissIndex(dim)
+    model, _ = load_checkpoint(checkpoint, index=index, dim=dim)
+    if len(index) >= index.exact_below:
+        index.rebuild(wait=True)
+    contexts: dict[str, UserContext] = {}
+    clicks = [Interaction(e["user_id"], e["item_id"], e["timestamp"]) for e in events]
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    for start in range(0, len(clicks), batch_size):
+        chunk = clicks[start : start + batch_size]
+        if batch_size == 1:
+            click = chunk[0]
+            update = model.learn_one(contexts.get(click.user_id, model.new_context()), click)
+            contexts[click.user_id] = update.context
+            model.recommend(update.context, top_k, set(update.context.recent))
+            continue
+        before = {c.user_id: contexts.get(c.user_id, model.new_context()) for c in chunk}
+        after = [update.context for update in model.learn_many(before, chunk)]
+        for click, context in zip(chunk, after, strict=True):
+            contexts[click.user_id] = context
+        model.recommend_many(after, top_k, [set(context.recent) for context in after])
+    seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+    index.close()
+    return {
+        "events": len(clicks),
+        "batch_size": batch_size,
+        "seconds": seconds,
+        "events_per_s": len(clicks) / seconds,
+        "cpu_events_per_s": len(clicks) / cpu,
+    }

@@ -121,6 +121,23 @@ class ItemIndex(Protocol):
     def __len__(self) -> int: ...
 
 
+def search_each(
+    index: ItemIndex, queries: np.ndarray, k: int, excludes: Sequence[Collection[str]]
+) -> list[list[Scored]]:
+    """`search` for each row of `queries` (shape (n, dim)), with `excludes[i]` for row
+    i: through the index's own `search_many` when it has one (an optional method of the
+    port: one call for the batch), else a loop of `search`. ValueError if the counts
+    differ."""
+    queries = np.asarray(queries, dtype=np.float32)
+    if len(queries) != len(excludes):
+        raise ValueError(f"{len(queries)} queries but {len(excludes)} exclude sets")
+    search_many = getattr(index, "search_many", None)
+    if search_many is not None:
+        results: list[list[Scored]] = search_many(queries, k, excludes)
+        return results
+    return [index.search(q, k, ex) for q, ex in zip(queries, excludes, strict=True)]
+
+
 @runtime_checkable
 class ItemVectorModel(Protocol):
     """A recommender whose items have vectors that can be read and set from outside:
@@ -142,7 +159,10 @@ class Recommender(Protocol):
     Contract (checked for every implementation by tests/unit/test_model_contract.py):
     - `learn_one` never mutates its arguments and returns the user's next context;
     - the same seed and the same events give the same recommendations;
-    - `state_dict()` / `load_state_dict()` round-trip exactly.
+    - `state_dict()` / `load_state_dict()` round-trip exactly;
+    - `learn_many` / `recommend_many` give what the one-event methods give one event
+      at a time: exactly for the baselines, within the tolerance a model states for
+      itself (the torch model batches its training step, see its docstring).
     """
 
     name: str
@@ -156,10 +176,26 @@ class Recommender(Protocol):
         """Update the user's context and the clicked item's representation."""
         ...
 
+    def learn_many(
+        self, contexts: Mapping[str, UserContext], interactions: Sequence[Interaction]
+    ) -> list[Update]:
+        """Learn `interactions` in order. `contexts` maps every user id in the batch to
+        its context before the batch; a user's later click uses the context the earlier
+        one produced. One `Update` per interaction, in order. KeyError if a user of the
+        batch has no context; never mutates its arguments."""
+        ...
+
     def recommend(
         self, context: UserContext, k: int, exclude: Collection[str] = ()
     ) -> list[Scored]:
         """Best-first top-k for the user; excluded ids never appear."""
+        ...
+
+    def recommend_many(
+        self, contexts: Sequence[UserContext], k: int, excludes: Sequence[Collection[str]]
+    ) -> list[list[Scored]]:
+        """`recommend(contexts[i], k, excludes[i])` for each i, in order; ValueError if
+        the two sequences differ in length."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -219,6 +255,32 @@ class OnlineRecommender(ABC):
         self, context: UserContext, k: int, exclude: Collection[str] = ()
     ) -> list[Scored]:
         """Best-first top-k for the user; excluded ids never appear."""
+
+    def learn_many(
+        self, contexts: Mapping[str, UserContext], interactions: Sequence[Interaction]
+    ) -> list[Update]:
+        """`learn_one` on each interaction in order, threading each user's context
+        through the batch: exactly the one-event results. Models that can do better
+        (one batched step) override it. KeyError if a user has no entry in `contexts`."""
+        current = dict(contexts)
+        updates: list[Update] = []
+        for interaction in interactions:
+            update = self.learn_one(current[interaction.user_id], interaction)
+            current[interaction.user_id] = update.context
+            updates.append(update)
+        return updates
+
+    def recommend_many(
+        self, contexts: Sequence[UserContext], k: int, excludes: Sequence[Collection[str]]
+    ) -> list[list[Scored]]:
+        """`recommend` on each context in order; ValueError if `excludes` has another
+        length."""
+        if len(contexts) != len(excludes):
+            raise ValueError(f"{len(contexts)} contexts but {len(excludes)} exclude sets")
+        return [
+            self.recommend(context, k, exclude)
+            for context, exclude in zip(contexts, excludes, strict=True)
+        ]
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:

@@ -17,6 +17,12 @@ Each returns a dict: `HR@K`, `MRR@K`, `NDCG@K` for every K, `coverage`, `predict
 `seconds` (wall time of the replay) and `events_per_s` (events given to the protocol
 per second of wall time, learning and scoring together).
 
+`batch_size` (default 1, the one-event path) feeds `learn_many` and `recommend_many`
+chunks of that many events in stream order, as a batching worker would. Where a chunk's
+lists are scored against later clicks (prequential, and session-split's test phase) a
+chunk also ends before a user's second event in it, so no list is scored against a
+click its model has already learned from; learning-only phases use full chunks.
+
 Nothing here is random: the results are a function of the model's seed and the events.
 Pure Python over the `Recommender` protocol; no stream, Kafka or Redis imports.
 """
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from model.base import Interaction, Recommender, UserContext
@@ -145,26 +151,61 @@ def time_ordered(events: Iterable[Interaction]) -> list[Interaction]:
     return sorted(events, key=lambda event: event.timestamp)
 
 
+def chunks(
+    events: Sequence[Interaction], size: int, *, distinct_users: bool = False
+) -> Iterator[Sequence[Interaction]]:
+    """Consecutive runs of at most `size` events; with `distinct_users`, a run also ends
+    before an event whose user already has one in it. ValueError if size < 1.
+
+    >>> events = [Interaction(u, "i", 0.0) for u in "abac"]
+    >>> [[e.user_id for e in c] for c in chunks(events, 3)]
+    [['a', 'b', 'a'], ['c']]
+    >>> [[e.user_id for e in c] for c in chunks(events, 3, distinct_users=True)]
+    [['a', 'b'], ['a', 'c']]
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, not {size}")
+    start, users = 0, set[str]()
+    for position, event in enumerate(events):
+        full = position - start == size
+        if full or (distinct_users and event.user_id in users):
+            yield events[start:position]
+            start, users = position, set()
+        users.add(event.user_id)
+    if start < len(events):
+        yield events[start:]
+
+
 def prequential(
     model: Recommender,
     events: Sequence[Interaction],
     ks: Sequence[int] = DEFAULT_KS,
     progress: Progress | None = None,
     on_prediction: OnPrediction | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Test-then-learn: for every event in time order, score
     `recommend(user's context before the event, max K)` against the clicked item, then
     learn it. Every event is scored, a user's first one included (a cold start: the
     model answers from what other users taught it), so predictions == len(events).
-    Nothing is excluded, so re-clicks count as hits."""
+    Nothing is excluded, so re-clicks count as hits. With `batch_size` > 1 each chunk of
+    distinct users is ranked as the model stood before the chunk, then learned."""
     metrics = RankingMetrics(ks)
     replay = _Replay(model, metrics, progress)
     started = time.perf_counter()
-    for event in time_ordered(events):
-        context = replay.context(event.user_id)
-        ranked = _ids(model.recommend(context, metrics.max_k))
-        _score(metrics, on_prediction, event.user_id, ranked, event.item_id)
-        replay.learn(event)
+    if batch_size == 1:
+        for event in time_ordered(events):
+            context = replay.context(event.user_id)
+            ranked = _ids(model.recommend(context, metrics.max_k))
+            _score(metrics, on_prediction, event.user_id, ranked, event.item_id)
+            replay.learn(event)
+        return replay.finish(started, len(events))
+    for chunk in chunks(time_ordered(events), batch_size, distinct_users=True):
+        contexts = [replay.context(event.user_id) for event in chunk]
+        lists = model.recommend_many(contexts, metrics.max_k, [()] * len(chunk))
+        for event, scored in zip(chunk, lists, strict=True):
+            _score(metrics, on_prediction, event.user_id, _ids(scored), event.item_id)
+        replay.learn_many(chunk)
     return replay.finish(started, len(events))
 
 
@@ -174,6 +215,7 @@ def last_out(
     ks: Sequence[int] = DEFAULT_KS,
     progress: Progress | None = None,
     on_prediction: OnPrediction | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Leave-last-out: each user's last event (by time; ties go to the later one in
     `events`) is held out and every other event is learned in time order. Then, in the
@@ -198,16 +240,22 @@ def last_out(
     replay = _Replay(model, metrics, progress)
     seen: dict[str, set[str]] = {}
     started = time.perf_counter()
-    for position, event in enumerate(ordered):
-        if position not in held_out:
-            replay.learn(event)
+    training = [event for position, event in enumerate(ordered) if position not in held_out]
+    for chunk in chunks(training, batch_size):
+        replay.learn_many(chunk)
+        for event in chunk:
             seen.setdefault(event.user_id, set()).add(event.item_id)
-    for position in sorted(held_out):
-        event = ordered[position]
-        context = replay.context(event.user_id)
-        ranked = _ids(model.recommend(context, metrics.max_k, exclude=seen[event.user_id]))
-        _score(metrics, on_prediction, event.user_id, ranked, event.item_id)
-        replay.tick()
+    scored = [ordered[position] for position in sorted(held_out)]
+    for chunk in chunks(scored, batch_size):
+        contexts = [replay.context(event.user_id) for event in chunk]
+        excludes = [seen[event.user_id] for event in chunk]
+        if batch_size == 1:
+            lists = [model.recommend(contexts[0], metrics.max_k, exclude=excludes[0])]
+        else:
+            lists = model.recommend_many(contexts, metrics.max_k, excludes)
+        for event, ranked in zip(chunk, lists, strict=True):
+            _score(metrics, on_prediction, event.user_id, _ids(ranked), event.item_id)
+            replay.tick()
     return replay.finish(started, len(events))
 
 
@@ -218,6 +266,7 @@ def session_split(
     ks: Sequence[int] = DEFAULT_KS,
     progress: Progress | None = None,
     on_prediction: OnPrediction | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Next-item prediction on test sessions after learning the training events.
 
@@ -227,7 +276,8 @@ def session_split(
     live worker would show right after that click — is scored against the session's
     next click, computed per session in advance. Nothing is excluded: session-rec's
     next-item task counts repeat clicks. predictions == len(test_events) minus the
-    number of test sessions."""
+    number of test sessions. With `batch_size` > 1 the test clicks are learned in
+    chunks of distinct sessions and each chunk's lists ranked after it."""
     train = time_ordered(train_events)
     test = time_ordered(test_events)
     following = next_clicks(test)
@@ -235,13 +285,24 @@ def session_split(
     metrics = RankingMetrics(ks)
     replay = _Replay(model, metrics, progress)
     started = time.perf_counter()
-    for event in train:
-        replay.learn(event)
-    for event, target in zip(test, following, strict=True):
-        context = replay.learn(event)
-        if target is not None:
-            ranked = _ids(model.recommend(context, metrics.max_k))
-            _score(metrics, on_prediction, event.user_id, ranked, target)
+    for chunk in chunks(train, batch_size):
+        replay.learn_many(chunk)
+    position = 0
+    for chunk in chunks(test, batch_size, distinct_users=batch_size > 1):
+        targets = following[position : position + len(chunk)]
+        position += len(chunk)
+        contexts = replay.learn_many(chunk)
+        asked = [c for c, target in enumerate(targets) if target is not None]
+        if batch_size == 1:
+            lists = [model.recommend(contexts[c], metrics.max_k) for c in asked]
+        else:
+            lists = model.recommend_many(
+                [contexts[c] for c in asked], metrics.max_k, [()] * len(asked)
+            )
+        for c, ranked in zip(asked, lists, strict=True):
+            target = targets[c]
+            assert target is not None
+            _score(metrics, on_prediction, chunk[c].user_id, _ids(ranked), target)
     return replay.finish(started, len(train) + len(test))
 
 
@@ -279,6 +340,19 @@ class _Replay:
         self.metrics.see(event.item_id)
         self.tick()
         return context
+
+    def learn_many(self, events: Sequence[Interaction]) -> list[UserContext]:
+        """Learn a chunk (through `learn_one` for a chunk of one, so batch size 1 is the
+        one-event path exactly); returns each event's user context after it."""
+        if len(events) == 1:
+            return [self.learn(events[0])]
+        before = {event.user_id: self.context(event.user_id) for event in events}
+        contexts = [update.context for update in self.model.learn_many(before, events)]
+        for event, context in zip(events, contexts, strict=True):
+            self.contexts[event.user_id] = context
+            self.metrics.see(event.item_id)
+            self.tick()
+        return contexts
 
     def tick(self) -> None:
         self._pending += 1

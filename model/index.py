@@ -84,7 +84,27 @@ class ExactIndex:
         if k <= 0 or n == 0:
             return []
         query = np.asarray(query, dtype=np.float32).reshape(self.dim)
-        scores = self._vectors[:n] @ query
+        return self._top(self._vectors[:n] @ query, k, exclude)
+
+    def search_many(
+        self, queries: np.ndarray, k: int, excludes: Sequence[Collection[str]]
+    ) -> list[list[Scored]]:
+        """`search(queries[i], k, excludes[i])` for each row of `queries` (shape
+        (n, dim)): the same results, bit for bit. ValueError if the counts differ."""
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if len(queries) != len(excludes):
+            raise ValueError(f"{len(queries)} queries but {len(excludes)} exclude sets")
+        n = len(self._ids)
+        if k <= 0 or n == 0:
+            return [[] for _ in excludes]
+        vectors = self._vectors[:n]
+        # One matrix-vector product per query, as `search` computes it: a single matrix
+        # product rounds differently, which would reorder near-ties.
+        return [self._top(vectors @ q, k, ex) for q, ex in zip(queries, excludes, strict=True)]
+
+    def _top(self, scores: np.ndarray, k: int, exclude: Collection[str]) -> list[Scored]:
+        """The best k rows of `scores` (one per stored row) not in `exclude`."""
+        n = len(scores)
         banned = {self._rows[i] for i in exclude if i in self._rows}
         # Every excluded row could be among the best, so take that many extra candidates
         # and filter afterwards: an O(N) selection, never a full sort.

@@ -40,6 +40,17 @@ def _adagrad(row: torch.Tensor, sq: torch.Tensor, grad: torch.Tensor, lr: float)
     row.addcdiv_(grad, sq.sqrt().add_(_EPS), value=-lr)
 
 
+def _adagrad_rows(
+    table: torch.Tensor, sq: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor, lr: float
+) -> None:
+    """One Adagrad step on `table`'s `rows`, in place, with `grads[i]` for `rows[i]`:
+    a row given several times takes one step on the sum of its gradients."""
+    unique, slots = torch.unique(rows, return_inverse=True)
+    summed = torch.zeros(len(unique), table.shape[1]).index_add_(0, slots, grads)
+    sq[unique] += summed * summed
+    table[unique] -= lr * summed / (sq[unique].sqrt() + _EPS)
+
+
 class GruEncoder:
     """Item embeddings, gap and kind rows, and the GRU cell that reads them.
 
@@ -210,6 +221,63 @@ class GruEncoder:
                 _adagrad(self.emb[last], self._emb_sq[last], g_last, self.lr)
                 _adagrad(self.emb[target], self._emb_sq[target], g_target, self.lr)
         return h.detach(), float(loss.detach())
+
+    def read_many(
+        self, rows: Sequence[int], inputs: Sequence[ClickInputs], h: torch.Tensor
+    ) -> torch.Tensor:
+        """`read` for each row of `h` (shape (B, dim)) at once: one GRU call."""
+        gaps, kinds = zip(*inputs, strict=True) if inputs else ((), ())
+        x = self.emb[list(rows)] + self._gap_emb[list(gaps)] + self._kind_emb[list(kinds)]
+        with torch.no_grad():
+            after: torch.Tensor = self.gru(x, h)
+        return after
+
+    def step_many(
+        self,
+        h_prev: torch.Tensor,
+        last: Sequence[int],
+        target: Sequence[int],
+        last_inputs: Sequence[ClickInputs],
+    ) -> tuple[torch.Tensor, list[float] | None]:
+        """`step` for B clicks of B different users at once (h_prev of shape (B, dim)):
+        one forward and backward over the summed loss, each row against its own
+        `negatives` uniform negatives, then one Adagrad step on the summed gradients
+        (a row two clicks touch gets their sum). With B = 1 it draws and computes what
+        `step` does; with B > 1 it is one step where `step` would take B, which is the
+        batch path's stated approximation. Returns h (B, dim, detached) and each row's
+        loss, None if nothing trained."""
+        n, b = len(self.ids), len(last)
+        if self.negatives == 0 or n < 2:
+            return self.read_many(last, last_inputs, h_prev), None
+        targets = torch.tensor(list(target), dtype=torch.int64)
+        lasts = torch.tensor(list(last), dtype=torch.int64)
+        negatives = torch.randint(0, n - 1, (b, self.negatives), generator=self.generator)
+        negatives += (negatives >= targets.unsqueeze(1)).long()
+        gaps = torch.tensor([i[0] for i in last_inputs], dtype=torch.int64)
+        kinds = torch.tensor([i[1] for i in last_inputs], dtype=torch.int64)
+
+        e_last = self.emb[lasts].requires_grad_(True)
+        e_target = self.emb[targets].requires_grad_(True)
+        e_gap = self._gap_emb[gaps].requires_grad_(True)
+        e_kind = self._kind_emb[kinds].requires_grad_(True)
+        h = self.gru(e_last + e_gap + e_kind, h_prev)
+        positive = (h * e_target).sum(1, keepdim=True)
+        negative = torch.bmm(self.emb[negatives], h.unsqueeze(2)).squeeze(2)
+        logits = torch.cat([positive, negative], 1)
+        losses = torch.logsumexp(logits, 1) - logits[:, 0]
+        *param_grads, g_last, g_target, g_gap, g_kind = torch.autograd.grad(
+            losses.sum(), [*self._params, e_last, e_target, e_gap, e_kind]
+        )
+        with torch.no_grad():
+            grad = torch.cat([g.reshape(-1) for g in param_grads])
+            self._flat_sq.addcmul_(grad, grad)
+            self._flat.addcdiv_(grad, self._flat_sq.sqrt().add_(_EPS), value=-self.lr)
+            if self.context_lr > 0:
+                _adagrad_rows(self._gap_emb, self._gap_sq, gaps, g_gap, self.context_lr)
+                _adagrad_rows(self._kind_emb, self._kind_sq, kinds, g_kind, self.context_lr)
+            rows = torch.cat([lasts, targets])
+            _adagrad_rows(self.emb, self._emb_sq, rows, torch.cat([g_last, g_target]), self.lr)
+        return h.detach(), losses.detach().tolist()
 
     def state_dict(self) -> dict[str, Any]:
         """The encoder's part of the model state (copies)."""

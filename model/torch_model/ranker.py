@@ -193,10 +193,17 @@ class MixRanker:
     # Ranking.
 
     def rank(
-        self, context: UserContext, h: torch.Tensor, k: int, exclude: Collection[str]
+        self,
+        context: UserContext,
+        h: torch.Tensor,
+        k: int,
+        exclude: Collection[str],
+        found: list[Scored] | None = None,
     ) -> list[Scored]:
-        """The best k candidates for `context` by the serving mixer, best first."""
-        ids, features, evidence = self._candidates(context, h, exclude)
+        """The best k candidates for `context` by the serving mixer, best first.
+        `found`: the index's answer for (h, `retrieve`, exclude) if the caller already
+        searched (a batch searches once for all its users)."""
+        ids, features, evidence = self._candidates(context, h, exclude, found=found)
         if not exclude:
             self._cache = (context, self._events, ids, features, evidence)
         if not ids:
@@ -212,9 +219,15 @@ class MixRanker:
         return self.prior if prior > learned else self.mix
 
     def _candidates(
-        self, context: UserContext, h: torch.Tensor, exclude: Collection[str], also: str = ""
+        self,
+        context: UserContext,
+        h: torch.Tensor,
+        exclude: Collection[str],
+        also: str = "",
+        found: list[Scored] | None = None,
     ) -> tuple[list[str], torch.Tensor, Evidence]:
-        """The candidate ids (plus `also` if given), their features and evidence."""
+        """The candidate ids (plus `also` if given), their features and evidence;
+        `found` is the index's answer if already searched."""
         rows_of, ids_of = self.encoder.rows, self.encoder.ids
         evidence = Evidence(
             self.transitions.votes(context.recent),
@@ -236,7 +249,8 @@ class MixRanker:
             popular = self.popularity.top(self.popular_candidates, exclude)
             candidates.update(dict.fromkeys(s.item_id for s in popular))
         if self.retrieve > 0 and len(self.index) > 0:
-            found = self.index.search(h.numpy(), self.retrieve, exclude)
+            if found is None:
+                found = self.index.search(h.numpy(), self.retrieve, exclude)
             candidates.update(dict.fromkeys(s.item_id for s in found))
         if also:
             candidates[also] = None
@@ -328,17 +342,20 @@ class MixRanker:
 
     # Learning.
 
-    def learn(self, context: UserContext, h: torch.Tensor, item: str) -> None:
+    def learn(
+        self, context: UserContext, h: torch.Tensor, item: str, found: list[Scored] | None = None
+    ) -> None:
         """Before the click on `item` changes anything else: count it towards the
         repeat rate and step the mixer towards it among the candidates `rank` would
-        have ranked for `context` (predict-then-learn)."""
+        have ranked for `context` (predict-then-learn). `found`: the index's unexcluded
+        answer for h, if the caller already searched."""
         self._events += 1
         if not context.recent:
             return
         repeat = item in context.recent
         self.repeat_rate += _REPEAT_RATE_ALPHA * (float(repeat) - self.repeat_rate)
         if item in self.encoder.rows and not (repeat and self.repeat_rate < _RARE_REPEATS):
-            self._mix_step(context, h, item)
+            self._mix_step(context, h, item, found)
 
     def forget_successors(self, recent: Sequence[str], item: str, same_session: bool) -> None:
         """After `transitions` counted the click on `item`: drop the successor arrays it
@@ -351,7 +368,9 @@ class MixRanker:
             for source in (*recent[-self.cooccurrence.window :], item):
                 self._neighbours.pop(source, None)
 
-    def _mix_step(self, context: UserContext, h: torch.Tensor, target: str) -> None:
+    def _mix_step(
+        self, context: UserContext, h: torch.Tensor, target: str, found: list[Scored] | None
+    ) -> None:
         """One Adagrad step on the softmax cross-entropy of `target` among the
         candidates for `context` (the gradient of that loss in closed form)."""
         cache = self._cache
@@ -364,7 +383,8 @@ class MixRanker:
                 extra = self._features([target], context, h, evidence)
                 ids, features = [*ids, target], torch.cat([features, extra])
         else:
-            ids, features, _ = self._candidates(context, h, (), also="" if rare_repeats else target)
+            also = "" if rare_repeats else target
+            ids, features, _ = self._candidates(context, h, (), also=also, found=found)
         self._cache = None
         if rare_repeats:
             # Train on the ranking that will be shown: no seen items, and no step when

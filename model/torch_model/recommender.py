@@ -18,6 +18,7 @@ from model.base import (
 )
 from model.baselines import DEFAULT_HALF_LIFE_S, RecentPopularity, count_click
 from model.index import ExactIndex
+from model.torch_model import batch
 from model.torch_model.encoder import GruEncoder, click_inputs
 from model.torch_model.ranker import MixRanker, cooccurrence_memory
 from model.transitions import TransitionMemory
@@ -172,15 +173,41 @@ class TorchRecommender(OnlineRecommender):
             loss=loss,
         )
 
+    def learn_many(
+        self, contexts: Mapping[str, UserContext], interactions: Sequence[Interaction]
+    ) -> list[Update]:
+        """`learn_one` for each interaction, in waves of distinct users with one batched
+        GRU step per wave (`model.torch_model.batch` states the approximations). A batch
+        of one is `learn_one` exactly. KeyError if a user has no context."""
+        return batch.learn_many(self, contexts, interactions)
+
+    def recommend_many(
+        self, contexts: Sequence[UserContext], k: int, excludes: Sequence[Collection[str]]
+    ) -> list[list[Scored]]:
+        """`recommend` for each context, with one index search for the batch: the same
+        results when the index's `search_many` matches its `search` (ExactIndex's does)."""
+        return batch.recommend_many(self, contexts, k, excludes)
+
     def recommend(
         self, context: UserContext, k: int, exclude: Collection[str] = ()
     ) -> list[Scored]:
+        return self.rank_one(context, k, exclude)
+
+    def rank_one(
+        self,
+        context: UserContext,
+        k: int,
+        exclude: Collection[str],
+        found: list[Scored] | None = None,
+    ) -> list[Scored]:
+        """`recommend`, given the index's answer `found` for the user's h (`retrieve`
+        ids, `exclude` applied) if the caller already searched."""
         if k <= 0:
             return []
         results: list[Scored] = []
         if context.recent:
             _, h, _ = self.encoder.unpack(context.state)
-            results = self.ranker.rank(context, h, k, exclude)
+            results = self.ranker.rank(context, h, k, exclude, found)
         if len(results) < k:
             # Cold start, or fewer candidates than k. Fill scores sit below the mixed
             # scores only to keep the list best-first; they are not comparable to them.

@@ -101,6 +101,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--window", type=int, default=500, help="predictions per window of the chart (default 500)"
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="feed the models' batch methods chunks of N events, as a batching worker "
+        "would (default 1: one event at a time)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object, no table")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -156,6 +164,9 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
         raise EvaluateError(f"--limit must be at least 1, not {args.limit}")
     if args.dim < 1:
         raise EvaluateError(f"--dim must be at least 1, not {args.dim}")
+    batch_size = getattr(args, "batch_size", 1)
+    if batch_size < 1:
+        raise EvaluateError(f"--batch-size must be at least 1, not {batch_size}")
     if getattr(args, "through_kafka", False) and args.protocol != "session-split":
         raise EvaluateError("--through-kafka runs the session-split protocol only")
     dataset, files = resolve_data(args.protocol, args.data, args.train, args.test)
@@ -176,12 +187,16 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
             logged = hit_log.recorder(name) if hit_log is not None else None
             with _progress_bar(name, total, disabled=args.quiet) as progress:
                 if args.protocol == "prequential":
-                    result = evaluation.prequential(model, streams[0], ks, progress, logged)
+                    result = evaluation.prequential(
+                        model, streams[0], ks, progress, logged, batch_size
+                    )
                 elif args.protocol == "last-out":
-                    result = evaluation.last_out(model, streams[0], ks, progress, logged)
+                    result = evaluation.last_out(
+                        model, streams[0], ks, progress, logged, batch_size
+                    )
                 else:
                     result = evaluation.session_split(
-                        model, streams[0], streams[1], ks, progress, logged
+                        model, streams[0], streams[1], ks, progress, logged, batch_size
                     )
             results[name] = result
             if getattr(args, "through_kafka", False):

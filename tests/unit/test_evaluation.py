@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -350,3 +350,73 @@ def test_yoochoose_session_split_scores_every_next_click() -> None:
     assert len(test) == 13_568 and len({e.user_id for e in test}) == 3_416
     result = session_split(build_recommender("popularity"), load(train_path), test)
     assert result["predictions"] == 13_568 - 3_416 == 10_152
+
+
+# Batches: the same protocols through learn_many / recommend_many.
+
+
+class BatchStub(StubRecommender):
+    """The stub with the batch methods, looping the one-event ones; each list it ranks
+    records how many events had been learned by then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.learned_when_asked: list[int] = []
+
+    def learn_many(
+        self, contexts: Mapping[str, UserContext], interactions: Sequence[Interaction]
+    ) -> list[Update]:
+        current, updates = dict(contexts), []
+        for interaction in interactions:
+            update = self.learn_one(current[interaction.user_id], interaction)
+            current[interaction.user_id] = update.context
+            updates.append(update)
+        return updates
+
+    def recommend_many(
+        self, contexts: Sequence[UserContext], k: int, excludes: Sequence[Collection[str]]
+    ) -> list[list[Scored]]:
+        self.learned_when_asked += [len(self.learned)] * len(contexts)
+        return [self.recommend(c, k, ex) for c, ex in zip(contexts, excludes, strict=True)]
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 64])
+def test_batches_score_the_same_contexts_as_one_at_a_time(batch_size: int) -> None:
+    # The stub's lists depend on the context only, so every protocol must score the
+    # same (user, context, target) triples at any batch size.
+    stream = events(
+        ("u", "a", 1), ("v", "x", 2), ("u", "b", 3), ("w", "y", 4), ("u", "c", 5),
+        ("v", "z", 6), ("w", "a", 7), ("u", "d", 8), ("v", "b", 9),
+    )  # fmt: skip
+    train, test = stream[:4], stream[4:]
+    runs = {
+        "prequential": lambda model, size, rec: prequential(
+            model, stream, (1, 3), on_prediction=rec, batch_size=size
+        ),
+        "last-out": lambda model, size, rec: last_out(
+            model, stream, (1, 3), on_prediction=rec, batch_size=size
+        ),
+        "session-split": lambda model, size, rec: session_split(
+            model, train, test, (1, 3), on_prediction=rec, batch_size=size
+        ),
+    }
+    for name, run in runs.items():
+        one, batched = Recorder(), Recorder()
+        expected, got = run(BatchStub(), 1, one), run(BatchStub(), batch_size, batched)
+        assert batched.pairs == one.pairs, name
+        assert got["predictions"] == expected["predictions"], name
+
+
+def test_session_split_batches_never_score_a_learned_click() -> None:
+    # Session u clicks a, b, c in one would-be chunk: the list after a is scored
+    # against b, so the chunk must end before b is learned.
+    test = events(("u", "a", 1), ("v", "x", 2), ("u", "b", 3), ("u", "c", 4))
+    model = BatchStub()
+    session_split(model, [], test, (1,), batch_size=64)
+    # Lists after "a" and after "b" (targets b and c): learned 2 and 3 events then.
+    assert model.learned_when_asked == [2, 3]
+
+
+def test_batch_size_below_one_is_rejected() -> None:
+    with pytest.raises(ValueError, match="batch size"):
+        prequential(BatchStub(), events(("u", "a", 1)), (1,), batch_size=0)

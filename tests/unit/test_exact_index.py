@@ -125,3 +125,18 @@ def test_upserting_again_is_idempotent(ids):
     index.upsert(ids, batch)
     assert len(index) == len(set(ids))
     assert index.search(np.ones(2, dtype=np.float32), k=20) == first
+
+
+def test_search_many_returns_what_search_returns():
+    rng = np.random.default_rng(5)
+    index = ExactIndex(8)
+    ids = [f"i{j}" for j in range(300)]
+    # Rounded vectors make exact ties, whose order must match too.
+    index.upsert(ids, np.round(rng.standard_normal((300, 8)), 1).astype(np.float32))
+    queries = np.round(rng.standard_normal((20, 8)), 1).astype(np.float32)
+    excludes = [set(rng.choice(ids, size=q % 4, replace=False)) for q in range(20)]
+    got = index.search_many(queries, 10, excludes)
+    assert got == [index.search(q, 10, ex) for q, ex in zip(queries, excludes, strict=True)]
+    assert index.search_many(queries[:0], 10, []) == []
+    with pytest.raises(ValueError, match="exclude sets"):
+        index.search_many(queries, 10, excludes[:3])

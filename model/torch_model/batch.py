@@ -1,0 +1,205 @@
+"""The torch model's batch path: a batch of clicks learned in waves, one GRU step each.
+
+A batch is cut into waves: wave w holds every user's w-th click of the batch, in stream
+order, so a user appears at most once per wave and a user's clicks keep their order
+across waves. Per wave:
+
+1. one index search for all the wave's users (the mixer's candidates), then, click by
+   click in wave order, what `TorchRecommender.learn_one` does before its GRU step:
+   the repeat rate and the mixer's step, the popularity, transition and co-occurrence
+   counts, and the item's row (created if new);
+2. one batched GRU training step (`GruEncoder.step_many`) over the wave's clicks that
+   have a previous item, and one batched `read` of all of them;
+3. one index upsert of every item row the wave changed.
+
+The approximations against one click at a time, which is what the contract tests
+bound: the counts, the mixer and the repeat rate see the clicks in wave order rather
+than stream order; within a wave the mixer ranks with the item vectors and index as
+they were at the wave's start; and the wave takes one Adagrad step on the summed
+gradients where one click at a time would take one step per click. A wave of a single
+click is `learn_one` itself, so a batch of one is exactly today's path.
+
+Each item the batch changed is reported once, in the `Update` of the last interaction
+(in stream order) that changed it, with its vector before the batch (None: the batch
+created it) and after it: waves run out of stream order, so per-click changes would not
+chain in the order of the updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from model.base import Interaction, ItemChange, Scored, Update, UserContext, search_each
+from model.baselines import count_click
+from model.torch_model.encoder import ClickInputs, click_inputs
+
+if TYPE_CHECKING:
+    from model.torch_model.recommender import TorchRecommender
+
+
+def waves(interactions: Sequence[Interaction]) -> list[list[int]]:
+    """Positions of `interactions` by wave: wave w lists, in order, the position of
+    every user's w-th interaction.
+
+    >>> waves([Interaction(u, "i", 0.0) for u in "abab"])
+    [[0, 1], [2, 3]]
+    """
+    cut: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for position, interaction in enumerate(interactions):
+        wave = seen.get(interaction.user_id, 0)
+        seen[interaction.user_id] = wave + 1
+        if wave == len(cut):
+            cut.append([])
+        cut[wave].append(position)
+    return cut
+
+
+def learn_many(
+    model: TorchRecommender,
+    contexts: Mapping[str, UserContext],
+    interactions: Sequence[Interaction],
+) -> list[Update]:
+    """`model.learn_many`: see the module docstring."""
+    current = dict(contexts)
+    updates: list[Update | None] = [None] * len(interactions)
+    # Each changed item: its vector before the batch, after it, and the last position.
+    net: dict[str, tuple[np.ndarray | None, np.ndarray, int]] = {}
+    for wave in waves(interactions):
+        clicks = [interactions[p] for p in wave]
+        if len(clicks) == 1:
+            done = [model.learn_one(current[clicks[0].user_id], clicks[0])]
+        else:
+            done = _learn_wave(model, [current[c.user_id] for c in clicks], clicks)
+        for position, click, update in zip(wave, clicks, done, strict=True):
+            current[click.user_id] = update.context
+            updates[position] = update
+            for item_id, change in update.item_changes.items():
+                first = net.get(item_id)
+                before = change.before if first is None else first[0]
+                last = position if first is None else max(first[2], position)
+                net[item_id] = (before, change.after, last)
+    reported: list[dict[str, ItemChange]] = [{} for _ in interactions]
+    for item_id, (before, after, position) in net.items():
+        reported[position][item_id] = ItemChange(before, after)
+    return [
+        dataclasses.replace(update, item_changes=changes)
+        for update, changes in zip(updates, reported, strict=True)
+        if update is not None
+    ]
+
+
+def _learn_wave(
+    model: TorchRecommender, contexts: list[UserContext], clicks: list[Interaction]
+) -> list[Update]:
+    """One wave: clicks of distinct users, `contexts[j]` the context before `clicks[j]`."""
+    encoder, ranker = model.encoder, model.ranker
+    unpacked = [encoder.unpack(context.state) for context in contexts]
+    found = _search(model, contexts, [h for _, h, _ in unpacked], [()] * len(contexts))
+
+    inputs: list[ClickInputs] = []
+    targets: list[int] = []
+    lasts: list[int | None] = []
+    created: set[int] = set()
+    for j, (context, click) in enumerate(zip(contexts, clicks, strict=True)):
+        gap = click.timestamp - context.last_timestamp if context.recent else None
+        inputs.append(click_inputs(gap, click.event_type))
+        ranker.learn(context, unpacked[j][1], click.item_id, found[j])
+        same_session = count_click(model.popularity, model.transitions, context, click)
+        ranker.forget_successors(context.recent, click.item_id, same_session)
+        known = len(encoder)
+        targets.append(encoder.row(click.item_id))
+        if targets[-1] == known:
+            created.add(targets[-1])
+        lasts.append(encoder.rows.get(context.recent[-1]) if context.recent else None)
+
+    stepping = [j for j, last in enumerate(lasts) if last is not None]
+    rows = [(last, targets[j]) for j, last in enumerate(lasts) if last is not None]
+    # Each row the wave changes, with the first click that touches it (the one whose
+    # Update reports the change) and its vector before the wave (None: created by it).
+    touched: dict[int, tuple[int, np.ndarray | None]] = {}
+    for j, target in enumerate(targets):
+        if target in created and target not in touched:
+            touched[target] = (j, None)
+    hs = [h for _, h, _ in unpacked]
+    losses: list[float | None] = [None] * len(clicks)
+    if stepping:
+        befores = {row: encoder.vector(row) for pair in rows for row in pair}
+        h_after, stepped_losses = encoder.step_many(
+            torch.stack([unpacked[j][0] for j in stepping]),
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [unpacked[j][2] for j in stepping],
+        )
+        for at, j in enumerate(stepping):
+            hs[j] = h_after[at]
+            if stepped_losses is not None:
+                losses[j] = stepped_losses[at]
+                for row in rows[at]:
+                    if row not in touched:
+                        touched[row] = (j, befores[row])
+    h = torch.stack(hs)
+    h_next = encoder.read_many(targets, inputs, h)
+
+    changes: list[dict[str, ItemChange]] = [{} for _ in clicks]
+    for row in sorted(touched):
+        j, before = touched[row]
+        changes[j][encoder.ids[row]] = ItemChange(before, encoder.vector(row))
+    if touched:
+        ids = [encoder.ids[row] for row in sorted(touched)]
+        model.index.upsert(ids, encoder.emb[sorted(touched)].numpy())
+    return [
+        Update(
+            context=model.advance(context, click, state=encoder.pack(h[j], h_next[j], inputs[j])),
+            item_changes=changes[j],
+            user_vector=h_next[j].numpy().copy(),
+            loss=losses[j],
+        )
+        for j, (context, click) in enumerate(zip(contexts, clicks, strict=True))
+    ]
+
+
+def recommend_many(
+    model: TorchRecommender,
+    contexts: Sequence[UserContext],
+    k: int,
+    excludes: Sequence[Collection[str]],
+) -> list[list[Scored]]:
+    """`model.recommend_many`: the index searched once for all the users that have a
+    context, then each user ranked as `recommend` ranks; the same results as
+    `recommend` one by one with an index whose `search_many` matches its `search`."""
+    if len(contexts) != len(excludes):
+        raise ValueError(f"{len(contexts)} contexts but {len(excludes)} exclude sets")
+    if k <= 0:
+        return [[] for _ in contexts]
+    hs = [model.encoder.unpack(context.state)[1] for context in contexts]
+    found = _search(model, contexts, hs, excludes)
+    return [
+        model.rank_one(context, k, exclude, found[i])
+        for i, (context, exclude) in enumerate(zip(contexts, excludes, strict=True))
+    ]
+
+
+def _search(
+    model: TorchRecommender,
+    contexts: Sequence[UserContext],
+    hs: Sequence[torch.Tensor],
+    excludes: Sequence[Collection[str]],
+) -> list[list[Scored] | None]:
+    """The index's top `retrieve` for each context that ranks (has recent items), in
+    one batched search; None for the others (and for all when there is no retrieval)."""
+    found: list[list[Scored] | None] = [None] * len(contexts)
+    need = [i for i, context in enumerate(contexts) if context.recent]
+    retrieve = model.ranker.retrieve
+    if not need or retrieve <= 0 or len(model.index) == 0:
+        return found
+    queries = np.stack([hs[i].numpy() for i in need])
+    results = search_each(model.index, queries, retrieve, [excludes[i] for i in need])
+    for i, result in zip(need, results, strict=True):
+        found[i] = result
+    return found
