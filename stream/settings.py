@@ -18,6 +18,8 @@ from model.base import MODEL_NAMES
 ENV_PREFIX = "STREAMREC_"
 MODELS = MODEL_NAMES  # the recommenders a worker can run, named by the model layer
 EXCLUSION_POLICIES = ("seen", "last", "none")
+# How a worker runs the model over a batch (stream/worker/pipeline.py).
+MODEL_STEPS = ("click", "batch")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 # Settings that may be read from a file named by `<VARIABLE>_FILE` (Docker/Kubernetes
@@ -136,6 +138,13 @@ class Settings:
         default="seen",
         metadata={"help": "what is never recommended: seen (recent items), last, none"},
     )
+    model_step: str = field(
+        default="click",
+        metadata={
+            "help": "click: learn and rank one click at a time (exact); batch: learn a "
+            "batch in one model call, then rank it (faster, approximate for torch)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "random seed of the model"})
     half_life_s: int = field(
         default=3600,
@@ -191,6 +200,10 @@ class Settings:
         if self.exclude not in EXCLUSION_POLICIES:
             raise SettingsError(
                 f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, not {self.exclude!r}"
+            )
+        if self.model_step not in MODEL_STEPS:
+            raise SettingsError(
+                f"model_step must be one of {', '.join(MODEL_STEPS)}, not {self.model_step!r}"
             )
         for name in (
             "partitions",

@@ -214,6 +214,7 @@ def create_worker(
         top_k=settings.top_k,
         exclude=settings.exclude,
         dedup_window=settings.dedup_window,
+        batched=settings.model_step == "batch",
         tracker=tracker if vector_model is not None else None,
     )
     items = ItemOwner(

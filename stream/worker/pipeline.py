@@ -116,14 +116,15 @@ def _learn_and_rank(
     interactions: Sequence[Interaction],
     k: int,
     exclude_of: Callable[[UserContext, Interaction], Collection[str]],
+    batched: bool,
 ) -> _Learned:
-    """Learn from `interactions` and rank for each. A model with `learn_many` learns
-    the whole batch in one call and then ranks for every click (`recommend_many` if it
-    has it): each click's recommendation then also reflects the item changes of the
-    clicks after it in the batch. A model without it goes one click at a time, learn
-    then rank, exactly as single clicks do."""
+    """Learn from `interactions` and rank for each. `batched`: the whole batch is
+    learned in one call (`learn_many`) and then ranked (`recommend_many`), so each
+    click's recommendation also reflects the item changes of the clicks after it in
+    the batch. Otherwise one click at a time, learn then rank, exactly as single clicks
+    are."""
     started = time.perf_counter()
-    if getattr(recommender, "learn_many", None) is not None:
+    if batched:
         updates = _learn_many(recommender, contexts, interactions)
         learned = time.perf_counter()
         excludes = [exclude_of(u.context, i) for u, i in zip(updates, interactions, strict=True)]
@@ -166,6 +167,7 @@ class ClickProcessor:
         top_k: int,
         exclude: str,
         dedup_window: int,
+        batched: bool = False,
         tracker: DeltaTracker | None = None,
     ) -> None:
         self.recommender = recommender
@@ -175,6 +177,7 @@ class ClickProcessor:
         self.top_k = top_k
         self.exclude = exclude
         self.dedup_window = dedup_window
+        self.batched = batched  # one model call per batch (STREAMREC_MODEL_STEP=batch)
         self.quality = OnlineQuality(metrics)
         self._loss_average: float | None = None
 
@@ -272,7 +275,12 @@ class ClickProcessor:
         n = len(applied)
         stage = self.metrics.stage_seconds
         learned = _learn_and_rank(
-            self.recommender, contexts, interactions, self.top_k, self._excluded
+            self.recommender,
+            contexts,
+            interactions,
+            self.top_k,
+            self._excluded,
+            batched=self.batched,
         )
         updates, ranked = learned.updates, learned.ranked
         # model_update includes the model's own index upserts of the vectors it changed.

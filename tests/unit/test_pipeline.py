@@ -226,14 +226,23 @@ class Batched(CoVisitation):
         return [self.recommend(c, k, exclude=e) for c, e in zip(contexts, excludes, strict=True)]
 
 
-def test_a_model_with_the_batch_api_is_called_once_per_batch() -> None:
+def test_the_batch_model_step_calls_the_model_once_per_batch() -> None:
     model = Batched()
-    proc = ClickProcessor(model, None, WorkerMetrics(), top_k=5, exclude="seen", dedup_window=8)
+    proc = ClickProcessor(
+        model, None, WorkerMetrics(), top_k=5, exclude="seen", dedup_window=8, batched=True
+    )
     stream = generated_stream(50, seed=1)
     applied = len({(a.user_key, a.event_id) for a in stream})
     outcome = proc.process_batch(stream, lambda _key: None)
     assert model.calls == [("learn_many", applied), ("recommend_many", applied)]
     assert len(outcome.values) == len(outcome.applied) == applied
+
+
+def test_the_click_model_step_never_calls_the_batch_methods() -> None:
+    model = Batched()
+    proc = ClickProcessor(model, None, WorkerMetrics(), top_k=5, exclude="seen", dedup_window=8)
+    proc.process_batch(generated_stream(50, seed=1), lambda _key: None)
+    assert model.calls == []
 
 
 def test_batch_metrics_count_events_not_batches() -> None:
