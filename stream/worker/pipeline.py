@@ -6,10 +6,9 @@ which also upserts the changed item vectors into its FAISS index) -> the item ch
 their owners (`DeltaTracker`) and the user vectors queued for Redis (`VectorPublisher`,
 flushed off this path) -> top-K with the exclusion policy -> the recommendation events.
 
-The batch goes through as a batch: one model call to learn (`learn_many`) and one to
-rank (`recommend_many`) when the model has them, else its one-event methods in a loop
-with the same results, and metrics observed once per batch. The Faust agents in
-`stream/worker/app.py` feed it and persist the `UserRecord`s it returns.
+The model runs one click at a time, learn then rank (the default), or with
+STREAMREC_MODEL_STEP=batch one `learn_many` and one `recommend_many` call per batch;
+metrics are observed once per batch. The Faust agents in `stream/worker/agents.py` feed it and persist the `UserRecord`s it returns.
 """
 
 from __future__ import annotations
@@ -65,41 +64,6 @@ class BatchOutcome:
     emitted_at: float = 0.0
 
 
-def _learn_many(
-    recommender: Recommender,
-    contexts: Mapping[str, UserContext],
-    interactions: Sequence[Interaction],
-) -> list[Update]:
-    """`recommender.learn_many` if it has it, else `learn_one` in order, each user's
-    later click learning on the context its earlier one produced."""
-    learn_many = getattr(recommender, "learn_many", None)
-    if learn_many is not None:
-        return list(learn_many(contexts, interactions))
-    current = dict(contexts)
-    updates = []
-    for interaction in interactions:
-        update = recommender.learn_one(current[interaction.user_id], interaction)
-        current[interaction.user_id] = update.context
-        updates.append(update)
-    return updates
-
-
-def _recommend_many(
-    recommender: Recommender,
-    contexts: Sequence[UserContext],
-    k: int,
-    excludes: Sequence[Collection[str]],
-) -> list[list[Scored]]:
-    """`recommender.recommend_many` if it has it, else `recommend` for each context."""
-    recommend_many = getattr(recommender, "recommend_many", None)
-    if recommend_many is not None:
-        return list(recommend_many(contexts, k, excludes))
-    return [
-        recommender.recommend(context, k, exclude=exclude)
-        for context, exclude in zip(contexts, excludes, strict=True)
-    ]
-
-
 @dataclass(slots=True)
 class _Learned:
     """The model's answers for a batch and the time each half took."""
@@ -125,10 +89,10 @@ def _learn_and_rank(
     are."""
     started = time.perf_counter()
     if batched:
-        updates = _learn_many(recommender, contexts, interactions)
+        updates = recommender.learn_many(contexts, interactions)
         learned = time.perf_counter()
         excludes = [exclude_of(u.context, i) for u, i in zip(updates, interactions, strict=True)]
-        ranked = _recommend_many(recommender, [u.context for u in updates], k, excludes)
+        ranked = recommender.recommend_many([u.context for u in updates], k, excludes)
         return _Learned(updates, ranked, learned - started, time.perf_counter() - learned)
     current = dict(contexts)
     updates, ranked = [], []
