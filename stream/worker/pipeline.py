@@ -8,7 +8,8 @@ flushed off this path) -> top-K with the exclusion policy -> the recommendation 
 
 The model runs one click at a time, learn then rank (the default), or with
 STREAMREC_MODEL_STEP=batch one `learn_many` and one `recommend_many` call per batch;
-metrics are observed once per batch. The Faust agents in `stream/worker/agents.py` feed it and persist the `UserRecord`s it returns.
+metrics are observed once per batch. The Faust agents in `stream/worker/agents.py` feed
+it and persist the `UserRecord`s it returns.
 """
 
 from __future__ import annotations
