@@ -105,4 +105,4 @@ class BatchApplier:
         metrics.index_items.set(len(self.index))
 
 
-__all__ = ["Accepted", "BatchApplier", "SendDeltas", "SendRecommendation"]
+__all__ = ["BatchApplier", "SendDeltas", "SendRecommendation"]

@@ -323,7 +323,7 @@ class ClickProcessor:
                             clicked_at=accepted.clicked_at,
                         )
             if self.publisher is not None and update.user_vector is not None:
-                self.publisher.submit({}, accepted.click.user_id, update.user_vector)
+                self.publisher.submit_user(accepted.click.user_id, update.user_vector)
         if loss_seen and self._loss_average is not None:
             metrics.model_loss.set(self._loss_average)
         observe_values(metrics.vector_freshness.labels(store="index"), fresh)

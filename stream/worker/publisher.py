@@ -38,25 +38,11 @@ class VectorPublisher:
     def pending(self) -> int:
         return len(self._items) + len(self._users)
 
-    def submit(
-        self,
-        items: Mapping[str, np.ndarray],
-        user_id: str,
-        user_vector: np.ndarray | None,
-        clicked_at: float | None = None,
-        item_versions: Mapping[str, int] | None = None,
-    ) -> None:
-        """Queue vectors for the next flush. Never blocks, never fails. Items without
-        a version in `item_versions` are written with the flush's clock version."""
-        self._items.update(items)
-        for item_id in items:
-            self._item_versions.pop(item_id, None)
-        if item_versions:
-            self._item_versions.update(item_versions)
-        if clicked_at is not None:
-            self._clicked_at.update(dict.fromkeys(items, clicked_at))
-        if user_vector is not None:
-            self._users[user_id] = user_vector
+    def submit_user(self, user_id: str, user_vector: np.ndarray) -> None:
+        """Queue a user's query vector for the next flush (a newer one replaces it).
+        Never blocks, never fails. Item vectors come only from their owners
+        (`submit_items`)."""
+        self._users[user_id] = user_vector
 
     def submit_items(
         self,

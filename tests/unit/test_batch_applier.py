@@ -14,8 +14,8 @@ from typing import Any
 from model.registry import build_recommender
 from stream.events import Click
 from stream.metrics import WorkerMetrics
-from stream.worker.applier import Accepted, BatchApplier
-from stream.worker.pipeline import ClickProcessor, UserRecord
+from stream.worker.applier import BatchApplier
+from stream.worker.pipeline import Accepted, ClickProcessor, UserRecord
 from stream.worker.retention import UserRetention
 from stream.worker.users import UserTable
 from stream.worker.views import RecentRecommendations
