@@ -169,14 +169,16 @@ def measure(kind: str, items: np.ndarray, queries: np.ndarray, sweep: tuple[int,
     out["exact_batch_qps"] = exact_batch_qps
     del exact
     # Upserts, one id per call as the worker makes them: replace known ids (rows go to
-    # the delta), then add new ones. 800 of each stays under the rebuild trigger (2% of 100k).
+    # the delta, and once it is full the least recently changed go on into the graph),
+    # then add 800 new ones. Far fewer retired nodes than the rebuild trigger.
     rng = np.random.default_rng(7)
-    changed = rng.integers(0, n, 800)
-    fresh = items[rng.integers(0, n, 800)] * 1.01
+    changed = rng.integers(0, n, index.delta_rows + 800)
+    moved = items[rng.integers(0, n, len(changed))] * 1.01
     start = clock()
-    for row, vector in zip(changed, fresh, strict=True):
+    for row, vector in zip(changed, moved, strict=True):
         index.upsert([ids[row]], vector[None])
     out["upsert_update_us"] = (clock() - start) / len(changed) * 1e6
+    fresh = moved[:800]
     start = clock()
     for j, vector in enumerate(fresh):
         index.upsert([f"new{j}"], vector[None])

@@ -15,14 +15,14 @@ p50/p99/max (wall time, so time the build takes from the loop counts), queries/s
 the no-build run's, and the build's wall time, CPU seconds (process CPU minus the query
 thread's) and whether it finished.
 
-It also prints the rebuild CPU per click, amortised: a build is due every
-`rebuild_fraction * items` (at most `rebuild_max`) distinct changed rows, and a click
-changes the clicked item and the user's previous one; the clicks it takes to change that
-many distinct rows are counted on the benchmark's click stream (bench/workload.py).
-For comparison it times the alternative to a rebuild: FAISS's HNSW takes new nodes into
-a live graph (`add`), so a changed row could be inserted again (its old node marked
-stale) instead of rebuilding the graph; `rebuild_add_us_per_row` is that insertion's CPU
-per row into a graph of the same size, against `rebuild_cpu_us_per_row`.
+It also prints what keeping the graph current costs per click, amortised. A click
+changes the clicked item and the user's previous one; changed rows wait in the index's
+exact delta (`delta_rows`, least recently changed out first), and each row that leaves
+it is inserted into the live graph (`rebuild_add_us_per_row`, timed into a graph of the
+same size), retiring its old node; a build is due once retired nodes reach
+`rebuild_fraction * items`. Both counts come from replaying the benchmark's click
+stream (bench/workload.py) through a delta of that size: `rebuild_spill_us_per_click`
+is the insertions' CPU per click, `rebuild_cpu_us_per_click` the builds'.
 `run()` returns the figures for bench/run.py under `rebuild_*` keys.
 """
 
@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from bench.ann import DIM, model_like  # noqa: E402
 from bench.workload import click_stream  # noqa: E402
-from serving.ann import HnswParams, build_snapshot  # noqa: E402
+from serving.ann import HnswParams, build_graph  # noqa: E402
 from serving.faiss_index import FaissIndex  # noqa: E402
 
 K = 50
@@ -113,7 +114,7 @@ def during_build(
 
 def add_cost_us(vectors: np.ndarray, rows: int = 1_000) -> float:
     """CPU per row of inserting `rows` more vectors into an HNSW graph of `vectors`."""
-    index = build_snapshot(vectors, len(vectors), HnswParams())
+    index = build_graph(vectors, len(vectors), HnswParams())
     assert index is not None
     extra = vectors[:rows] + np.float32(0.01)
     start = time.thread_time()
@@ -121,20 +122,30 @@ def add_cost_us(vectors: np.ndarray, rows: int = 1_000) -> float:
     return (time.thread_time() - start) / rows * 1e6
 
 
-def clicks_per_build(items: int, rows: int, seed: int = 1) -> float:
-    """Clicks of the benchmark stream it takes to change `rows` distinct item rows."""
-    changed: set[str] = set()
+def clicks_per_build(
+    items: int, delta_rows: int, retired: int, seed: int = 1, most: int = 500_000
+) -> tuple[float, float]:
+    """Replays the benchmark stream through a delta of `delta_rows` rows: the clicks it
+    takes until `retired` rows have left it for the graph (nan if more than `most`),
+    and the rows that leave it per click."""
+    delta: OrderedDict[str, None] = OrderedDict()
     last: dict[str, str] = {}
-    stream = click_stream(max(10 * rows, 20_000), items=items, users=max(100, rows), seed=seed)
-    for n, event in enumerate(stream, 1):
+    spilled = clicks = 0
+    stream = click_stream(most, items=items, users=max(100, most // 10), seed=seed)
+    for clicks, event in enumerate(stream, 1):  # noqa: B007 (read after the loop)
         user, item = event["user_id"], event["item_id"]
-        changed.add(item)
-        if user in last:
-            changed.add(last[user])
+        for row in (item, last[user]) if user in last else (item,):
+            if row in delta:
+                delta.move_to_end(row)
+                continue
+            delta[row] = None
+            if len(delta) > delta_rows:
+                delta.popitem(last=False)
+                spilled += 1
         last[user] = item
-        if len(changed) >= rows:
-            return float(n)
-    return float("nan")
+        if spilled >= retired:
+            return float(clicks), spilled / clicks
+    return float("nan"), spilled / max(clicks, 1)
 
 
 def run(
@@ -168,10 +179,11 @@ def run(
         normal = during_build(index, queries, 0, load, progress)
         niced = during_build(index, queries, nice, load, progress)
         starved = during_build(index, queries, nice, 1.0, progress, max_s=starve_s)
-        rows = max(1.0, min(index.rebuild_max, index.rebuild_fraction * items))
+        rows = max(1.0, index.rebuild_fraction * items)
+        delta_rows = index.delta_rows
     finally:
         index.close()
-    clicks = clicks_per_build(items, int(rows))
+    clicks, spilled_per_click = clicks_per_build(items, delta_rows, int(rows))
     add_us = add_cost_us(vectors)
     build_cpu = min(normal["build_cpu_s"], niced["build_cpu_s"])
     figures: dict[str, Any] = {
@@ -184,10 +196,12 @@ def run(
         "rebuild_niced": niced,
         "rebuild_niced_saturated": starved,
         "rebuild_cpu_s": build_cpu,
+        "rebuild_delta_rows": delta_rows,
         "rebuild_rows_per_build": rows,
         "rebuild_clicks_per_build": clicks,
         "rebuild_cpu_us_per_click": build_cpu / clicks * 1e6,
-        "rebuild_cpu_us_per_row": build_cpu / rows * 1e6,
+        "rebuild_spill_rows_per_click": spilled_per_click,
+        "rebuild_spill_us_per_click": spilled_per_click * add_us,
         "rebuild_add_us_per_row": add_us,
     }
     for label, run_ in (("nice0", normal), ("niced", niced)):
@@ -223,11 +237,15 @@ def report(figures: dict[str, Any]) -> str:
             f"{f['qps']:>8.0f}{f['qps'] / idle_qps:>7.2f}{build}"
         )
     lines.append(
-        f"a build every {figures['rebuild_rows_per_build']:,.0f} distinct changed rows ="
+        f"a delta of {figures['rebuild_delta_rows']:,} rows passes"
+        f" {figures['rebuild_spill_rows_per_click']:.2f} rows per click to the graph, at"
+        f" {figures['rebuild_add_us_per_row']:,.0f} us each:"
+        f" {figures['rebuild_spill_us_per_click']:,.0f} us per click;"
+    )
+    lines.append(
+        f"a build every {figures['rebuild_rows_per_build']:,.0f} retired nodes ="
         f" {figures['rebuild_clicks_per_build']:,.0f} clicks:"
-        f" {figures['rebuild_cpu_us_per_click']:,.0f} us of build CPU per click,"
-        f" {figures['rebuild_cpu_us_per_row']:,.0f} us per changed row; inserting a row"
-        f" into the live graph instead: {figures['rebuild_add_us_per_row']:,.0f} us"
+        f" {figures['rebuild_cpu_us_per_click']:,.0f} us of build CPU per click"
     )
     return "\n".join(lines)
 

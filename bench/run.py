@@ -192,6 +192,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("ann_recall10_1m", "ANN recall@10, 1M items"),
         ("rebuild_query_p99_us_nice0", "search p99 us during a rebuild, nice 0"),
         ("rebuild_query_p99_us_niced", "search p99 us during a rebuild, nice 19"),
+        ("rebuild_spill_us_per_click", "graph insertions CPU us per click, amortised"),
         ("rebuild_cpu_us_per_click", "index rebuild CPU us per click, amortised"),
         ("freshness_ms_p50", "freshness p50 ms (both workers + Redis)"),
         ("freshness_ms_p99", "freshness p99 ms (both workers + Redis)"),

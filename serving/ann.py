@@ -1,18 +1,20 @@
-"""The two halves of `FaissIndex`'s approximate search: an HNSW snapshot and a delta.
+"""The two halves of `FaissIndex`'s approximate search: an HNSW graph and a delta.
 
-A `Snapshot` is an HNSW graph (inner product) over rows 0..size-1 of the vector matrix
-as they were when it was built. It is immutable once built, so any number of threads may
-search it; it cannot remove or replace a vector (FAISS's HNSW has no removal).
+A `Graph` is an HNSW graph (inner product) over rows of the vector matrix. FAISS's HNSW
+can add a node but never remove or move one, so a row's newer vector joins as a new node
+and its old node is retired (see `Graph`). Full builds (`build_graph`) start it over.
 
-A `Delta` holds the rows written since the snapshot's copy began, in one contiguous
-buffer that is searched exactly. Hits the snapshot returns for a row in the delta are
-stale and are dropped by the caller; the delta supplies that row's current score.
+A `Delta` holds the rows changed most recently, in one contiguous buffer that is
+searched exactly: a row that changes often stays there and never costs a graph node per
+change. Graph hits on a row in the delta are stale and are dropped by the caller; the
+delta supplies that row's current score.
 
 Both are plain data structures without locks: `FaissIndex` owns the locking.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -44,34 +46,103 @@ class HnswParams:
     ef_search: int = 32
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    index: faiss.IndexHNSWFlat
-    size: int
-    ef_search: int
+class Graph:
+    """An HNSW graph (inner product) over vector-matrix rows that takes new versions of
+    rows in place.
+
+    `put` adds each row's vector as a new node and retires the row's old node, if any:
+    its stored vector is zeroed, so it scores 0 for every query and falls behind any
+    answer that points the query's way, while its links keep routing searches; a retired
+    node that is still returned maps to row -1. Retired nodes cost memory and detours,
+    so the owner rebuilds from scratch once `retired` is a large share of `rows`.
+
+    Searches may run from several threads at once, but never during a `put`: the owner
+    serialises writes against everything else.
+    """
+
+    def __init__(self, index: faiss.IndexHNSWFlat, rows: int, ef_search: int) -> None:
+        """`index` holds rows 0..rows-1 as nodes 0..rows-1."""
+        self.index = index
+        self.ef_search = ef_search
+        self.retired = 0
+        self._node_rows = np.arange(max(rows, 1), dtype=np.int64)
+        self._row_nodes: dict[int, int] = {}  # rows whose node is not their own number
+        self._base = rows  # rows below this start as their own node
+
+    @property
+    def nodes(self) -> int:
+        """Nodes in the graph, retired ones included."""
+        return int(self.index.ntotal)
+
+    @property
+    def rows(self) -> int:
+        """Rows the graph holds (one live node each)."""
+        return self.nodes - self.retired
+
+    def holds(self, row: int) -> bool:
+        return row in self._row_nodes or row < self._base
 
     def search(self, queries: np.ndarray, want: int, ef: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Top `want` rows per query (row -1 pads a short answer: HNSW may return fewer
-        than asked even when the graph holds more). Safe to call from several threads."""
-        want = min(want, self.size)
+        """Top `want` (scores, rows) per query; row -1 marks a retired node or pads a
+        short answer (HNSW may return fewer than asked even when the graph holds more)."""
+        want = min(want, self.nodes)
         if want < 1:
             return _EMPTY_SCORES, _EMPTY_ROWS
         if ef > self.ef_search:
             # Missing from the stubs faiss ships, present in the library.
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             params.efSearch = ef
-            return self.index.search(queries, want, params=params)
-        return self.index.search(queries, want)
+            scores, nodes = self.index.search(queries, want, params=params)
+        else:
+            scores, nodes = self.index.search(queries, want)
+        rows: np.ndarray = np.where(nodes >= 0, self._node_rows[np.maximum(nodes, 0)], -1)
+        return scores, rows
+
+    def put(self, rows: list[int], vectors: np.ndarray) -> None:
+        """Make `vectors` (one per row, rows distinct) the graph's vectors of `rows`."""
+        if not rows:
+            return
+        first = self.nodes
+        old = [self._node_of(row) for row in rows]
+        retiring = [node for node in old if node >= 0]
+        if retiring:
+            self._stored()[retiring] = 0.0
+            self._node_rows[retiring] = -1
+            self.retired += len(retiring)
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        if self.nodes > len(self._node_rows):
+            grown = np.full(max(2 * len(self._node_rows), self.nodes), -1, dtype=np.int64)
+            grown[: len(self._node_rows)] = self._node_rows
+            self._node_rows = grown
+        for offset, row in enumerate(rows):
+            self._node_rows[first + offset] = row
+            self._row_nodes[row] = first + offset
+
+    def _node_of(self, row: int) -> int:
+        node = self._row_nodes.get(row)
+        if node is None:
+            return row if row < self._base else -1
+        return node
+
+    def _stored(self) -> np.ndarray:
+        """The graph's own copy of the node vectors, as a writable view (valid until
+        the next `add`, which may move it)."""
+        flat = faiss.downcast_index(self.index.storage)
+        dim = self.index.d
+        # IndexFlat.get_xb is missing from the stubs faiss ships, present in the library.
+        buffer = faiss.rev_swig_ptr(flat.get_xb(), self.nodes * dim)  # type: ignore[attr-defined]
+        stored: np.ndarray = buffer.reshape(self.nodes, dim)
+        return stored
 
 
-def build_snapshot(
+def build_graph(
     matrix: np.ndarray,
     size: int,
     params: HnswParams,
     stop: threading.Event | None = None,
     progress: Progress | None = None,
-) -> Snapshot | None:
-    """Build an HNSW snapshot of `matrix[:size]`; None if `stop` was set meanwhile.
+) -> Graph | None:
+    """Build an HNSW graph of `matrix[:size]`; None if `stop` was set meanwhile.
 
     Blocks for the whole build (seconds per 100k rows on one core); FAISS releases the
     GIL while adding, so other Python threads keep running. `matrix` may be written by
@@ -88,7 +159,7 @@ def build_snapshot(
         index.add(chunk)
         if progress is not None:
             progress(start + len(chunk), size)
-    return Snapshot(index, size, params.ef_search)
+    return Graph(index, size, params.ef_search)
 
 
 def lower_thread_priority(nice: int) -> bool:
@@ -112,16 +183,19 @@ def lower_thread_priority(nice: int) -> bool:
 
 
 class Delta:
-    """Rows changed since a snapshot: a contiguous buffer searched by brute force.
+    """Rows changed since they were last put in the graph: a contiguous buffer searched
+    by brute force, kept in the order the rows last changed.
 
-    `put` is O(dim) (amortised: the buffer doubles when full); `search` is O(len * dim).
+    `put` and `take_oldest` are O(dim) per row (amortised: the buffer doubles when full);
+    `search` is O(len * dim).
     """
 
     def __init__(self, dim: int, capacity: int = 256) -> None:
         self._vectors = np.zeros((max(capacity, 1), dim), dtype=np.float32)
         self._rows = np.zeros(max(capacity, 1), dtype=np.int64)
         self.slots: dict[int, int] = {}
-        """Matrix row -> buffer slot; read it to test membership (do not write)."""
+        """Matrix row -> buffer slot, least recently changed first; read it to test
+        membership (do not write)."""
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -130,14 +204,29 @@ class Delta:
         return row in self.slots
 
     def put(self, row: int, vector: np.ndarray) -> None:
-        slot = self.slots.get(row)
+        slot = self.slots.pop(row, None)
         if slot is None:
             slot = len(self.slots)
             if slot == len(self._rows):
                 self._grow()
-            self.slots[row] = slot
             self._rows[slot] = row
+        self.slots[row] = slot  # (re)inserted last: the most recently changed
         self._vectors[slot] = vector
+
+    def take_oldest(self, count: int) -> tuple[list[int], np.ndarray]:
+        """Remove the `count` least recently changed rows; their rows and vectors."""
+        rows = list(itertools.islice(self.slots, count))
+        vectors = np.empty((len(rows), self._vectors.shape[1]), dtype=np.float32)
+        for i, row in enumerate(rows):
+            slot = self.slots.pop(row)
+            vectors[i] = self._vectors[slot]
+            last = len(self.slots)
+            if slot != last:  # the last slot's row moves into the hole
+                moved = int(self._rows[last])
+                self._rows[slot] = moved
+                self._vectors[slot] = self._vectors[last]
+                self.slots[moved] = slot  # an existing key keeps its place in the order
+        return rows, vectors
 
     def search(self, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top `want` (scores, matrix rows) per query over the delta's rows."""

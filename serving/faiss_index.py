@@ -4,36 +4,40 @@ Source of truth: one growable float32 matrix with an id -> row map, so an upsert
 row write (O(dim)), never the O(N) `IndexIDMap2.remove_ids` + `add` of a FAISS id map.
 
 Search is exact (FAISS brute force over the filled rows) while the catalogue is smaller
-than `exact_below`. Past it, search is approximate: an HNSW snapshot of the matrix
-(`serving.ann`), plus an exact search over the *delta*, the rows written since that
-snapshot's copy began. Snapshot hits on delta rows are stale and dropped, so a query
-always ranks by the newest vectors. When the delta outgrows `rebuild_fraction` of the
-snapshot (or `rebuild_max` rows; new rows join the delta, so a catalogue that grows
-gets rebuilt long before it doubles), a background thread builds a new snapshot from a
-copy of the matrix and installs it together with the new delta under the lock, as one
-state change: a query sees either the old pair or the new one, never a mix. With
-`build_nice` > 0 that thread runs at that niceness (Linux, per thread:
-`serving.ann.lower_thread_priority`), so on a core shared with the event loop a build
-takes mostly the time the loop leaves idle instead of half the core; the price is that a
-loop that never idles slows the build down (nice 19: to about 1.5% of the core) while it
-keeps serving from the old snapshot and a growing delta. bench/rebuild.py measures both.
+than `exact_below`. Past it, search is approximate: an HNSW graph of the matrix
+(`serving.ann.Graph`) plus an exact search over the *delta*, the `delta_rows` rows that
+changed most recently. Graph hits on delta rows are stale and dropped, so a query always
+ranks by the newest vectors. A row that changes joins the delta; when the delta is full,
+the rows that changed least recently leave it for the graph, each as a new node that
+retires the row's old one (a few HNSW insertions per upsert, on the caller's thread). A
+hot item, changed by every click on it, stays in the delta and costs no graph node per
+change. When retired nodes reach `rebuild_fraction` of the graph's rows, a background
+thread builds a fresh graph from a copy of the matrix and installs it together with a
+new delta (the rows written since its copy began) under the lock, as one state change:
+a query sees either the old pair or the new one, never a mix. With `build_nice` > 0 that
+thread runs at that niceness (Linux, per thread: `serving.ann.lower_thread_priority`),
+so on a core shared with the event loop a build takes mostly the time the loop leaves
+idle; the price is that a loop that never idles slows the build down (nice 19: to about
+1.5% of the core) while it keeps serving. bench/rebuild.py measures both.
 
 Contract:
-- `upsert` is idempotent and O(dim) per vector; it starts a build when one is due and
-  never waits for it (with `background=False` it builds inline instead: tests only).
+- `upsert` is idempotent; it writes the row (O(dim)), moves at most a few rows from the
+  delta into the graph (HNSW insertions), starts a build when one is due and never waits
+  for it (with `background=False` it builds inline instead: tests only).
 - A build `rebuild(wait=True)` waits for runs at normal priority (its caller is idle
   meanwhile); builds started by `upsert` or `rebuild(wait=False)` run at `build_nice`.
 - `search` is best-first by inner product, never returns an excluded id, and returns
-  min(k, len(index) - excluded present) results in both modes: when the snapshot
-  yields too few survivors it widens the beam, then falls back to exact search.
+  min(k, len(index) - excluded present) results in both modes: when the graph yields
+  too few survivors it widens the beam, then falls back to exact search.
 - Thread-safety: `upsert`, `search` and `search_many` may be called from any thread
   (the worker calls them from its event-loop thread); one lock serialises them, and
   is uncontended there. Only the build runs in the background thread. It never reads a
   matrix being resized: `_grow` allocates a new matrix and the build keeps its
-  reference to the old one, whose rows 0..size-1 are what it snapshots.
+  reference to the old one, whose rows 0..size-1 are what it copies.
 - `close()` stops the background thread (an in-flight build stops at its next chunk).
-- Memory: once approximate, the HNSW snapshot holds its own copy of the vectors plus
-  about 2 * m * 4 bytes of links per row; during a rebuild two snapshots coexist.
+- Memory: once approximate, the graph holds its own copy of the vectors plus about
+  2 * m * 4 bytes of links per node, retired nodes included (at most `rebuild_fraction`
+  of the rows); during a rebuild two graphs coexist.
 
 Satisfies `model.base.ItemIndex` structurally (no import between the two packages).
 """
@@ -52,10 +56,10 @@ import numpy as np
 from model.base import Scored
 from serving.ann import (
     Delta,
+    Graph,
     HnswParams,
     Progress,
-    Snapshot,
-    build_snapshot,
+    build_graph,
     lower_thread_priority,
 )
 
@@ -67,12 +71,15 @@ log = logging.getLogger(__name__)
 class FaissIndex:
     """Top-K by inner product: exact below `exact_below` items, HNSW + exact delta above.
 
-    `exact_below`: catalogue size at which the first snapshot is built (default 20,000:
+    `exact_below`: catalogue size at which the first graph is built (default 20,000:
     exact search there still answers ~6k queries/s on one core, and an HNSW build takes
-    about a second; see bench/ann.py). `background=False` builds snapshots inline, in the
-    `upsert` that makes one due (deterministic; for tests). `progress` is called from
-    the building thread with (rows added, rows total). `build_nice`: the niceness of
-    background builds (0, the default, keeps the caller's priority).
+    about a second; see bench/ann.py). `delta_rows`: rows kept in the exact delta (its
+    search costs O(delta_rows * dim) per query; the more it holds, the fewer changes
+    reach the graph). `rebuild_fraction`: retired graph nodes, as a share of its rows,
+    that make a fresh build due. `background=False` builds inline, in the `upsert` that
+    makes one due (deterministic; for tests). `progress` is called from the building
+    thread with (rows added, rows total). `build_nice`: the niceness of background
+    builds (0, the default, keeps the caller's priority).
     """
 
     def __init__(
@@ -81,8 +88,8 @@ class FaissIndex:
         *,
         exact_below: int = 20_000,
         hnsw: HnswParams | None = None,
-        rebuild_fraction: float = 0.02,
-        rebuild_max: int = 5_000,
+        delta_rows: int = 2_048,
+        rebuild_fraction: float = 0.25,
         background: bool = True,
         progress: Progress | None = None,
         build_nice: int = 0,
@@ -92,8 +99,8 @@ class FaissIndex:
         self.dim = dim
         self.exact_below = exact_below
         self.hnsw = hnsw or HnswParams()
+        self.delta_rows = delta_rows
         self.rebuild_fraction = rebuild_fraction
-        self.rebuild_max = rebuild_max
         self.background = background
         self.build_nice = build_nice
         self._progress = progress
@@ -102,7 +109,7 @@ class FaissIndex:
         self._rows: dict[str, int] = {}
         self._lock = threading.Lock()
         # Approximate state: replaced together, under the lock, by `_install`.
-        self._snapshot: Snapshot | None = None
+        self._graph: Graph | None = None
         self._delta = Delta(dim)
         # Rows written since the in-flight build's copy began (None: no build).
         self._pending: set[int] | None = None
@@ -129,12 +136,18 @@ class FaissIndex:
 
     @property
     def approximate(self) -> bool:
-        """True once a snapshot serves searches (it stays so: the catalogue never shrinks)."""
-        return self._snapshot is not None
+        """True once a graph serves searches (it stays so: the catalogue never shrinks)."""
+        return self._graph is not None
 
     @property
     def delta_size(self) -> int:
         return len(self._delta)
+
+    @property
+    def retired_nodes(self) -> int:
+        """Graph nodes that no longer stand for a row (see `serving.ann.Graph`)."""
+        graph = self._graph
+        return 0 if graph is None else graph.retired
 
     # --- writing --------------------------------------------------------------------
 
@@ -149,7 +162,7 @@ class FaissIndex:
                 f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}"
             )
         with self._lock:
-            approximate, pending = self._snapshot is not None, self._pending
+            approximate, pending = self._graph is not None, self._pending
             for item_id, vector in zip(ids, vectors, strict=True):
                 row = self._rows.get(item_id)
                 if row is None:
@@ -163,12 +176,14 @@ class FaissIndex:
                     self._delta.put(row, vector)
                 if pending is not None:
                     pending.add(row)
+            if approximate:
+                self._spill(budget=2 * len(ids) + 8)
             due = self._rebuild_due()
         if due:
             self._start_build(self.build_nice)
 
     def rebuild(self, wait: bool = True) -> None:
-        """Build a snapshot of the current matrix now, whatever its size (so a small
+        """Build a graph of the current matrix now, whatever its size (so a small
         index becomes approximate). With `wait`, block until it serves searches; a
         build already in flight is waited for first, and suffices when it left nothing
         in the delta. Without `wait`, start one unless one is in flight."""
@@ -177,24 +192,29 @@ class FaissIndex:
             return
         self._join()
         with self._lock:
-            snapshot = self._snapshot
-            current = snapshot is not None and snapshot.size == len(self._ids) and not self._delta
+            graph = self._graph
+            current = (
+                graph is not None
+                and graph.rows == len(self._ids)
+                and not graph.retired
+                and not self._delta
+            )
         if not current:
             self._start_build(nice=0)
             self._join()
 
     def set_ef_search(self, ef_search: int) -> None:
-        """Change the HNSW beam width for the serving snapshot and later builds (the
+        """Change the HNSW beam width for the serving graph and later builds (the
         recall/speed dial; see bench/ann.py). Takes effect at the next search."""
         with self._lock:
             self.hnsw = replace(self.hnsw, ef_search=ef_search)
-            if self._snapshot is not None:
-                self._snapshot.index.hnsw.efSearch = ef_search
-                self._snapshot = replace(self._snapshot, ef_search=ef_search)
+            if self._graph is not None:
+                self._graph.index.hnsw.efSearch = ef_search
+                self._graph.ef_search = ef_search
 
     def close(self) -> None:
         """Stop building: an in-flight build ends at its next chunk; no new ones start.
-        Searches and upserts keep working on the current snapshot and delta."""
+        Searches and upserts keep working on the current graph and delta."""
         self._stop.set()
         self._join()
 
@@ -226,15 +246,15 @@ class FaissIndex:
         if len(excludes) != nq:
             raise ValueError(f"{nq} queries but {len(excludes)} exclude sets")
         with self._lock:
-            snapshot, n = self._snapshot, len(self._ids)
+            graph, n = self._graph, len(self._ids)
             if k < 1 or n == 0 or nq == 0:
                 return [[] for _ in range(nq)]
             banned = [self._banned_rows(ex) for ex in excludes]
             most_banned = max(len(b) for b in banned)
-            if snapshot is None:  # exact: one brute-force pass for every query
+            if graph is None:  # exact: one brute-force pass for every query
                 return self._exact_many(queries, k, banned, most_banned)
             want = k + most_banned + min(len(self._delta), k)
-            a_scores, a_rows = snapshot.search(queries, want)
+            a_scores, a_rows = graph.search(queries, want)
             d_scores, d_rows = self._delta.search(queries, k + most_banned)
             results = []
             for i, query in enumerate(queries):
@@ -246,7 +266,7 @@ class FaissIndex:
                     d_rows[i : i + 1],
                     banned[i],
                     target,
-                    complete=want >= snapshot.size,
+                    complete=want >= graph.nodes,
                 )
                 if merged is None:  # too few survivors: the single-query path widens
                     merged = self._search_locked(query[None], k, excludes[i])
@@ -261,23 +281,23 @@ class FaissIndex:
         target = min(k, n - len(banned))
         if target < 1:
             return []
-        snapshot = self._snapshot
-        if snapshot is not None:
-            # The delta answers k + excluded exactly; the snapshot is asked for a few
+        graph = self._graph
+        if graph is not None:
+            # The delta answers k + excluded exactly; the graph is asked for a few
             # more, since its hits on rows now in the delta are stale and dropped.
             d_scores, d_rows = self._delta.search(query, k + len(banned))
             want, ef = k + len(banned) + min(len(self._delta), k), 0
             # Too few survivors (stale or excluded hits, or HNSW returning fewer than
             # asked): twice widen the answer and the beam, then search exactly.
             for _ in range(3):
-                a_scores, a_rows = snapshot.search(query, want, ef)
-                complete = want >= snapshot.size
+                a_scores, a_rows = graph.search(query, want, ef)
+                complete = want >= graph.nodes
                 merged = self._merge(a_scores, a_rows, d_scores, d_rows, banned, target, complete)
                 if merged is not None:
                     return merged
                 if complete:
                     break
-                want, ef = 2 * want, 4 * max(want, snapshot.ef_search)
+                want, ef = 2 * want, 4 * max(want, graph.ef_search)
         return self._exact(query, k, banned, target)
 
     def _banned_rows(self, exclude: Collection[str]) -> set[int]:
@@ -294,11 +314,12 @@ class FaissIndex:
         target: int,
         complete: bool,
     ) -> list[Scored] | None:
-        """Snapshot hits (minus stale delta rows) and delta hits, best-first.
+        """Graph hits (minus retired nodes and stale delta rows) and delta hits,
+        best-first.
 
-        None unless `target` snapshot hits survive: a delta hit may only displace a
-        snapshot hit, since snapshot rows past the ones returned were never compared.
-        With `complete` (the snapshot was asked for all its rows) the delta may fill in.
+        None unless `target` graph hits survive: a delta hit may only displace a graph
+        hit, since graph rows past the ones returned were never compared. With
+        `complete` (the graph was asked for all its nodes) the delta may fill in.
         """
         # Hot path (every query): comprehensions and C-level dict/set lookups only.
         stale = self._delta.slots
@@ -352,13 +373,22 @@ class FaissIndex:
 
     # --- building -------------------------------------------------------------------
 
+    def _spill(self, budget: int) -> None:
+        """Under the lock: move the delta's least recently changed rows into the graph
+        until it holds `delta_rows`, at most `budget` of them (a delta left oversized by
+        a build shrinks over the next upserts instead of in one pause)."""
+        assert self._graph is not None
+        excess = min(len(self._delta) - self.delta_rows, budget)
+        if excess > 0:
+            rows, vectors = self._delta.take_oldest(excess)
+            self._graph.put(rows, vectors)
+
     def _rebuild_due(self) -> bool:
         if self._pending is not None or self._stop.is_set():
             return False
-        if self._snapshot is None:
+        if self._graph is None:
             return len(self._ids) >= self.exact_below
-        limit = min(self.rebuild_max, self.rebuild_fraction * self._snapshot.size)
-        return len(self._delta) >= max(limit, 1)
+        return self._graph.retired >= max(1.0, self.rebuild_fraction * self._graph.rows)
 
     def _start_build(self, nice: int) -> None:
         with self._lock:
@@ -366,7 +396,7 @@ class FaissIndex:
                 return
             # From here on every written row lands in `pending`; the copy of rows
             # 0..size-1 below may see some of them half-written, harmlessly, since
-            # those rows will be in the new delta, which shadows the snapshot.
+            # those rows will be in the new delta, which shadows the graph.
             self._pending = set()
             matrix, size = self._vectors, len(self._ids)
             if self.background:
@@ -384,27 +414,27 @@ class FaissIndex:
         if nice > 0 and threading.current_thread() is self._builder:
             lower_thread_priority(nice)  # this thread only; it ends with the build
         try:
-            snapshot = build_snapshot(matrix, size, self.hnsw, self._stop, self._progress)
+            graph = build_graph(matrix, size, self.hnsw, self._stop, self._progress)
         except Exception:
-            log.exception("building the FAISS snapshot failed; serving the previous one")
-            snapshot = None
+            log.exception("building the FAISS graph failed; serving the previous one")
+            graph = None
         with self._lock:
-            if snapshot is not None:
-                self._install(snapshot)
+            if graph is not None:
+                self._install(graph)
             self._pending = None
 
-    def _install(self, snapshot: Snapshot) -> None:
-        """Under the lock: the new snapshot and its delta (rows written since its copy
+    def _install(self, graph: Graph) -> None:
+        """Under the lock: the new graph and its delta (rows written since its copy
         began, and rows added after it) replace the old pair in one step."""
         assert self._pending is not None
         delta = Delta(self.dim, capacity=max(256, 2 * len(self._pending)))
-        new_rows = range(snapshot.size, len(self._ids))
+        new_rows = range(graph.rows, len(self._ids))
         for row in sorted(self._pending.union(new_rows)):
             delta.put(row, self._vectors[row])
-        if snapshot.ef_search != self.hnsw.ef_search:  # set_ef_search during the build
-            snapshot.index.hnsw.efSearch = self.hnsw.ef_search
-            snapshot = replace(snapshot, ef_search=self.hnsw.ef_search)
-        self._snapshot, self._delta = snapshot, delta
+        if graph.ef_search != self.hnsw.ef_search:  # set_ef_search during the build
+            graph.index.hnsw.efSearch = self.hnsw.ef_search
+            graph.ef_search = self.hnsw.ef_search
+        self._graph, self._delta = graph, delta
         self.builds += 1
 
     def _join(self) -> None:

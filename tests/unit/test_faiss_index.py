@@ -66,15 +66,35 @@ def test_a_changed_vector_ranks_by_its_new_value_before_any_rebuild() -> None:
     assert index.search(query, 1)[0].item_id == "new"
 
 
-def test_delta_rows_outgrowing_the_fraction_trigger_a_rebuild() -> None:
+def test_a_full_delta_moves_its_least_recently_changed_rows_into_the_graph() -> None:
     ids, vectors = catalogue(1000, 8)
-    index = FaissIndex(8, exact_below=1, rebuild_fraction=0.1, background=False)
+    index = FaissIndex(8, exact_below=1, delta_rows=50, background=False)
     index.upsert(ids, vectors)
     assert index.builds == 1
-    index.upsert(ids[:99], vectors[:99] * 2)
-    assert index.builds == 1 and index.delta_size == 99
-    index.upsert(ids[99:100], vectors[99:100] * 2)  # 100 = 10% of 1000
-    assert index.builds == 2 and index.delta_size == 0
+    query = np.ones(8, dtype=np.float32)
+    vectors[:80] *= -1.0
+    index.upsert(ids[:40], vectors[:40])
+    index.upsert(ids[:1], vectors[:1])  # changed again: now the most recent
+    index.upsert(ids[40:80], vectors[40:80])
+    # 80 changed rows, 50 kept: the 30 changed least recently went into the graph,
+    # each retiring its old node, and row 0 (changed last among the first 40) stayed.
+    assert index.delta_size == 50 and index.retired_nodes == 30 and index.builds == 1
+    assert 0 in index._delta and 1 not in index._delta
+    assert ids_of(index.search(query, 20)) == exact_top(ids, vectors, query, 20)
+    top = index.search(query, 1000)
+    assert sorted(ids_of(top)) == sorted(ids)  # every row once: no retired node answers
+    by_id = {s.item_id: s.score for s in top}
+    assert by_id[ids[1]] == pytest.approx(float(vectors[1] @ query), rel=1e-5)
+
+
+def test_retired_nodes_reaching_the_fraction_trigger_a_rebuild() -> None:
+    ids, vectors = catalogue(1000, 8)
+    index = FaissIndex(8, exact_below=1, delta_rows=10, rebuild_fraction=0.1, background=False)
+    index.upsert(ids, vectors)
+    index.upsert(ids[:109], vectors[:109] * 2)
+    assert index.builds == 1 and index.retired_nodes == 99 and index.delta_size == 10
+    index.upsert(ids[109:110], vectors[109:110] * 2)  # 100 retired = 10% of 1000
+    assert index.builds == 2 and index.retired_nodes == 0 and index.delta_size == 0
 
 
 def test_background_rebuild_then_wait() -> None:
@@ -89,7 +109,7 @@ def test_background_rebuild_then_wait() -> None:
 
 def test_many_stale_top_hits_still_fill_k() -> None:
     # Rewrite the 200 best items for a query (all now in the delta, stale in the
-    # snapshot) to score lowest: the snapshot's first answers are all dropped.
+    # graph) to score lowest: the graph's first answers are all dropped.
     ids, vectors = catalogue(2000, 8)
     index = FaissIndex(8, exact_below=1, background=False, rebuild_fraction=0.5)
     index.upsert(ids, vectors)
@@ -139,7 +159,9 @@ def test_queries_during_upserts_and_background_rebuilds() -> None:
     the answers equal exact search."""
     dim, k = 8, 10
     ids, vectors = catalogue(400, dim, seed=3)
-    index = FaissIndex(dim, exact_below=100, rebuild_fraction=0.05, hnsw=HnswParams(ef_search=128))
+    index = FaissIndex(
+        dim, exact_below=100, delta_rows=20, rebuild_fraction=0.2, hnsw=HnswParams(ef_search=128)
+    )
     index.upsert(ids[:150], vectors[:150])
     errors: list[BaseException] = []
     queries_run = 0
@@ -196,10 +218,11 @@ def test_queries_during_upserts_and_background_rebuilds() -> None:
 def test_interleaved_upserts_keep_the_contract(
     batches: list[list[tuple[int, int]]], k: int, excluded: set[int]
 ) -> None:
-    """Batches of upserts over few ids (so ids repeat, some rows land in the delta,
-    some batches trigger rebuilds): size, exclusions, ordering and freshness hold."""
+    """Batches of upserts over few ids (so ids repeat, some rows land in the delta and
+    some go on into the graph, some batches trigger rebuilds): size, exclusions,
+    ordering and freshness hold."""
     dim = 4
-    index = FaissIndex(dim, exact_below=10, background=False, rebuild_fraction=0.3)
+    index = FaissIndex(dim, exact_below=10, delta_rows=4, background=False, rebuild_fraction=0.3)
     current: dict[str, np.ndarray] = {}
     for batch in batches:
         ids = [f"i{item}" for item, _ in batch]
@@ -224,12 +247,12 @@ def test_set_ef_search_applies_now_and_to_later_builds() -> None:
     index = FaissIndex(8, exact_below=1, background=False)
     index.upsert(ids, vectors)
     index.set_ef_search(200)
-    assert index._snapshot is not None and index._snapshot.index.hnsw.efSearch == 200
+    assert index._graph is not None and index._graph.index.hnsw.efSearch == 200
     index.rebuild(wait=True)  # nothing changed: the snapshot is current, no new build
     assert index.builds == 1
     index.upsert(ids[:1], vectors[:1] * 2)
     index.rebuild(wait=True)
-    assert index.builds == 2 and index._snapshot.index.hnsw.efSearch == 200
+    assert index.builds == 2 and index._graph.index.hnsw.efSearch == 200
     query = np.ones(8, dtype=np.float32)
     assert len(index.search(query, 10)) == 10
 

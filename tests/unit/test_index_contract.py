@@ -42,19 +42,32 @@ def approximate_faiss(dim: int) -> FaissIndex:
     )
 
 
+def spilling_faiss(dim: int) -> FaissIndex:
+    """`approximate_faiss` with a delta of two rows: changed rows go on into the graph
+    (retiring their old nodes) and retired nodes trigger rebuilds."""
+    return FaissIndex(
+        dim,
+        exact_below=1,
+        background=False,
+        delta_rows=2,
+        rebuild_fraction=0.5,
+        hnsw=HnswParams(ef_search=64),
+    )
+
+
 # The approximate mode is held to recall, not exactness; on these small, low-dimensional
 # sets HNSW finds nearly everything, so a low bar still catches a broken merge.
 MIN_RECALL = 0.9
 
 
 def is_exact(make_index: Factory) -> bool:
-    return make_index is not approximate_faiss
+    return make_index not in (approximate_faiss, spilling_faiss)
 
 
 @pytest.fixture(
     scope="module",
-    params=[FaissIndex, ExactIndex, approximate_faiss],
-    ids=["FaissIndex", "ExactIndex", "FaissIndex-approximate"],
+    params=[FaissIndex, ExactIndex, approximate_faiss, spilling_faiss],
+    ids=["FaissIndex", "ExactIndex", "FaissIndex-approximate", "FaissIndex-spilling"],
 )
 def make_index(request: pytest.FixtureRequest) -> Factory:
     # Module scope: the factory holds no state, and hypothesis forbids function-scoped
