@@ -97,6 +97,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             settings,
             model=args.model,
             checkpoint=str(checkpoint) if args.model == "torch" else "",
+            model_step=args.model_step,
             **({"batch_wait_ms": args.batch_wait_ms} if args.batch_wait_ms is not None else {}),
         )
         Path(settings.data_dir).mkdir(parents=True)
@@ -153,6 +154,7 @@ def measure(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
     batched = scrape_metric(url, "streamrec_batch_clicks_sum")
     return {
         "model": args.model,
+        "model_step": settings.model_step,
         "batch_wait_ms": settings.batch_wait_ms,
         "items": args.items,
         "events": args.events,
@@ -237,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument(
         "--batch-wait-ms", type=int, default=None, help="the worker's STREAMREC_BATCH_WAIT_MS"
+    )
+    parser.add_argument(
+        "--model-step", default="click", choices=("click", "batch"), help="STREAMREC_MODEL_STEP"
     )
     parser.add_argument("--profile", default="", help="write the worker's profile here")
     parser.add_argument("--in-process", action="store_true", help="the batch path alone")

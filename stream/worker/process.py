@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -100,6 +101,19 @@ def build_worker(settings: Settings) -> Worker:
     return create_worker(settings, recommender, index)
 
 
+def freeze_startup_heap() -> None:
+    """Take every object alive now out of the cyclic collector's sight for good.
+
+    Imports, the model, the index and the Faust app live as long as the process, yet
+    each full collection walked all of them (a few hundred thousand objects) on the
+    event-loop thread: a pause of about a tenth of a second, several times a minute
+    under load, and a fifth of the model step's CPU. Frozen, they are never scanned;
+    what the worker allocates later is collected as usual. Call once startup is done.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class StreamrecWorker(Sigusr1Worker):
     """Faust's worker, minus its progress spinner, with streamrec's SIGUSR1 dump."""
 
@@ -123,4 +137,5 @@ def run_worker(settings: Settings) -> None:
     torch.set_num_threads(1)
     diagnostics.install()
     worker = build_worker(settings)
+    freeze_startup_heap()
     StreamrecWorker(worker.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
