@@ -41,10 +41,11 @@ Sparse = tuple[np.ndarray, np.ndarray]
 
 @dataclass(frozen=True)
 class Evidence:
-    """What a candidate set's features are built from: the window's transition votes
-    (per item, P(j | r_d) for d = 1..window), the history vote, the co-occurrence vote."""
+    """What a candidate set's features are built from: the window's transition
+    probabilities (P(j | r_d) over rows j, for d = 1..window: r_1 the last item), the
+    history vote, the co-occurrence vote."""
 
-    votes: dict[str, list[float]]
+    window: list[Sparse]
     history: Sparse | None
     neighbours: Sparse | None
 
@@ -229,14 +230,15 @@ class MixRanker:
         """The candidate ids (plus `also` if given), their features and evidence;
         `found` is the index's answer if already searched."""
         rows_of, ids_of = self.encoder.rows, self.encoder.ids
+        window = list(reversed(context.recent[-self.transitions.window :]))
         evidence = Evidence(
-            self.transitions.votes(context.recent),
+            [self._successors_of(prev, self.transitions, self._successors) for prev in window],
             self._vote(context.recent, self.transitions, self._successors),
             None
             if self.cooccurrence is None
             else self._vote(context.recent, self.cooccurrence, self._neighbours),
         )
-        candidates = dict.fromkeys(evidence.votes)
+        candidates = dict.fromkeys(self.transitions.successor_ids(window))
         candidates.update(dict.fromkeys(context.recent[-_REPEAT_SPAN:]))
         if self.history_candidates > 0:
             for sparse in (evidence.history, evidence.neighbours):
@@ -277,19 +279,10 @@ class MixRanker:
         catalogue's size. `cache` keeps each item's successor arrays."""
         if self.history <= 0:
             return None
-        rows_of = self.encoder.rows
         rows_parts: list[np.ndarray] = []
         weight_parts: list[np.ndarray] = []
         for d, prev in enumerate(reversed(recent[-self.history :]), 1):
-            arrays = cache.get(prev)
-            if arrays is None:
-                successors = memory.successors(prev)
-                known = [(rows_of[j], p) for j, p in successors.items() if j in rows_of]
-                arrays = (
-                    np.array([r for r, _ in known], dtype=np.int64),
-                    np.array([p for _, p in known], dtype=np.float64),
-                )
-                cache[prev] = arrays
+            arrays = self._successors_of(prev, memory, cache)
             if len(arrays[0]):
                 rows_parts.append(arrays[0])
                 weight_parts.append(arrays[1] * d**-self.history_exponent)
@@ -298,6 +291,24 @@ class MixRanker:
         rows, slots = np.unique(np.concatenate(rows_parts), return_inverse=True)
         # bincount adds each slot's weights in their order, as a dense bincount would.
         return rows, np.bincount(slots, np.concatenate(weight_parts), minlength=len(rows))
+
+    def _successors_of(
+        self, item: str, memory: TransitionMemory, cache: dict[str, Sparse]
+    ) -> Sparse:
+        """`memory`'s P(row | item) over the rows the encoder knows, rows ascending;
+        kept in `cache` until a click changes them (`forget_successors`)."""
+        arrays = cache.get(item)
+        if arrays is None:
+            rows_of = self.encoder.rows
+            successors = memory.successors(item)
+            known = [(rows_of[j], p) for j, p in successors.items() if j in rows_of]
+            known.sort()
+            arrays = (
+                np.array([r for r, _ in known], dtype=np.int64),
+                np.array([p for _, p in known], dtype=np.float64),
+            )
+            cache[item] = arrays
+        return arrays
 
     def _features(
         self, ids: list[str], context: UserContext, h: torch.Tensor, evidence: Evidence
@@ -310,10 +321,11 @@ class MixRanker:
         rows_of = self.encoder.rows
         rows = torch.from_numpy(np.fromiter(map(rows_of.__getitem__, ids), np.int64, len(ids)))
         features[:, layout.score] = self.encoder.emb[rows] @ h
-        zeros = [0.0] * layout.window
-        p = torch.from_numpy(
-            np.array([evidence.votes.get(i, zeros) for i in ids], dtype=np.float32)
-        )
+        window = np.zeros((len(ids), layout.window), dtype=np.float32)
+        for d, successors in enumerate(evidence.window):
+            if len(successors[0]):
+                window[:, d] = _lookup(successors, rows.numpy())
+        p = torch.from_numpy(window)
         features[:, layout.transitions] = p
         features[:, layout.transition_vote] = torch.log(p @ self._decay + 1e-4)
         features[:, layout.history_vote] = _log_vote(evidence.history, rows.numpy())
