@@ -17,7 +17,7 @@ from model.base import MODEL_NAMES
 
 ENV_PREFIX = "STREAMREC_"
 MODELS = MODEL_NAMES  # the recommenders a worker can run, named by the model layer
-EXCLUSION_POLICIES = ("seen", "last", "none")
+EXCLUSION_POLICIES = ("seen", "last", "none", "history")
 # How a worker runs the model over a batch (stream/worker/pipeline.py).
 MODEL_STEPS = ("click", "batch")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -136,7 +136,17 @@ class Settings:
     top_k: int = field(default=10, metadata={"help": "items per recommendation event"})
     exclude: str = field(
         default="seen",
-        metadata={"help": "what is never recommended: seen (recent items), last, none"},
+        metadata={
+            "help": "what is never recommended: seen (recent items), last, none, or history "
+            "(every item the user interacted with, up to STREAMREC_HISTORY_MAX)"
+        },
+    )
+    history_max: int = field(
+        default=1000,
+        metadata={
+            "help": "distinct items a user's history keeps under STREAMREC_EXCLUDE=history "
+            "(the oldest forgotten first)"
+        },
     )
     model_step: str = field(
         default="click",
@@ -216,6 +226,7 @@ class Settings:
             "batch_size",
             "batch_wait_ms",
             "half_life_s",
+            "history_max",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")

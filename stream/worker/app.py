@@ -213,6 +213,7 @@ def create_worker(
         metrics,
         top_k=settings.top_k,
         exclude=settings.exclude,
+        history_max=settings.history_max,
         dedup_window=settings.dedup_window,
         batched=settings.model_step == "batch",
         tracker=tracker if vector_model is not None else None,

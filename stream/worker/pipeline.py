@@ -80,32 +80,36 @@ def _learn_and_rank(
     contexts: Mapping[str, UserContext],
     interactions: Sequence[Interaction],
     k: int,
-    exclude_of: Callable[[UserContext, Interaction], Collection[str]],
+    exclude_of: Callable[[int, UserContext, Interaction], Collection[str]],
     batched: bool,
 ) -> _Learned:
     """Learn from `interactions` and rank for each. `batched`: the whole batch is
     learned in one call (`learn_many`) and then ranked (`recommend_many`), so each
     click's recommendation also reflects the item changes of the clicks after it in
     the batch. Otherwise one click at a time, learn then rank, exactly as single clicks
-    are."""
+    are. `exclude_of(i, context, interaction)` is what click i's ranking leaves out,
+    `context` being the user's after it."""
     started = time.perf_counter()
     if batched:
         updates = recommender.learn_many(contexts, interactions)
         learned = time.perf_counter()
-        excludes = [exclude_of(u.context, i) for u, i in zip(updates, interactions, strict=True)]
+        excludes = [
+            exclude_of(n, u.context, i)
+            for n, (u, i) in enumerate(zip(updates, interactions, strict=True))
+        ]
         ranked = recommender.recommend_many([u.context for u in updates], k, excludes)
         return _Learned(updates, ranked, learned - started, time.perf_counter() - learned)
     current = dict(contexts)
     updates, ranked = [], []
     searching = 0.0
-    for interaction in interactions:
+    for n, interaction in enumerate(interactions):
         update = recommender.learn_one(current[interaction.user_id], interaction)
         current[interaction.user_id] = update.context
         updates.append(update)
         learned = time.perf_counter()
         ranked.append(
             recommender.recommend(
-                update.context, k, exclude=exclude_of(update.context, interaction)
+                update.context, k, exclude=exclude_of(n, update.context, interaction)
             )
         )
         searching += time.perf_counter() - learned
@@ -134,13 +138,15 @@ class ClickProcessor:
         dedup_window: int,
         batched: bool = False,
         tracker: DeltaTracker | None = None,
+        history_max: int = 1000,
     ) -> None:
         self.recommender = recommender
         self.tracker = tracker
         self.publisher = publisher
         self.metrics = metrics
         self.top_k = top_k
-        self.exclude = exclude
+        self.exclude = exclude  # seen, last, none or history (stream/settings.py)
+        self.history_max = history_max
         self.dedup_window = dedup_window
         self.batched = batched  # one model call per batch (STREAMREC_MODEL_STEP=batch)
         self.quality = OnlineQuality(metrics)
@@ -239,12 +245,20 @@ class ClickProcessor:
         and each user's newest record: the deduplicated part of `process_batch`."""
         n = len(applied)
         stage = self.metrics.stage_seconds
+        histories: dict[bytes, tuple[str, ...]] = {}
+        excluded: Callable[[int, UserContext, Interaction], Collection[str]] = self._excluded
+        if self.exclude == "history":
+            after = self._histories(applied, before, histories)
+
+            def excluded(i: int, _context: UserContext, _click: Interaction) -> Collection[str]:
+                return after[i]
+
         learned = _learn_and_rank(
             self.recommender,
             contexts,
             interactions,
             self.top_k,
-            self._excluded,
+            excluded,
             batched=self.batched,
         )
         updates, ranked = learned.updates, learned.ranked
@@ -285,10 +299,27 @@ class ClickProcessor:
                 event_ids[key],
                 shown_by_user[key],
                 before[key].applied + applied_by_user[key],
+                histories.get(key, ()),
             )
             for key, update in newest.items()
         }
         return outcome
+
+    def _histories(
+        self,
+        applied: list[Accepted],
+        before: dict[bytes, UserRecord],
+        newest: dict[bytes, tuple[str, ...]],
+    ) -> list[frozenset[str]]:
+        """Each applied click's user history after it (the `history` policy's
+        exclusions); `newest` receives each user's history after the batch."""
+        after: list[frozenset[str]] = []
+        for accepted in applied:
+            key = accepted.user_key
+            history = newest.get(key, before[key].history)
+            newest[key] = history = remembered(history, accepted.click.item_id, self.history_max)
+            after.append(frozenset(history))
+        return after
 
     def _forward(self, applied: list[Accepted], updates: list[Update]) -> None:
         """The item changes to their owners, the user vectors to the publisher, the
@@ -335,8 +366,10 @@ class ClickProcessor:
         record = record or self.new_record()
         context = record.context
         last = context.recent[-1:] if context.recent else ()
-        if self.exclude == "seen":
-            excluded: Collection[str] = set(context.recent)
+        if self.exclude == "history":
+            excluded: Collection[str] = set(record.history)
+        elif self.exclude == "seen":
+            excluded = set(context.recent)
         else:
             excluded = set(last) if self.exclude == "last" else ()
         items = self.recommender.recommend(context, k, exclude=excluded)
@@ -349,9 +382,21 @@ class ClickProcessor:
             emitted_at=time.time(),
         )
 
-    def _excluded(self, context: UserContext, interaction: Interaction) -> Collection[str]:
+    def _excluded(
+        self, _position: int, context: UserContext, interaction: Interaction
+    ) -> Collection[str]:
         if self.exclude == "seen":
             return set(context.recent)
         if self.exclude == "last":
             return {interaction.item_id}
         return ()
+
+
+def remembered(history: tuple[str, ...], item_id: str, limit: int) -> tuple[str, ...]:
+    """`history` (distinct ids, oldest first) after a click on `item_id`: the item moved
+    to the end, and only the last `limit` ids kept."""
+    if history and history[-1] == item_id:
+        return history
+    if item_id in history:
+        history = tuple(i for i in history if i != item_id)
+    return (*history, item_id)[-limit:]

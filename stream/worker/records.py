@@ -11,12 +11,15 @@ id lists as one JSON array.
     17      8     applied                  uint64
     25      4     n = len(context.state)   uint32
     29      4n    context.state            float32 x n
-    29+4n   ...   [recent, event_ids, last_recommended] as JSON
+    29+4n   ...   [recent, event_ids, last_recommended] as JSON (version 1), or
+                  [recent, event_ids, last_recommended, history] (version 2)
 
-The first byte tells the formats apart: every record the JSON format wrote starts with
-`{`, which is no version number, so a changelog written before the binary format still
-loads (`from_bytes`). An unknown version is refused with `UnknownRecordFormat`, never
-misread.
+A record with no history (any exclusion policy but `history`) is written as version 1,
+so workers from before version 2 read it; one with a history as version 2, which those
+workers refuse in one line rather than misread. The first byte tells the formats
+apart: every record the JSON format wrote starts with `{`, which is no version number,
+so a changelog written before the binary format still loads (`from_bytes`). An unknown
+version is refused with `UnknownRecordFormat`, never misread.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import orjson
 
 from model.base import UserContext
 
-#: The version byte `UserRecord.to_bytes` writes.
-RECORD_FORMAT = 1
+#: The version byte `UserRecord.to_bytes` writes for a record with a history; one
+#: without is written as version 1.
+RECORD_FORMAT = 2
+_WITHOUT_HISTORY = 1
 _HEADER = struct.Struct("<BdQQI")
 _LAST_TIMESTAMP = struct.Struct("<d")
 _JSON_START = ord("{")
@@ -44,8 +49,10 @@ class UnknownRecordFormat(ValueError):
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     """What the worker's user table holds per user: the model context, the ids of the
-    user's most recent applied events (to skip repeats) and the items last recommended
-    (to score the next click for live quality).
+    user's most recent applied events (to skip repeats), the items last recommended
+    (to score the next click for live quality) and, under the `history` exclusion
+    policy, every distinct item the user interacted with, oldest first, at most
+    `STREAMREC_HISTORY_MAX` of them (the oldest forgotten first).
 
     `to_bytes` stores the context's state as float32, the precision the models keep it
     in: a state value that needs float64 comes back rounded to float32.
@@ -55,17 +62,22 @@ class UserRecord:
     event_ids: tuple[str, ...] = ()
     last_recommended: tuple[str, ...] = ()
     applied: int = 0  # clicks applied to this user, ever: what a fault test counts
+    history: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         context = self.context
         state = context.state
+        lists: tuple[tuple[str, ...], ...] = (context.recent, self.event_ids, self.last_recommended)
+        version = _WITHOUT_HISTORY
+        if self.history:
+            lists, version = (*lists, self.history), RECORD_FORMAT
         return b"".join(
             (
                 _HEADER.pack(
-                    RECORD_FORMAT, context.last_timestamp, context.clicks, self.applied, len(state)
+                    version, context.last_timestamp, context.clicks, self.applied, len(state)
                 ),
                 np.array(state, dtype="<f4").tobytes() if state else b"",
-                orjson.dumps((context.recent, self.event_ids, self.last_recommended)),
+                orjson.dumps(lists),
             )
         )
 
@@ -78,11 +90,11 @@ class UserRecord:
         version = raw[0]
         if version == _JSON_START:
             return cls._from_json(raw)
-        if version != RECORD_FORMAT:
+        if version not in (_WITHOUT_HISTORY, RECORD_FORMAT):
             raise UnknownRecordFormat(
                 f"user record format version {version} is unknown to this worker, which "
-                f"reads version {RECORD_FORMAT} and the JSON records before it: a newer "
-                "worker wrote it, or it is not a user record"
+                f"reads versions 1 to {RECORD_FORMAT} and the JSON records before them: a "
+                "newer worker wrote it, or it is not a user record"
             )
         try:
             _, last_timestamp, clicks, applied, n = _HEADER.unpack_from(raw)
@@ -90,14 +102,20 @@ class UserRecord:
             if len(raw) < end:
                 raise ValueError(f"user record cut short: {len(raw)} bytes, state needs {end}")
             state = np.frombuffer(raw, dtype="<f4", count=n, offset=_HEADER.size).tolist()
-            recent, event_ids, last_recommended = orjson.loads(raw[end:])
-        except (struct.error, orjson.JSONDecodeError, TypeError) as exc:
+            lists = orjson.loads(raw[end:])
+            history: list[str] = []
+            if version == _WITHOUT_HISTORY:
+                recent, event_ids, last_recommended = lists
+            else:
+                recent, event_ids, last_recommended, history = lists
+        except (struct.error, orjson.JSONDecodeError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed user record: {exc}") from exc
         return cls(
             UserContext(tuple(recent), tuple(state), clicks, last_timestamp),
             tuple(event_ids),
             tuple(last_recommended),
             applied,
+            tuple(history),
         )
 
     @classmethod
@@ -105,7 +123,7 @@ class UserRecord:
         """`from_bytes(raw).context.last_timestamp`, read without decoding the record: a
         worker reads it for every user it recovers. Falls back to a full decode when a
         JSON record's field is not found."""
-        if raw and raw[0] == RECORD_FORMAT and len(raw) >= _HEADER.size:
+        if raw and raw[0] in (_WITHOUT_HISTORY, RECORD_FORMAT) and len(raw) >= _HEADER.size:
             return float(_LAST_TIMESTAMP.unpack_from(raw, 1)[0])
         if raw and raw[0] == _JSON_START:
             # Only the context has this key; an id holding the same text has its quotes

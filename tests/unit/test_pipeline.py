@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
@@ -129,7 +130,17 @@ def reference_process(
         click.user_id, click.item_id, timestamp, click.event_type, click.session_id
     )
     update = proc.recommender.learn_one(record.context, interaction)
-    excluded = {"seen": set(update.context.recent), "last": {click.item_id}}[proc.exclude]
+    history = record.history
+    if proc.exclude == "history":
+        kept = [item for item in history if item != click.item_id] + [click.item_id]
+        history = tuple(
+            kept[len(kept) - proc.history_max :] if len(kept) > proc.history_max else kept
+        )
+    excluded = {
+        "seen": set(update.context.recent),
+        "last": {click.item_id},
+        "history": set(history),
+    }[proc.exclude]
     items = proc.recommender.recommend(update.context, proc.top_k, exclude=excluded)
     recommendation = Recommendation(
         user_id=click.user_id,
@@ -141,7 +152,8 @@ def reference_process(
     )
     event_ids = (*record.event_ids, event_id)[-proc.dedup_window :]
     shown = tuple(s.item_id for s in items)
-    return UserRecord(update.context, event_ids, shown, record.applied + 1), recommendation
+    after = UserRecord(update.context, event_ids, shown, record.applied + 1, history)
+    return after, recommendation
 
 
 def generated_stream(n: int, seed: int) -> list[Accepted]:
@@ -167,10 +179,10 @@ def without_emitted_at(value: bytes) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("model", ["popularity", "covisit", "torch"])
-@pytest.mark.parametrize("exclude", ["seen", "last"])
+@pytest.mark.parametrize("exclude", ["seen", "last", "history"])
 def test_batches_give_what_one_click_at_a_time_gave(model: str, exclude: str) -> None:
     stream = generated_stream(300, seed=3)
-    kwargs = {"top_k": 5, "exclude": exclude, "dedup_window": 4}
+    kwargs: dict[str, Any] = {"top_k": 5, "exclude": exclude, "dedup_window": 4, "history_max": 12}
     one = ClickProcessor(build_recommender(model, dim=8), None, WorkerMetrics(), **kwargs)
     batched = ClickProcessor(build_recommender(model, dim=8), None, WorkerMetrics(), **kwargs)
 
@@ -198,6 +210,51 @@ def test_batches_give_what_one_click_at_a_time_gave(model: str, exclude: str) ->
     assert len(values) < len(stream)  # the stream has repeats to skip
     assert values == expected_values
     assert records == expected_records
+
+
+def test_history_never_shows_a_user_an_item_they_interacted_with() -> None:
+    """Under `history`, a recommendation leaves out every item its user clicked (up to
+    `history_max`, the oldest forgotten first) and still holds top_k items; the pull
+    answer too. Popularity would otherwise show the most clicked, i.e. the user's."""
+    proc = ClickProcessor(
+        build_recommender("popularity"),
+        None,
+        WorkerMetrics(),
+        top_k=5,
+        exclude="history",
+        dedup_window=4,
+        history_max=20,
+    )
+    rng = random.Random(7)
+    clicked: dict[str, list[str]] = {}
+    known: set[str] = set()  # popularity knows only the items clicked so far
+    records: dict[bytes, UserRecord] = {}
+    for start in range(0, 400, 16):
+        batch = []
+        for i in range(start, start + 16):
+            user, item = f"u{rng.randrange(4)}", f"i{rng.randrange(60)}"
+            batch.append(
+                Accepted(Click(user, item, T + i, event_id=f"e{i}"), user.encode(), f"e{i}", None)
+            )
+        outcome = proc.process_batch(batch, records.get)
+        records.update(outcome.records)
+        for accepted, items in zip(outcome.applied, outcome.ranked, strict=True):
+            user = accepted.click.user_id
+            mine = clicked.setdefault(user, [])
+            if accepted.click.item_id in mine:
+                mine.remove(accepted.click.item_id)
+            mine.append(accepted.click.item_id)
+            known.add(accepted.click.item_id)
+            shown = {s.item_id for s in items}
+            assert len(items) == min(5, len(known - set(mine[-20:])))
+            assert not shown & set(mine[-20:])
+    for user, mine in clicked.items():
+        record = records[user.encode()]
+        assert record.history == tuple(mine[-20:])
+        answer = proc.answer(user, record, 5)
+        assert len(answer.items) == 5 and not {i.item_id for i in answer.items} & set(mine[-20:])
+    # What a user's record costs under the policy, with 20 three- to four-character ids.
+    assert len(record.to_bytes()) - len(dataclasses.replace(record, history=()).to_bytes()) < 20 * 8
 
 
 class Batched(CoVisitation):

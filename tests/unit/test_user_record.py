@@ -3,6 +3,8 @@ still able to read every record the JSON format before it wrote."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 from hypothesis import given
@@ -37,9 +39,16 @@ SAMPLE = UserRecord(
 
 def test_a_record_round_trips_and_starts_with_its_version() -> None:
     raw = SAMPLE.to_bytes()
-    assert raw[0] == RECORD_FORMAT
+    assert raw[0] == 1  # no history: the format workers before version 2 read
     assert UserRecord.from_bytes(raw) == SAMPLE
     assert UserRecord.from_bytes(UserRecord(UserContext()).to_bytes()) == UserRecord(UserContext())
+    with_history = dataclasses.replace(SAMPLE, history=("a", TRICKY, "c"))
+    raw = with_history.to_bytes()
+    assert raw[0] == RECORD_FORMAT == 2
+    assert UserRecord.from_bytes(raw) == with_history
+    assert UserRecord.last_timestamp_of(raw) == T
+    # What a history costs: the ids as a JSON array, one comma and two quotes each.
+    assert len(raw) - len(SAMPLE.to_bytes()) == len(orjson.dumps(with_history.history)) + 1
 
 
 @given(
@@ -50,6 +59,7 @@ def test_a_record_round_trips_and_starts_with_its_version() -> None:
     event_ids=st.lists(ids, max_size=5),
     shown=st.lists(ids, max_size=5),
     applied=st.integers(0, 2**40),
+    history=st.lists(ids, max_size=5, unique=True),
 )
 def test_any_record_with_float32_state_round_trips(
     recent: list[str],
@@ -59,12 +69,14 @@ def test_any_record_with_float32_state_round_trips(
     event_ids: list[str],
     shown: list[str],
     applied: int,
+    history: list[str],
 ) -> None:
     record = UserRecord(
         UserContext(tuple(recent), tuple(state), clicks, last),
         tuple(event_ids),
         tuple(shown),
         applied,
+        tuple(history),
     )
     raw = record.to_bytes()
     assert UserRecord.from_bytes(raw) == record
