@@ -18,6 +18,11 @@ EVENT_TYPES = ("click", "view", "add_to_cart", "purchase")
 #: The recommenders `model.registry.build_recommender` builds; `stream.settings` and the
 #: CLI offer these.
 MODEL_NAMES = ("torch", "popularity", "covisit")
+#: What a ranking leaves out (`excluded`); the worker's STREAMREC_EXCLUDE and
+#: `streamrec evaluate --exclude` offer these.
+EXCLUSION_POLICIES = ("seen", "last", "none", "history")
+#: How many distinct items the `history` policy remembers per user by default.
+HISTORY_MAX = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,32 @@ class UserContext:
             clicks=int(data.get("clicks", 0)),
             last_timestamp=float(data.get("last_timestamp", 0.0)),
         )
+
+
+def excluded(policy: str, context: UserContext, history: Collection[str] = ()) -> Collection[str]:
+    """What a ranking for a user leaves out under `policy`, `context` being the user's
+    after their last click: `seen` the model's recent items, `last` the last item,
+    `history` the `history` given (see `remembered`), `none` nothing. The worker and
+    the offline protocols both rank through this, so evaluate scores what users get."""
+    if policy == "seen":
+        return set(context.recent)
+    if policy == "last":
+        return set(context.recent[-1:])
+    if policy == "history":
+        return history
+    if policy == "none":
+        return ()
+    raise ValueError(f"exclusion policy must be one of {', '.join(EXCLUSION_POLICIES)}")
+
+
+def remembered(history: tuple[str, ...], item_id: str, limit: int) -> tuple[str, ...]:
+    """A user's history (distinct ids, oldest first) after a click on `item_id`: the
+    item moved to the end, and only the last `limit` ids kept."""
+    if history and history[-1] == item_id:
+        return history
+    if item_id in history:
+        history = tuple(i for i in history if i != item_id)
+    return (*history, item_id)[-limit:]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,10 @@ the item the user actually clicked:
   recommendation algorithms", 2018, https://arxiv.org/abs/1803.09587), except that the
   model keeps learning from the test clicks as they stream in.
 
+Every ranking leaves out what the worker's exclusion policy would (`exclude`, see
+`model.base.excluded`: the worker's default `seen` unless told otherwise), for the same
+context, so a figure is what the worker's users get.
+
 Each returns a dict: `HR@K`, `MRR@K`, `NDCG@K` for every K, `coverage`, `predictions`,
 `seconds` (wall time of the replay) and `events_per_s` (events given to the protocol
 per second of wall time, learning and scoring together).
@@ -31,10 +35,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 
-from model.base import Interaction, Recommender, UserContext
+from model.base import HISTORY_MAX, Interaction, Recommender, UserContext, excluded, remembered
 from model.baselines import DEFAULT_HALF_LIFE_S
 
 DEFAULT_KS = (10, 20)
@@ -183,26 +187,31 @@ def prequential(
     progress: Progress | None = None,
     on_prediction: OnPrediction | None = None,
     batch_size: int = 1,
+    exclude: str = "seen",
+    history_max: int = HISTORY_MAX,
 ) -> dict[str, Any]:
     """Test-then-learn: for every event in time order, score
-    `recommend(user's context before the event, max K)` against the clicked item, then
-    learn it. Every event is scored, a user's first one included (a cold start: the
-    model answers from what other users taught it), so predictions == len(events).
-    Nothing is excluded, so re-clicks count as hits. With `batch_size` > 1 each chunk of
+    `recommend(user's context before the event, max K, exclude)` (the list the worker
+    showed after the user's previous click) against the clicked item, then learn it.
+    Every event is scored, a user's first one included (a cold start: the model answers
+    from what other users taught it), so predictions == len(events). With
+    `exclude="none"` re-clicks count as hits. With `batch_size` > 1 each chunk of
     distinct users is ranked as the model stood before the chunk, then learned."""
     metrics = RankingMetrics(ks)
-    replay = _Replay(model, metrics, progress)
+    replay = _Replay(model, metrics, progress, exclude, history_max)
     started = time.perf_counter()
     if batch_size == 1:
         for event in time_ordered(events):
             context = replay.context(event.user_id)
-            ranked = _ids(model.recommend(context, metrics.max_k))
+            leave_out = replay.excluded(event.user_id, context)
+            ranked = _ids(model.recommend(context, metrics.max_k, leave_out))
             _score(metrics, on_prediction, event.user_id, ranked, event.item_id)
             replay.learn(event)
         return replay.finish(started, len(events))
     for chunk in chunks(time_ordered(events), batch_size, distinct_users=True):
         contexts = [replay.context(event.user_id) for event in chunk]
-        lists = model.recommend_many(contexts, metrics.max_k, [()] * len(chunk))
+        excludes = [replay.excluded(e.user_id, c) for e, c in zip(chunk, contexts, strict=True)]
+        lists = model.recommend_many(contexts, metrics.max_k, excludes)
         for event, scored in zip(chunk, lists, strict=True):
             _score(metrics, on_prediction, event.user_id, _ids(scored), event.item_id)
         replay.learn_many(chunk)
@@ -216,13 +225,15 @@ def last_out(
     progress: Progress | None = None,
     on_prediction: OnPrediction | None = None,
     batch_size: int = 1,
+    exclude: str = "seen",
+    history_max: int = HISTORY_MAX,
 ) -> dict[str, Any]:
     """Leave-last-out: each user's last event (by time; ties go to the later one in
     `events`) is held out and every other event is learned in time order. Then, in the
     held-out events' time order, each user's held-out item is scored against a full
-    ranking `recommend(context, max K, exclude=items the user interacted with in
-    training)`; the exclusion set is kept by this function, not read from the model's
-    bounded `recent`. A held-out item the user already had in training is therefore
+    ranking `recommend(context, max K, exclude)`: the list the worker would show after
+    the user's last training click. With `exclude="history"` every training item of the
+    user (up to `history_max`) is left out, so a held-out item the user already had is
     always a miss.
 
     Users with a single event have nothing to learn a context from: their event is
@@ -237,18 +248,15 @@ def last_out(
     held_out = {position for user, position in last.items() if count[user] > 1}
 
     metrics = RankingMetrics(ks)
-    replay = _Replay(model, metrics, progress)
-    seen: dict[str, set[str]] = {}
+    replay = _Replay(model, metrics, progress, exclude, history_max)
     started = time.perf_counter()
     training = [event for position, event in enumerate(ordered) if position not in held_out]
     for chunk in chunks(training, batch_size):
         replay.learn_many(chunk)
-        for event in chunk:
-            seen.setdefault(event.user_id, set()).add(event.item_id)
     scored = [ordered[position] for position in sorted(held_out)]
     for chunk in chunks(scored, batch_size):
         contexts = [replay.context(event.user_id) for event in chunk]
-        excludes = [seen[event.user_id] for event in chunk]
+        excludes = [replay.excluded(e.user_id, c) for e, c in zip(chunk, contexts, strict=True)]
         if batch_size == 1:
             lists = [model.recommend(contexts[0], metrics.max_k, exclude=excludes[0])]
         else:
@@ -267,23 +275,26 @@ def session_split(
     progress: Progress | None = None,
     on_prediction: OnPrediction | None = None,
     batch_size: int = 1,
+    exclude: str = "seen",
+    history_max: int = HISTORY_MAX,
 ) -> dict[str, Any]:
     """Next-item prediction on test sessions after learning the training events.
 
     All training events are learned in time order. Then the test events stream in
     time order (sessions interleave; `user_id` is the session): each click is learned,
-    and if it is not its session's last, `recommend(context, max K)` — the list the
-    live worker would show right after that click — is scored against the session's
-    next click, computed per session in advance. Nothing is excluded: session-rec's
-    next-item task counts repeat clicks. predictions == len(test_events) minus the
-    number of test sessions. With `batch_size` > 1 the test clicks are learned in
-    chunks of distinct sessions and each chunk's lists ranked after it."""
+    and if it is not its session's last, `recommend(context, max K, exclude)` — the
+    list the live worker would show right after that click — is scored against the
+    session's next click, computed per session in advance. session-rec's next-item task
+    counts repeat clicks: `exclude="none"` is that protocol as published.
+    predictions == len(test_events) minus the number of test sessions. With
+    `batch_size` > 1 the test clicks are learned in chunks of distinct sessions and
+    each chunk's lists ranked after it."""
     train = time_ordered(train_events)
     test = time_ordered(test_events)
     following = next_clicks(test)
 
     metrics = RankingMetrics(ks)
-    replay = _Replay(model, metrics, progress)
+    replay = _Replay(model, metrics, progress, exclude, history_max)
     started = time.perf_counter()
     for chunk in chunks(train, batch_size):
         replay.learn_many(chunk)
@@ -293,12 +304,14 @@ def session_split(
         position += len(chunk)
         contexts = replay.learn_many(chunk)
         asked = [c for c, target in enumerate(targets) if target is not None]
+        excludes = [replay.excluded(chunk[c].user_id, contexts[c]) for c in asked]
         if batch_size == 1:
-            lists = [model.recommend(contexts[c], metrics.max_k) for c in asked]
+            lists = [
+                model.recommend(contexts[c], metrics.max_k, leave_out)
+                for c, leave_out in zip(asked, excludes, strict=True)
+            ]
         else:
-            lists = model.recommend_many(
-                [contexts[c] for c in asked], metrics.max_k, [()] * len(asked)
-            )
+            lists = model.recommend_many([contexts[c] for c in asked], metrics.max_k, excludes)
         for c, ranked in zip(asked, lists, strict=True):
             target = targets[c]
             assert target is not None
@@ -320,23 +333,46 @@ def next_clicks(events: Sequence[Interaction]) -> list[str | None]:
 
 
 class _Replay:
-    """The per-user contexts, the catalogue and the progress count of one run."""
+    """The per-user contexts and histories, the catalogue and the progress count of one
+    run, and the exclusion policy its rankings follow."""
 
-    def __init__(self, model: Recommender, metrics: RankingMetrics, progress: Progress | None):
+    def __init__(
+        self,
+        model: Recommender,
+        metrics: RankingMetrics,
+        progress: Progress | None,
+        exclude: str = "none",
+        history_max: int = HISTORY_MAX,
+    ):
+        excluded(exclude, UserContext())  # ValueError for an unknown policy, now
         self.model = model
         self.metrics = metrics
         self.progress = progress
+        self.exclude = exclude
+        self.history_max = history_max
         self.contexts: dict[str, UserContext] = {}
+        self.histories: dict[str, tuple[str, ...]] = {}
         self._pending = 0
 
     def context(self, user_id: str) -> UserContext:
         context = self.contexts.get(user_id)
         return self.model.new_context() if context is None else context
 
+    def excluded(self, user_id: str, context: UserContext) -> Collection[str]:
+        """What a ranking for `user_id`, whose context is `context`, leaves out."""
+        history = self.histories.get(user_id, ()) if self.exclude == "history" else ()
+        return excluded(self.exclude, context, frozenset(history))
+
+    def _remember(self, event: Interaction) -> None:
+        if self.exclude == "history":
+            history = self.histories.get(event.user_id, ())
+            self.histories[event.user_id] = remembered(history, event.item_id, self.history_max)
+
     def learn(self, event: Interaction) -> UserContext:
         """Learn one event; returns the user's context after it."""
         context = self.model.learn_one(self.context(event.user_id), event).context
         self.contexts[event.user_id] = context
+        self._remember(event)
         self.metrics.see(event.item_id)
         self.tick()
         return context
@@ -350,6 +386,7 @@ class _Replay:
         contexts = [update.context for update in self.model.learn_many(before, events)]
         for event, context in zip(events, contexts, strict=True):
             self.contexts[event.user_id] = context
+            self._remember(event)
             self.metrics.see(event.item_id)
             self.tick()
         return contexts

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from model.base import MODEL_NAMES
+from model.base import EXCLUSION_POLICIES, HISTORY_MAX, MODEL_NAMES
 
 ENV_PREFIX = "STREAMREC_"
 MODELS = MODEL_NAMES  # the recommenders a worker can run, named by the model layer
-EXCLUSION_POLICIES = ("seen", "last", "none", "history")
+DEFAULT_EXCLUSION = "seen"  # STREAMREC_EXCLUDE's default, and `evaluate --exclude`'s
 # How a worker runs the model over a batch (stream/worker/pipeline.py).
 MODEL_STEPS = ("click", "batch")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -135,14 +135,14 @@ class Settings:
     dim: int = field(default=64, metadata={"help": "dimension of user and item vectors"})
     top_k: int = field(default=10, metadata={"help": "items per recommendation event"})
     exclude: str = field(
-        default="seen",
+        default=DEFAULT_EXCLUSION,
         metadata={
             "help": "what is never recommended: seen (recent items), last, none, or history "
             "(every item the user interacted with, up to STREAMREC_HISTORY_MAX)"
         },
     )
     history_max: int = field(
-        default=1000,
+        default=HISTORY_MAX,
         metadata={
             "help": "distinct items a user's history keeps under STREAMREC_EXCLUDE=history "
             "(the oldest forgotten first)"

@@ -24,9 +24,10 @@ from typing import Any
 import orjson
 
 from model import evaluation
-from model.base import Interaction
+from model.base import EXCLUSION_POLICIES, HISTORY_MAX, Interaction
 from model.registry import MODEL_NAMES, build_recommender
 from stream.offline.datasets import FORMATS, DatasetError, read_interactions
+from stream.settings import DEFAULT_EXCLUSION, Settings
 
 PROTOCOLS = ("prequential", "last-out", "session-split")
 _TRAIN_SUFFIX = "_train_full.txt"
@@ -45,8 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Replay a dataset in time order through each model under one protocol "
         "and print HR@K, MRR@K, NDCG@K, catalogue coverage and throughput per model. "
         "prequential: score each event before learning it. last-out: hold out each user's "
-        "last event, rank all items except the user's training items. session-split: "
-        "learn --train, then predict each test session's next click.",
+        "last event and rank for it. session-split: learn --train, then predict each test "
+        "session's next click. Every ranking leaves out what a worker's would (--exclude).",
     )
     parser.add_argument(
         "--data",
@@ -81,14 +82,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "counts at the data's end, else 3600",
     )
     parser.add_argument(
+        "--exclude",
+        default=DEFAULT_EXCLUSION,
+        choices=EXCLUSION_POLICIES,
+        help="what every ranking leaves out, as a worker's STREAMREC_EXCLUDE does (default "
+        f"{DEFAULT_EXCLUSION}, the worker's): seen (the user's recent items), last, none "
+        f"(session-rec's published protocol counts repeats), history (every item the user "
+        f"interacted with, up to {HISTORY_MAX})",
+    )
+    parser.add_argument(
         "--limit", type=int, metavar="N", help="use only the first N events (by time) of each file"
     )
     parser.add_argument(
         "--through-kafka",
         action="store_true",
-        help="session-split only: also run each model through the live pipeline (embedded "
-        "broker and Redis, a worker started from a checkpoint of the training file) and "
-        "report it as <model>@kafka beside the in-process figures",
+        help="also run each model through the live pipeline (embedded broker and Redis, a "
+        "worker started from a checkpoint: of the training file for session-split, a fresh "
+        "model otherwise) and report what it emitted as <model>@kafka beside the "
+        "in-process figures; for last-out also the pull API's answers at the end, as "
+        "<model>@kafka-pull",
     )
     parser.add_argument(
         "--chart",
@@ -167,11 +179,10 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
     batch_size = getattr(args, "batch_size", 1)
     if batch_size < 1:
         raise EvaluateError(f"--batch-size must be at least 1, not {batch_size}")
-    if getattr(args, "through_kafka", False) and args.protocol != "session-split":
-        raise EvaluateError("--through-kafka runs the session-split protocol only")
     dataset, files = resolve_data(args.protocol, args.data, args.train, args.test)
     streams = [load(path, args.format, args.limit) for path in files]
 
+    exclude = getattr(args, "exclude", DEFAULT_EXCLUSION)
     half_life_s = parse_half_life(getattr(args, "half_life", "auto"))
     if half_life_s is None:
         half_life_s = evaluation.auto_half_life(
@@ -188,33 +199,63 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
             with _progress_bar(name, total, disabled=args.quiet) as progress:
                 if args.protocol == "prequential":
                     result = evaluation.prequential(
-                        model, streams[0], ks, progress, logged, batch_size
+                        model, streams[0], ks, progress, logged, batch_size, exclude
                     )
                 elif args.protocol == "last-out":
                     result = evaluation.last_out(
-                        model, streams[0], ks, progress, logged, batch_size
+                        model, streams[0], ks, progress, logged, batch_size, exclude
                     )
                 else:
                     result = evaluation.session_split(
-                        model, streams[0], streams[1], ks, progress, logged, batch_size
+                        model, streams[0], streams[1], ks, progress, logged, batch_size, exclude
                     )
             results[name] = result
             if getattr(args, "through_kafka", False):
-                from stream.offline.live_eval import session_split_through_kafka
-
-                results[f"{name}@kafka"] = session_split_through_kafka(
-                    name,
-                    streams[0],
-                    streams[1],
-                    ks,
-                    dim=args.dim,
-                    seed=args.seed,
-                    half_life_s=half_life_s,
-                    progress=not args.quiet and sys.stderr.isatty(),
-                )
+                live = _through_kafka(args, name, streams, ks, half_life_s, exclude)
+                results.update(live)
     finally:
         torch.set_num_threads(threads)
-    return {"dataset": dataset, "protocol": args.protocol, "models": results}
+    return {
+        "dataset": dataset,
+        "protocol": args.protocol,
+        "exclude": exclude,
+        "half_life_s": half_life_s,
+        "worker_half_life_s": float(Settings().half_life_s),
+        "models": results,
+    }
+
+
+def _through_kafka(
+    args: argparse.Namespace,
+    name: str,
+    streams: list[list[Interaction]],
+    ks: tuple[int, ...],
+    half_life_s: float,
+    exclude: str,
+) -> dict[str, dict[str, Any]]:
+    """The protocol through the live pipeline (stream/offline/live_eval.py), as rows
+    named `<model>@kafka` (and `<model>@kafka-pull` for last-out)."""
+    from stream.offline import live_eval
+
+    options: dict[str, Any] = {
+        "dim": args.dim,
+        "seed": args.seed,
+        "half_life_s": half_life_s,
+        "exclude": exclude,
+        "progress": not args.quiet and sys.stderr.isatty(),
+    }
+    if args.protocol == "session-split":
+        return {
+            f"{name}@kafka": live_eval.session_split_through_kafka(
+                name, streams[0], streams[1], ks, **options
+            )
+        }
+    if args.protocol == "prequential":
+        return {
+            f"{name}@kafka": live_eval.prequential_through_kafka(name, streams[0], ks, **options)
+        }
+    rows = live_eval.last_out_through_kafka(name, streams[0], ks, **options)
+    return {f"{name}@kafka": rows["emitted"], f"{name}@kafka-pull": rows["pull"]}
 
 
 def parse_models(text: str) -> list[str]:
@@ -347,7 +388,17 @@ def format_table(report: dict[str, Any]) -> str:
         return "  ".join(padded)
 
     title = f"{report['protocol']} on {report['dataset']}"
-    return "\n".join([title, line(header), *(line(row) for row in rows)])
+    if "exclude" in report:
+        title += f" (exclude {report['exclude']})"
+    lines = [title, line(header), *(line(row) for row in rows)]
+    half_life, worker = report.get("half_life_s"), report.get("worker_half_life_s")
+    if half_life is not None and worker is not None and half_life != worker:
+        lines.append(
+            f"popularity half-life {half_life:,.0f} s; a fresh worker's is {worker:,.0f} s "
+            f"(STREAMREC_HALF_LIFE_S), so it ranks these clicks differently: serve a "
+            f"checkpoint of `streamrec train --half-life {half_life:.0f}`, or set it"
+        )
+    return "\n".join(lines)
 
 
 def _cell(column: str, value: Any) -> str:

@@ -18,7 +18,15 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from model.base import Interaction, Recommender, Scored, Update, UserContext
+from model.base import (
+    Interaction,
+    Recommender,
+    Scored,
+    Update,
+    UserContext,
+    excluded,
+    remembered,
+)
 from stream.events import Click, Recommendation, RecommendedItem, encode_recommendation
 from stream.items.ledger import DeltaTracker
 from stream.metrics import WorkerMetrics, observe_many, observe_values
@@ -246,19 +254,17 @@ class ClickProcessor:
         n = len(applied)
         stage = self.metrics.stage_seconds
         histories: dict[bytes, tuple[str, ...]] = {}
-        excluded: Callable[[int, UserContext, Interaction], Collection[str]] = self._excluded
-        if self.exclude == "history":
-            after = self._histories(applied, before, histories)
+        after = self._histories(applied, before, histories) if self.exclude == "history" else []
 
-            def excluded(i: int, _context: UserContext, _click: Interaction) -> Collection[str]:
-                return after[i]
+        def exclude_of(i: int, context: UserContext, _click: Interaction) -> Collection[str]:
+            return excluded(self.exclude, context, after[i] if after else ())
 
         learned = _learn_and_rank(
             self.recommender,
             contexts,
             interactions,
             self.top_k,
-            excluded,
+            exclude_of,
             batched=self.batched,
         )
         updates, ranked = learned.updates, learned.ranked
@@ -365,14 +371,8 @@ class ClickProcessor:
         `source_event_id` is the user's last applied event, or "" for an unknown user."""
         record = record or self.new_record()
         context = record.context
-        last = context.recent[-1:] if context.recent else ()
-        if self.exclude == "history":
-            excluded: Collection[str] = set(record.history)
-        elif self.exclude == "seen":
-            excluded = set(context.recent)
-        else:
-            excluded = set(last) if self.exclude == "last" else ()
-        items = self.recommender.recommend(context, k, exclude=excluded)
+        leave_out = excluded(self.exclude, context, frozenset(record.history))
+        items = self.recommender.recommend(context, k, exclude=leave_out)
         return Recommendation(
             user_id=user_id,
             items=tuple(RecommendedItem(s.item_id, s.score) for s in items),
@@ -381,22 +381,3 @@ class ClickProcessor:
             event_time=context.last_timestamp,
             emitted_at=time.time(),
         )
-
-    def _excluded(
-        self, _position: int, context: UserContext, interaction: Interaction
-    ) -> Collection[str]:
-        if self.exclude == "seen":
-            return set(context.recent)
-        if self.exclude == "last":
-            return {interaction.item_id}
-        return ()
-
-
-def remembered(history: tuple[str, ...], item_id: str, limit: int) -> tuple[str, ...]:
-    """`history` (distinct ids, oldest first) after a click on `item_id`: the item moved
-    to the end, and only the last `limit` ids kept."""
-    if history and history[-1] == item_id:
-        return history
-    if item_id in history:
-        history = tuple(i for i in history if i != item_id)
-    return (*history, item_id)[-limit:]

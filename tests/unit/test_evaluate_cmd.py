@@ -64,8 +64,18 @@ def test_json_has_every_model_and_metric(
     )
     assert (code, err) == (0, "")  # no progress bar when stderr is not a terminal
     report = json.loads(out)  # exactly one JSON object on stdout
-    assert set(report) == {"dataset", "protocol", "models"}
+    assert set(report) == {
+        "dataset",
+        "protocol",
+        "exclude",
+        "half_life_s",
+        "worker_half_life_s",
+        "models",
+    }
     assert report["protocol"] == "prequential" and report["dataset"] == str(train)
+    # The worker's exclusion policy and half-life unless told otherwise, and said so.
+    assert report["exclude"] == "seen"
+    assert report["half_life_s"] == report["worker_half_life_s"] == 3600
     assert list(report["models"]) == ["torch", "popularity", "covisit"]
     events = len(train.read_text().splitlines()) - 1
     for result in report["models"].values():
@@ -112,12 +122,16 @@ def test_table_has_a_row_per_model(
             "popularity,covisit",
             "--limit",
             "50",
+            "--half-life",
+            "7200",
         ],
         capsys,
     )
     assert code == 0
-    title, header, *rows = out.strip().splitlines()
-    assert title.startswith("last-out on ")
+    title, header, *rows, note = out.strip().splitlines()
+    assert title.startswith("last-out on ") and title.endswith(" (exclude seen)")
+    # A half-life that is not a fresh worker's: the table says so.
+    assert note.startswith("popularity half-life ") and "a fresh worker's is 3,600 s" in note
     assert header.split()[:4] == ["model", "HR@10", "MRR@10", "NDCG@10"]
     assert [row.split()[0] for row in rows] == ["popularity", "covisit"]
     assert len({len(line) for line in (header, *rows)}) == 1  # aligned

@@ -155,7 +155,9 @@ class Recorder:
 def test_prequential_scores_each_event_before_learning_it() -> None:
     stream = events(("u", "a", 1), ("v", "x", 2), ("u", "b", 3), ("u", "p", 4))
     model, recorder = StubRecommender(), Recorder()
-    result = prequential(model, list(reversed(stream)), ks=(1, 3), on_prediction=recorder)
+    result = prequential(
+        model, list(reversed(stream)), ks=(1, 3), on_prediction=recorder, exclude="none"
+    )
     # Time order, whatever the input order; each context holds only earlier events.
     assert recorder.pairs == [
         ("u", "ctx:", "a"),
@@ -209,8 +211,39 @@ def test_last_out_exclusions_are_not_the_models_bounded_recent_list() -> None:
 
     stream = events(*[("u", f"i{n}", n) for n in range(5)], ("u", "z", 9))
     model = ShortMemory()
-    last_out(model, stream)
+    last_out(model, stream, exclude="history")
     assert model.asked[0][1] == frozenset({"i0", "i1", "i2", "i3", "i4"})
+    model = ShortMemory()
+    last_out(model, stream, exclude="history", history_max=2)  # as the worker bounds it
+    assert model.asked[0][1] == frozenset({"i3", "i4"})
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("none", [set(), set(), set(), set(), set()]),
+        ("seen", [set(), {"a"}, {"a", "b"}, {"a", "b", "c"}, {"a", "b", "c"}]),
+        ("last", [set(), {"a"}, {"b"}, {"c"}, {"a"}]),
+        ("history", [set(), {"a"}, {"a", "b"}, {"b", "c"}, {"c", "a"}]),  # the last two
+    ],
+)
+def test_every_protocol_ranks_with_the_workers_exclusion_policy(
+    policy: str, expected: list[set[str]]
+) -> None:
+    """The list scored against a click is the worker's list after the user's previous
+    click, excluded as `model.base.excluded` (the worker's own function) says."""
+    stream = events(("u", "a", 1), ("u", "b", 2), ("u", "c", 3), ("u", "a", 4), ("u", "p", 5))
+    model = StubRecommender()
+    prequential(model, stream, exclude=policy, history_max=2)
+    assert [set(asked[1]) for asked in model.asked] == expected
+    model = StubRecommender()
+    session_split(model, [], stream, exclude=policy, history_max=2)
+    assert [set(asked[1]) for asked in model.asked] == expected[1:]
+    model = StubRecommender()
+    last_out(model, stream, exclude=policy, history_max=2)
+    assert [set(asked[1]) for asked in model.asked] == expected[-1:]
+    with pytest.raises(ValueError, match="exclusion policy"):
+        prequential(StubRecommender(), stream, exclude="everything")
 
 
 def test_session_split_scores_each_next_click_within_a_session() -> None:
@@ -226,7 +259,9 @@ def test_session_split_scores_each_next_click_within_a_session() -> None:
         ("s2", "d", 16),
     )
     model, recorder = StubRecommender(), Recorder()
-    result = session_split(model, train, list(reversed(test)), ks=(1, 2), on_prediction=recorder)
+    result = session_split(
+        model, train, list(reversed(test)), ks=(1, 2), on_prediction=recorder, exclude="none"
+    )
     assert model.learned == train + test
     # After each click, not the session's last, the context includes that click and
     # the target is the same session's next click.
