@@ -240,12 +240,7 @@ def last_out(
     learned as training data and they are not scored. predictions == number of users
     with at least two events."""
     ordered = time_ordered(events)
-    last: dict[str, int] = {}
-    count: dict[str, int] = {}
-    for position, event in enumerate(ordered):
-        last[event.user_id] = position
-        count[event.user_id] = count.get(event.user_id, 0) + 1
-    held_out = {position for user, position in last.items() if count[user] > 1}
+    held_out = held_out_positions(ordered)
 
     metrics = RankingMetrics(ks)
     replay = _Replay(model, metrics, progress, exclude, history_max)
@@ -265,6 +260,17 @@ def last_out(
             _score(metrics, on_prediction, event.user_id, _ids(ranked), event.item_id)
             replay.tick()
     return replay.finish(started, len(events))
+
+
+def held_out_positions(ordered: Sequence[Interaction]) -> set[int]:
+    """Last-out's held-out events: the position of each user's last event in `ordered`,
+    for users with at least two."""
+    last: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for position, event in enumerate(ordered):
+        last[event.user_id] = position
+        count[event.user_id] = count.get(event.user_id, 0) + 1
+    return {position for user, position in last.items() if count[user] > 1}
 
 
 def session_split(

@@ -42,7 +42,7 @@ import orjson
 from model.base import Interaction, Recommender
 from model.baselines import DEFAULT_HALF_LIFE_S
 from model.checkpoint import save_checkpoint
-from model.evaluation import RankingMetrics, next_clicks, time_ordered
+from model.evaluation import RankingMetrics, held_out_positions, next_clicks, time_ordered
 from model.registry import build_recommender
 from stream.dev.harness import scrape_metric, start_worker, wait_for
 from stream.dev.services import free_port, running_stack, stop
@@ -105,12 +105,7 @@ def last_out_through_kafka(
     last list emitted per user and the pull API's answer at the end against the
     held-out items. Returns {"emitted": metrics, "pull": metrics}."""
     ordered = time_ordered(events)
-    last: dict[str, int] = {}
-    count: dict[str, int] = {}
-    for position, event in enumerate(ordered):
-        last[event.user_id] = position
-        count[event.user_id] = count.get(event.user_id, 0) + 1
-    held_out = {position for user, position in last.items() if count[user] > 1}
+    held_out = held_out_positions(ordered)
     training = [(n, e) for n, e in enumerate(ordered) if n not in held_out]
     emitted, pulled = RankingMetrics(ks), RankingMetrics(ks)
     model = build_recommender(model_name, dim=dim, seed=seed, half_life_s=half_life_s)
