@@ -142,6 +142,9 @@ def test_the_bad_input_corpus_among_valid_clicks(worker_factory: Any) -> None:
             original = next(r.value for r in rejected if r.value[:limit] == d.value)
             assert int(headers["value_bytes"]) == len(original)
         assert headers["detail"] or headers["error"] == b"empty"
+    # A millisecond timestamp's detail tells the producer what to send instead.
+    (millis,) = [d for d in dead if b'"bad":"millisecond_timestamp"' in d.value]
+    assert b"it looks like milliseconds: send seconds" in dict(millis.headers)["detail"]
 
     metrics = samples(worker.metrics_url)
     by_reason = {

@@ -143,6 +143,18 @@ def test_bad_dataset_path_and_bad_setting_are_one_line_errors(tmp_path: Path) ->
     assert "Traceback" not in done.stderr
 
 
+def test_a_misspelled_variable_warns_in_one_line_naming_the_setting() -> None:
+    env = {**os.environ, "STREAMREC_BOOTSTRAP_SERVER": "kafka:9092", "STREAMREC_MODEL": "gru"}
+    done = streamrec("worker", env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "unknown setting STREAMREC_BOOTSTRAP_SERVER ignored; "
+        "did you mean STREAMREC_BOOTSTRAP_SERVERS?",
+        "streamrec worker: error: STREAMREC_MODEL must be one of torch, popularity, covisit, "
+        "not 'gru'",
+    ]
+
+
 def test_help_explains_every_command_and_setting() -> None:
     top = streamrec("--help")
     assert top.returncode == 0
