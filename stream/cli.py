@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
     produce.add_argument("--items", type=int, default=500, help="synthetic items (default 500)")
-    produce.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream")
+    produce.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the synthetic stream; a repeated seed repeats its event ids, which a "
+        "worker skips as duplicates (default: seed 0 with fresh event ids on each run)",
+    )
     produce.add_argument(
         "--rate",
         type=float,
@@ -134,7 +139,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from stream.dev.generate import synthetic_clicks
+    from stream.dev.generate import fresh_run, synthetic_clicks
     from stream.kafka.producer import replay
     from stream.offline.datasets import read_interactions
 
@@ -143,8 +148,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
         records: Any = read_interactions(args.file, args.format)[: args.limit]
         total = len(records)
     else:
+        # Without --seed a second run must not be skipped whole as duplicates (issue 14).
         records = synthetic_clicks(
-            args.generate, users=args.users, items=args.items, seed=args.seed
+            args.generate,
+            users=args.users,
+            items=args.items,
+            seed=args.seed or 0,
+            run=fresh_run() if args.seed is None else None,
         )
         total = args.generate
     security = KafkaSecurity.from_settings(settings)

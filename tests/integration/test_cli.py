@@ -9,12 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
 from stream.dev.services import DevStack, free_port
+from stream.kafka.topics import ensure_topics
+from stream.settings import Settings
+from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -218,6 +222,33 @@ def test_evaluate_through_kafka_agrees_with_the_in_process_replay(tmp_path: Path
     assert models["covisit@kafka"]["predictions"] == models["covisit"]["predictions"] == 90
     assert models["covisit@kafka"]["HR@10"] == pytest.approx(models["covisit"]["HR@10"], abs=0.05)
     assert models["covisit"]["HR@10"] > 0.9
+
+
+def test_produce_generate_twice_sends_fresh_event_ids_unless_seeded(
+    dev_stack: DevStack,
+) -> None:
+    # Repeated ids would all be skipped by the worker as duplicates (issue 14).
+    topic = f"clicks-{uuid.uuid4().hex[:8]}"
+    ensure_topics(dev_stack.bootstrap_servers, [topic], partitions=1)
+
+    sent: list[str] = []
+
+    def produce(*flags: str) -> list[str]:
+        done = streamrec(
+            "produce", "--bootstrap-servers", dev_stack.bootstrap_servers, "--topic", topic,
+            "--generate", "20", *flags,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        settings = Settings(bootstrap_servers=dev_stack.bootstrap_servers)
+        records = read_topic(settings, topic, until=len(sent) + 20, timeout_s=10)
+        new = [json.loads(r.value)["event_id"] for r in records][len(sent) :]
+        sent.extend(new)
+        return new
+
+    first, second = produce(), produce()
+    assert len(first) == len(second) == 20
+    assert not set(first) & set(second)
+    assert produce("--seed", "7") == produce("--seed", "7")
 
 
 def test_an_unknown_topic_is_one_line_naming_it(dev_stack: DevStack) -> None:
