@@ -17,6 +17,18 @@ import orjson
 from model.base import EVENT_TYPES
 
 MAX_ID_CHARS = 256
+# Every `Rejected.reason` decode_click returns: the DLQ `error` header and the label
+# values of streamrec_events_rejected_total, which the metrics pre-create.
+REJECT_REASONS = (
+    "empty",
+    "too_large",
+    "invalid_json",
+    "invalid_utf8",
+    "not_an_object",
+    "missing_field",
+    "invalid_field",
+    "bad_timestamp",
+)
 MAX_CONTEXT_KEYS = 64
 # Event times more than a day ahead of the record's own timestamp are clock errors;
 # times before 1990 are unit or default-value errors (MovieLens starts in 1995).
