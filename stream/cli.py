@@ -13,9 +13,10 @@ from typing import Any
 
 import orjson
 
-from stream.kafka.topics import require_topic
+from stream.kafka.topics import BrokerUnreachable, require_topic
 from stream.offline import evaluate as evaluate_cmd
 from stream.offline import train as train_cmd
+from stream.preflight import RedisUnreachable, check_broker, check_services
 from stream.security import KafkaSecurity
 from stream.settings import MODELS, Settings, SettingsError, describe
 
@@ -123,8 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream.worker.process import run_worker
-
     settings = Settings.from_env(
         bootstrap_servers=args.bootstrap_servers,
         redis_url=args.redis_url,
@@ -134,6 +133,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         checkpoint=args.checkpoint,
     )
+    # Services first, before torch and Faust are imported (seconds): a wrong address is
+    # then one line in about STREAMREC_CONNECT_TIMEOUT_S. A checkpoint is checked before
+    # any connection instead, so its own errors need no services (build_worker).
+    if not settings.checkpoint:
+        check_services(settings)
+    from stream.worker.process import run_worker
+
     run_worker(settings)
     return 0
 
@@ -158,6 +164,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         )
         total = args.generate
     security = KafkaSecurity.from_settings(settings)
+    check_broker(
+        settings.bootstrap_servers, security=security, timeout_s=settings.connect_timeout_s
+    )
     require_topic(settings.bootstrap_servers, settings.clicks_topic, security=security)
     result = replay(
         records,
@@ -183,6 +192,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
     topic = args.topic or settings.recommendations_topic
     security = KafkaSecurity.from_settings(settings)
+    check_broker(
+        settings.bootstrap_servers, security=security, timeout_s=settings.connect_timeout_s
+    )
     require_topic(settings.bootstrap_servers, topic, security=security)
     for n, record in enumerate(
         tail(
@@ -247,10 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
+    # Light modules only: importing the worker (torch) here cost seconds per error.
     from stream.dev.services import ServiceError
-    from stream.kafka.topics import BrokerUnreachable
     from stream.offline.datasets import DatasetError
-    from stream.worker.process import RedisUnreachable
 
     return isinstance(
         exc,

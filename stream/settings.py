@@ -50,6 +50,13 @@ class Settings:
     redis_prefix: str = field(
         default="streamrec:", metadata={"help": "prefix of every Redis key the worker writes"}
     )
+    connect_timeout_s: int = field(
+        default=3,
+        metadata={
+            "help": "seconds the start-up checks wait for the Kafka broker and for Redis "
+            "to answer before failing in one line (raise it for a slow network)"
+        },
+    )
     # Kafka and Redis security (README "Security"). Secrets never appear in repr or
     # --help; each may instead come from a file named by `<VARIABLE>_FILE`.
     security_protocol: str = field(
@@ -220,6 +227,7 @@ class Settings:
             "batch_size",
             "batch_wait_ms",
             "half_life_s",
+            "connect_timeout_s",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(

@@ -110,13 +110,32 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None
     assert demo.survivors() == set()
 
 
-def test_unreachable_broker_is_one_line_naming_host_and_port() -> None:
+# Issue 14: the one line came after 17 s (no broker) and 7.9 s (wrong Redis port).
+ONE_LINE_WITHIN_S = 5.0
+
+
+def timed(*args: str, **kwargs: object) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    done = streamrec(*args, **kwargs)
+    return done, time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["produce", "--generate", "1"], ["consume", "--max", "1"], ["worker"]],
+    ids=lambda c: c[0],
+)
+def test_unreachable_broker_is_one_line_naming_host_and_port(
+    command: list[str], tmp_path: Path
+) -> None:
     port = free_port()
-    done = streamrec("produce", "--bootstrap-servers", f"127.0.0.1:{port}", "--generate", "1")
+    env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path)}
+    done, seconds = timed(*command, "--bootstrap-servers", f"127.0.0.1:{port}", env=env)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"Kafka broker unreachable at 127.0.0.1:{port}" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert seconds < ONE_LINE_WITHIN_S, f"the error took {seconds:.1f} s"
 
 
 def test_unreachable_redis_stops_the_worker_with_one_line(
@@ -124,7 +143,7 @@ def test_unreachable_redis_stops_the_worker_with_one_line(
 ) -> None:
     port = free_port()
     env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path), "STREAMREC_APP_ID": "redisless"}
-    done = streamrec(
+    done, seconds = timed(
         "worker",
         "--bootstrap-servers",
         dev_stack.bootstrap_servers,
@@ -135,6 +154,9 @@ def test_unreachable_redis_stops_the_worker_with_one_line(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"Redis unreachable at redis://127.0.0.1:{port}/0" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    # A refused port answers at once: not even the connect timeout (3 s) is waited out.
+    assert seconds < Settings().connect_timeout_s, f"the error took {seconds:.1f} s"
 
 
 def test_bad_dataset_path_and_bad_setting_are_one_line_errors(tmp_path: Path) -> None:

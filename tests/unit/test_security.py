@@ -24,10 +24,10 @@ from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.items import sync as item_sync
 from stream.kafka import consumer, producer, topics
+from stream.preflight import RedisUnreachable
 from stream.security import PLAINTEXT, KafkaSecurity, TLSConfigError, redact_url, redis_options
 from stream.settings import Settings, SettingsError
 from stream.worker.app import create_worker
-from stream.worker.process import RedisUnreachable
 
 SECURITY_KEYS = {
     "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
