@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
 from stream.kafka.topics import BrokerUnreachable, require_topic
 from stream.offline import evaluate as evaluate_cmd
 from stream.offline import train as train_cmd
@@ -215,6 +216,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    require_dev("the embedded stack", EMBEDDED_SERVICES)
     from stream.dev.demo import print_table, run_dev
 
     summary = run_dev(
@@ -271,6 +273,7 @@ def _is_user_error(exc: Exception) -> bool:
             ServiceError,
             BrokerUnreachable,
             RedisUnreachable,
+            MissingExtra,
             ValueError,
         ),
     )

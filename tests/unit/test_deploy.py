@@ -430,12 +430,18 @@ def check_dockerfile(text: str, pyproject: Doc) -> None:
     assert torch_at and instructions[torch_at[0]].startswith("RUN pip install"), torch_pin
     source = [line.split()[2] for line in instructions if re.match(r"COPY \.(/)? ", line)]
     assert source, "the project source is never copied in"
+    # An install argument without quotes or extras: `'/src[dev]'` installs /src too.
+    paths = [
+        {re.sub(r"\[.*\]$", "", t.strip("'\"")) for t in line.split()} for line in instructions
+    ]
     project_at = [
         i
         for i, line in enumerate(instructions)
-        if line.startswith("RUN pip install") and set(line.split()) & {".", *source}
+        if line.startswith("RUN pip install") and paths[i] & {".", *source}
     ]
     assert project_at, "the project is never pip-installed"
+    for i in project_at:
+        assert "[" not in instructions[i], "the image installs an extra (dev-only packages)"
     assert torch_at[0] < project_at[0], "torch must be installed before the project"
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
@@ -724,7 +730,14 @@ def test_dockerfile_check_catches_drift(pyproject: Doc) -> None:
         for d in pyproject["project"]["dependencies"]
     ]
     root = text.replace("USER 10001", "USER root")
-    for drifted_text, project in ((late_torch, pyproject), (text, bumped), (root, pyproject)):
+    dev = text.replace("RUN pip install /src", "RUN pip install '/src[dev]'")
+    assert dev != text
+    for drifted_text, project in (
+        (late_torch, pyproject),
+        (text, bumped),
+        (root, pyproject),
+        (dev, pyproject),
+    ):
         with pytest.raises(AssertionError):
             check_dockerfile(drifted_text, project)
 
