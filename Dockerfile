@@ -20,6 +20,9 @@ ENV PATH=/opt/venv/bin:$PATH
 # changes, and already satisfied when the project's `torch==2.13.0` is resolved.
 RUN pip install torch==2.13.0
 
+# No extras: a worker, produce and consume need only the core dependencies. The dev
+# extra (embedded broker and Redis server, matplotlib, psutil) is for `streamrec dev`,
+# the benchmarks and the tests (pyproject.toml, stream/extras.py).
 COPY . /src
 RUN pip install /src
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import orjson
 
-from stream.kafka.topics import require_topic
+from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
+from stream.kafka.topics import BrokerUnreachable, require_topic
 from stream.offline import evaluate as evaluate_cmd
 from stream.offline import train as train_cmd
+from stream.preflight import RedisUnreachable, check_broker, check_services
 from stream.security import KafkaSecurity
 from stream.settings import MODELS, Settings, SettingsError, describe
 
@@ -70,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
     produce.add_argument("--items", type=int, default=500, help="synthetic items (default 500)")
-    produce.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream")
+    produce.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the synthetic stream; a repeated seed repeats its event ids, which a "
+        "worker skips as duplicates (default: seed 0 with fresh event ids on each run)",
+    )
     produce.add_argument(
         "--rate",
         type=float,
@@ -118,8 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream.worker.process import run_worker
-
     settings = Settings.from_env(
         bootstrap_servers=args.bootstrap_servers,
         redis_url=args.redis_url,
@@ -129,12 +134,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         checkpoint=args.checkpoint,
     )
+    # Services first, before torch and Faust are imported (seconds): a wrong address is
+    # then one line in about STREAMREC_CONNECT_TIMEOUT_S. A checkpoint is checked before
+    # any connection instead, so its own errors need no services (build_worker).
+    if not settings.checkpoint:
+        check_services(settings)
+    from stream.worker.process import run_worker
+
     run_worker(settings)
     return 0
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from stream.dev.generate import synthetic_clicks
+    from stream.dev.generate import fresh_run, synthetic_clicks
     from stream.kafka.producer import replay
     from stream.offline.datasets import read_interactions
 
@@ -143,11 +155,19 @@ def cmd_produce(args: argparse.Namespace) -> int:
         records: Any = read_interactions(args.file, args.format)[: args.limit]
         total = len(records)
     else:
+        # Without --seed a second run must not be skipped whole as duplicates (issue 14).
         records = synthetic_clicks(
-            args.generate, users=args.users, items=args.items, seed=args.seed
+            args.generate,
+            users=args.users,
+            items=args.items,
+            seed=args.seed or 0,
+            run=fresh_run() if args.seed is None else None,
         )
         total = args.generate
     security = KafkaSecurity.from_settings(settings)
+    check_broker(
+        settings.bootstrap_servers, security=security, timeout_s=settings.connect_timeout_s
+    )
     require_topic(settings.bootstrap_servers, settings.clicks_topic, security=security)
     result = replay(
         records,
@@ -173,6 +193,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
     topic = args.topic or settings.recommendations_topic
     security = KafkaSecurity.from_settings(settings)
+    check_broker(
+        settings.bootstrap_servers, security=security, timeout_s=settings.connect_timeout_s
+    )
     require_topic(settings.bootstrap_servers, topic, security=security)
     for n, record in enumerate(
         tail(
@@ -193,6 +216,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    require_dev("the embedded stack", EMBEDDED_SERVICES)
     from stream.dev.demo import print_table, run_dev
 
     summary = run_dev(
@@ -237,10 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
+    # Light modules only: importing the worker (torch) here cost seconds per error.
     from stream.dev.services import ServiceError
-    from stream.kafka.topics import BrokerUnreachable
     from stream.offline.datasets import DatasetError
-    from stream.worker.process import RedisUnreachable
 
     return isinstance(
         exc,
@@ -250,6 +273,7 @@ def _is_user_error(exc: Exception) -> bool:
             ServiceError,
             BrokerUnreachable,
             RedisUnreachable,
+            MissingExtra,
             ValueError,
         ),
     )

@@ -17,6 +17,18 @@ import orjson
 from model.base import EVENT_TYPES
 
 MAX_ID_CHARS = 256
+# Every `Rejected.reason` decode_click returns: the DLQ `error` header and the label
+# values of streamrec_events_rejected_total, which the metrics pre-create.
+REJECT_REASONS = (
+    "empty",
+    "too_large",
+    "invalid_json",
+    "invalid_utf8",
+    "not_an_object",
+    "missing_field",
+    "invalid_field",
+    "bad_timestamp",
+)
 MAX_CONTEXT_KEYS = 64
 # Event times more than a day ahead of the record's own timestamp are clock errors;
 # times before 1990 are unit or default-value errors (MovieLens starts in 1995).
@@ -187,7 +199,7 @@ def decode_click(
     if not math.isfinite(timestamp):
         return Rejected("invalid_field", "timestamp must be finite")
     if timestamp < MIN_EVENT_TIME or timestamp > record_timestamp + MAX_FUTURE_SKEW_S:
-        return Rejected("bad_timestamp", f"timestamp {timestamp} is out of the accepted range")
+        return Rejected("bad_timestamp", _timestamp_problem(timestamp, record_timestamp))
     optional: dict[str, str | None] = {}
     for key in ("session_id", "event_id"):
         raw = data.get(key)
@@ -209,6 +221,21 @@ def decode_click(
         event_id=optional["event_id"],
         context=context,
     )
+
+
+# The units a producer most often sends by mistake, by how many of them make a second.
+_SMALLER_UNITS = (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9))
+
+
+def _timestamp_problem(timestamp: float, record_timestamp: float) -> str:
+    detail = (
+        f"timestamp {timestamp} is out of the accepted range: epoch seconds from 1990 "
+        "to a day after the record's time"
+    )
+    for unit, per_second in _SMALLER_UNITS:
+        if MIN_EVENT_TIME <= timestamp / per_second <= record_timestamp + MAX_FUTURE_SKEW_S:
+            return f"{detail}; it looks like {unit}: send seconds (divide by {per_second:.0f})"
+    return detail
 
 
 def _id_problem(value: Any) -> str | None:

@@ -11,7 +11,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from stream.events import REJECT_REASONS
 
 # Click-to-recommendation latency is milliseconds when healthy; the tail buckets keep
 # a stalled consumer (seconds) visible instead of piling into +Inf.
@@ -43,7 +52,12 @@ class WorkerMetrics:
     """Every metric the worker exports; one instance per worker process."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            # The standard process_* metrics (CPU seconds, resident and virtual memory,
+            # open fds, start time), which a given registry may already hold.
+            ProcessCollector(registry=registry)
+        self.registry = registry
         self._declare_input(self.registry)
         self._declare_latency(self.registry)
         self._declare_quality(self.registry)
@@ -56,6 +70,8 @@ class WorkerMetrics:
             self.vector_freshness.labels(store=store)
         for reason in EVICTION_REASONS:
             self.users_evicted.labels(reason=reason)
+        for reason in REJECT_REASONS:
+            self.events_rejected.labels(reason=reason)
 
     def _declare_input(self, r: CollectorRegistry) -> None:
         """What the worker read and what became of it."""

@@ -7,6 +7,8 @@ command-line flags override the environment, which overrides the defaults below.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -28,6 +30,8 @@ SECRETS = ("sasl_password", "redis_password")
 FILE_SUFFIX = "_FILE"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
+log = logging.getLogger(__name__)
+
 
 class SettingsError(ValueError):
     """A setting has a value the worker cannot run with; the message names it."""
@@ -45,6 +49,13 @@ class Settings:
     )
     redis_prefix: str = field(
         default="streamrec:", metadata={"help": "prefix of every Redis key the worker writes"}
+    )
+    connect_timeout_s: int = field(
+        default=3,
+        metadata={
+            "help": "seconds the start-up checks wait for the Kafka broker and for Redis "
+            "to answer before failing in one line (raise it for a slow network)"
+        },
     )
     # Kafka and Redis security (README "Security"). Secrets never appear in repr or
     # --help; each may instead come from a file named by `<VARIABLE>_FILE`.
@@ -205,16 +216,16 @@ class Settings:
     log_level: str = field(default="warning", metadata={"help": "worker log level"})
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise SettingsError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}")
-        if self.exclude not in EXCLUSION_POLICIES:
-            raise SettingsError(
-                f"exclude must be one of {', '.join(EXCLUSION_POLICIES)}, not {self.exclude!r}"
-            )
-        if self.model_step not in MODEL_STEPS:
-            raise SettingsError(
-                f"model_step must be one of {', '.join(MODEL_STEPS)}, not {self.model_step!r}"
-            )
+        for name, choices in (
+            ("model", MODELS),
+            ("exclude", EXCLUSION_POLICIES),
+            ("model_step", MODEL_STEPS),
+        ):
+            if getattr(self, name) not in choices:
+                raise SettingsError(
+                    f"{_variable(name)} must be one of {', '.join(choices)}, "
+                    f"not {getattr(self, name)!r}"
+                )
         for name in (
             "partitions",
             "dim",
@@ -227,14 +238,19 @@ class Settings:
             "batch_wait_ms",
             "half_life_s",
             "history_max",
+            "connect_timeout_s",
         ):
             if getattr(self, name) < 1:
-                raise SettingsError(f"{name} must be at least 1, not {getattr(self, name)}")
+                raise SettingsError(
+                    f"{_variable(name)} must be at least 1, not {getattr(self, name)}"
+                )
         for name in ("max_users", "user_idle_s", "memory_cap_mb"):
             if getattr(self, name) < 0:
-                raise SettingsError(f"{name} must be 0 (off) or more, not {getattr(self, name)}")
+                raise SettingsError(
+                    f"{_variable(name)} must be 0 (off) or more, not {getattr(self, name)}"
+                )
         if not 0 < self.web_port < 65536:
-            raise SettingsError(f"web_port must be a TCP port, not {self.web_port}")
+            raise SettingsError(f"{_variable('web_port')} must be a TCP port, not {self.web_port}")
         self._check_security()
 
     def _check_security(self) -> None:
@@ -243,12 +259,12 @@ class Settings:
         protocol = self.security_protocol
         if protocol not in SECURITY_PROTOCOLS:
             raise SettingsError(
-                f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
-                f"not {protocol!r}"
+                f"{_variable('security_protocol')} must be one of "
+                f"{', '.join(SECURITY_PROTOCOLS)}, not {protocol!r}"
             )
         if self.sasl_mechanism not in SASL_MECHANISMS:
             raise SettingsError(
-                f"sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
+                f"{_variable('sasl_mechanism')} must be one of {', '.join(SASL_MECHANISMS)}, "
                 f"not {self.sasl_mechanism!r}"
             )
         if protocol.startswith("SASL_"):
@@ -325,6 +341,10 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then `STREAMREC_*` variables, then non-None `overrides` (flags)."""
         environ = os.environ if environ is None else environ
+        for warning in unknown_variables(environ):
+            if warning not in _warned:
+                _warned.add(warning)
+                log.warning(warning)
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
@@ -345,6 +365,29 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def _variable(name: str) -> str:
+    """The variable that sets field `name`: what a user typed, so what errors name."""
+    return ENV_PREFIX + name.upper()
+
+
+# Each unknown variable is reported once per process, however often settings are read.
+_warned: set[str] = set()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning line per `STREAMREC_*` variable that is not a setting (a misspelled
+    one would otherwise be silently ignored), naming the closest real one."""
+    known = [variable for variable, _default, _help in describe()] + secret_file_variables()
+    # Compared without the shared prefix, which would make every name look close.
+    names = {variable.removeprefix(ENV_PREFIX): variable for variable in known}
+    warnings = []
+    for variable in sorted(v for v in environ if v.startswith(ENV_PREFIX) and v not in known):
+        close = difflib.get_close_matches(variable.removeprefix(ENV_PREFIX), names, n=1)
+        hint = f"did you mean {names[close[0]]}?" if close else "see `streamrec worker --help`"
+        warnings.append(f"unknown setting {variable} ignored; {hint}")
+    return warnings
 
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:

@@ -9,6 +9,7 @@ useful for known-answer tests as well as the demo.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,11 @@ def successor_map(items: int, seed: int) -> list[int]:
     return successor
 
 
+def fresh_run() -> str:
+    """A run name no earlier run used (64 random bits), for fresh event ids."""
+    return secrets.token_hex(8)
+
+
 def synthetic_clicks(
     n: int,
     *,
@@ -34,11 +40,15 @@ def synthetic_clicks(
     seed: int = 0,
     follow: float = 0.7,
     session_length: int = 8,
+    run: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """`n` click payloads (wire dicts without timestamp: the record time is used).
 
-    Deterministic for a seed; every event has a unique `event_id`.
+    Deterministic for a seed; every event has a unique `event_id`, `gen-<run>-<i>`.
+    `run` defaults to the seed, so the same seed repeats the same ids (a worker skips
+    them as duplicates); pass `fresh_run()` for the same stream as new events.
     """
+    run = str(seed) if run is None else run
     rng = random.Random(seed)
     successor = successor_map(items, seed)
     weights = [1.0 / (rank + 1) ** 1.1 for rank in range(items)]
@@ -61,7 +71,7 @@ def synthetic_clicks(
             "item_id": f"i{item}",
             "event_type": "click",
             "session_id": f"u{user}-s{session}",
-            "event_id": f"gen-{seed}-{i}",
+            "event_id": f"gen-{run}-{i}",
         }
 
 

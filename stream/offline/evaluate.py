@@ -26,6 +26,7 @@ import orjson
 from model import evaluation
 from model.base import EXCLUSION_POLICIES, HISTORY_MAX, Interaction
 from model.registry import MODEL_NAMES, build_recommender
+from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
 from stream.offline.datasets import FORMATS, DatasetError, read_interactions
 from stream.settings import DEFAULT_EXCLUSION, Settings
 
@@ -139,8 +140,12 @@ def run(args: argparse.Namespace) -> int:
         for target in (chart, markdown):
             if target and not Path(target).resolve().parent.is_dir():
                 raise EvaluateError(f"no directory for {target}")
+        if chart:
+            require_dev("--chart", ["matplotlib"])
+        if getattr(args, "through_kafka", False):
+            require_dev("--through-kafka", EMBEDDED_SERVICES)
         report = evaluate(args, hit_log)
-    except (DatasetError, EvaluateError) as exc:
+    except (DatasetError, EvaluateError, MissingExtra) as exc:
         print(f"streamrec evaluate: error: {exc}", file=sys.stderr)
         return 1
     table = format_table(report)

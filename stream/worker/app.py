@@ -54,6 +54,7 @@ from stream.worker.views import (
     register_index_views,
     register_pull_view,
     register_views,
+    web_application_options,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
         web_port=settings.web_port,
         # Table contents are user state: never served over HTTP.
         web_tables_enabled=False,
+        # Bad requests get a JSON 4xx, never a 500 or a traceback (issue 14).
+        web_application_options=web_application_options(),
         # Short group timeouts: a join is held for about half the session timeout, so
         # the defaults make every start or failover wait 20-30 s (docs/embedded-broker.md).
         broker_session_timeout=10,

@@ -5,10 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from pathlib import Path
-from typing import Any, TextIO, cast
-from urllib.parse import urlsplit
-
-import redis
+from typing import TextIO, cast
 
 from model.base import Recommender
 from model.checkpoint import load_checkpoint
@@ -16,7 +13,8 @@ from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.kafka.internals import Sigusr1Worker
 from stream.kafka.topics import ensure_topics
-from stream.security import KafkaSecurity, redact_url, redis_options
+from stream.preflight import check_services
+from stream.security import KafkaSecurity
 from stream.settings import Settings
 from stream.worker import diagnostics
 from stream.worker.app import Worker, create_worker
@@ -24,47 +22,12 @@ from stream.worker.app import Worker, create_worker
 log = logging.getLogger(__name__)
 
 
-class RedisUnreachable(ConnectionError):
-    """Redis did not answer, or refused this client's login; the message shows the
-    URL with any password masked."""
-
-    def __init__(self, url: str, reason: str = "") -> None:
-        message = f"Redis unreachable at {redact_url(url)}"
-        super().__init__(f"{message}: {reason}" if reason else message)
-
-
-def check_redis(url: str, timeout_s: float = 5.0, **client_options: Any) -> None:
-    """Raise RedisUnreachable unless the server at `url` answers PING.
-
-    `client_options` go to `Redis.from_url` (see stream.security.redis_options). A
-    refused or missing password is named as such rather than as an unreachable host.
-    """
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, **client_options
-    )
-    try:
-        client.ping()
-    except redis.AuthenticationError as exc:
-        reason = (
-            "it requires a password (STREAMREC_REDIS_PASSWORD, or in STREAMREC_REDIS_URL)"
-            if "password" not in client_options and urlsplit(url).password is None
-            else f"login refused ({exc})"
-        )
-        raise RedisUnreachable(url, reason) from exc
-    except (redis.RedisError, OSError, ValueError) as exc:
-        # redis-py's messages name the host and the cause (refused, timeout, TLS
-        # verification), never the password.
-        raise RedisUnreachable(url, str(exc).splitlines()[0] if str(exc) else "") from exc
-    finally:
-        client.close()
-
-
 def build_worker(settings: Settings) -> Worker:
     """The model and index (a bad checkpoint fails before any connection), then the
     preflight (broker, topics, Redis), then the Faust app.
 
     Raises CheckpointError / BrokerUnreachable / RedisUnreachable / ValueError, each with
-    a one-line message.
+    a one-line message; the services within STREAMREC_CONNECT_TIMEOUT_S each.
     """
     index = FaissIndex(settings.dim)
     recommender: Recommender
@@ -90,6 +53,7 @@ def build_worker(settings: Settings) -> Worker:
             index=index,
             half_life_s=settings.half_life_s,
         )
+    check_services(settings)  # again, if the CLI did: milliseconds when both answer
     ensure_topics(
         settings.bootstrap_servers,
         settings.topics(),
@@ -97,7 +61,6 @@ def build_worker(settings: Settings) -> Worker:
         security=KafkaSecurity.from_settings(settings),
     )
     Path(settings.data_dir, settings.app_id).mkdir(parents=True, exist_ok=True)
-    check_redis(settings.redis_url, **redis_options(settings))
     return create_worker(settings, recommender, index)
 
 

@@ -9,18 +9,27 @@ recommendation events, which the recommendations topic carries anyway, and
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
 import numpy as np
+from aiohttp import web as aiohttp_web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from stream.events import Recommendation
+from stream.events import MAX_ID_CHARS, Recommendation
 from stream.metrics import WorkerMetrics
 
 RECENT_SHOWN = 20
+# aiohttp refuses a longer request line itself (8190 bytes by default), before any view
+# or middleware runs. 64 KiB lets an over-long id reach the views, which answer it in
+# JSON; past that aiohttp's plain-text 400 stands (logged in one line, below).
+MAX_REQUEST_LINE_BYTES = 65_536
+# A logger of its own, so the filter below touches only the worker's web server.
+WEB_SERVER_LOG = logging.getLogger("stream.worker.web")
 
 
 class RecentRecommendations:
@@ -57,7 +66,67 @@ def register_views(app: Any, metrics: WorkerMetrics, recent: RecentRecommendatio
         return web.bytes(page, headers={"Content-Type": "text/html; charset=utf-8"})
 
 
+class _ClientErrorsInOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (request line too long, bad header) at
+    ERROR with a traceback, then answers 400 itself. The client erred, not the worker:
+    one warning line naming the problem is enough (issue 14)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "refused a bad HTTP request: %s"
+            record.args = (str(exc.message)[:200],)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+WEB_SERVER_LOG.addFilter(_ClientErrorsInOneLine())
+
+
+@aiohttp_web.middleware
+async def json_errors(
+    request: aiohttp_web.Request,
+    handler: Callable[[aiohttp_web.Request], Awaitable[aiohttp_web.StreamResponse]],
+) -> aiohttp_web.StreamResponse:
+    """aiohttp's own client errors (no such route, method not allowed) as JSON, like
+    the views' errors. A view that raises anything else is a bug: a 500, logged."""
+    try:
+        return await handler(request)
+    except aiohttp_web.HTTPException as exc:
+        if not 400 <= exc.status < 500:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return aiohttp_web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+
+
+def web_application_options() -> dict[str, Any]:
+    """Options for the aiohttp application under Faust's web server
+    (`web_application_options`): JSON client errors and the request-line limit."""
+    return {
+        "middlewares": [json_errors],
+        "handler_args": {"max_line_size": MAX_REQUEST_LINE_BYTES, "logger": WEB_SERVER_LOG},
+    }
+
+
 MAX_PULL_K = 1000
+
+
+def _id_problem(name: str, value: str) -> str | None:
+    """Ids in URLs obey the clicks' limit (stream/events.py): no id longer than a click
+    may carry can name a user or item."""
+    if len(value) > MAX_ID_CHARS:
+        return f"{name} is {len(value)} characters; the limit is {MAX_ID_CHARS}"
+    return None
+
+
+def parse_k(raw: str) -> int | None:
+    """`k` as an integer from 1 to MAX_PULL_K, or None. ASCII digits only: `isdigit`
+    also accepts '²' and '①' (which int() then refuses) and int() reads '٣' as 3."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_PULL_K)):
+        return None
+    k = int(raw)
+    return k if 1 <= k <= MAX_PULL_K else None
 
 
 def register_pull_view(
@@ -68,16 +137,25 @@ def register_pull_view(
     the request to the worker that owns the user's table partition (503 while no
     worker owns it yet); `k` defaults to STREAMREC_TOP_K."""
 
-    @app.page("/recommendations/{user_id}")
     @app.table_route(table=users, match_info="user_id")
+    async def routed(web: Any, request: Any, user_id: str, k: int) -> Any:
+        return web.bytes(answer(user_id, k), content_type="application/json")
+
+    # Checked before routing, so a bad request costs no hop to the user's owner.
+    @app.page("/recommendations/{user_id}")
     async def pull_view(web: Any, request: Any, user_id: str) -> Any:
+        problem = _id_problem("user_id", user_id)
+        if problem:
+            return web.json({"error": problem}, status=400)
         raw_k = request.query.get("k", str(top_k))
-        if not raw_k.isdigit() or not 1 <= int(raw_k) <= MAX_PULL_K:
+        k = parse_k(raw_k)
+        if k is None:
+            shown = raw_k[:20] + ("..." if len(raw_k) > 20 else "")
             return web.json(
-                {"error": f"k must be an integer from 1 to {MAX_PULL_K}, not {raw_k!r}"},
+                {"error": f"k must be an integer from 1 to {MAX_PULL_K}, not {shown!r}"},
                 status=400,
             )
-        return web.bytes(answer(user_id, int(raw_k)), content_type="application/json")
+        return await routed(web, request, user_id, k)
 
 
 def register_index_views(app: Any, index: Any, versions: Callable[[str], int | None]) -> None:
@@ -97,6 +175,9 @@ def register_index_views(app: Any, index: Any, versions: Callable[[str], int | N
 
     @app.page("/api/items/{item_id}")
     async def item_view(web: Any, request: Any, item_id: str) -> Any:
+        problem = _id_problem("item_id", item_id)
+        if problem:
+            return web.json({"error": problem}, status=400)
         if item_id not in index:
             return web.json({"error": f"unknown item {item_id!r}"}, status=404)
         vector = np.asarray(index.vector(item_id), dtype=np.float32)
@@ -105,4 +186,11 @@ def register_index_views(app: Any, index: Any, versions: Callable[[str], int | N
         )
 
 
-__all__ = ["RecentRecommendations", "register_index_views", "register_pull_view", "register_views"]
+__all__ = [
+    "RecentRecommendations",
+    "parse_k",
+    "register_index_views",
+    "register_pull_view",
+    "register_views",
+    "web_application_options",
+]

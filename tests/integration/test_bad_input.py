@@ -142,12 +142,15 @@ def test_the_bad_input_corpus_among_valid_clicks(worker_factory: Any) -> None:
             original = next(r.value for r in rejected if r.value[:limit] == d.value)
             assert int(headers["value_bytes"]) == len(original)
         assert headers["detail"] or headers["error"] == b"empty"
+    # A millisecond timestamp's detail tells the producer what to send instead.
+    (millis,) = [d for d in dead if b'"bad":"millisecond_timestamp"' in d.value]
+    assert b"it looks like milliseconds: send seconds" in dict(millis.headers)["detail"]
 
     metrics = samples(worker.metrics_url)
-    by_reason = {
+    by_reason = {  # every reason is pre-created at 0; those the corpus hit count it
         name.split('"')[1]: value
         for name, value in metrics.items()
-        if name.startswith("streamrec_events_rejected_total{")
+        if name.startswith("streamrec_events_rejected_total{") and value
     }
     assert by_reason == dict(Counter(r.expect for r in rejected))
     assert metrics["streamrec_duplicates_skipped_total"] == 1

@@ -9,12 +9,16 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
 from stream.dev.services import DevStack, free_port
+from stream.kafka.topics import ensure_topics
+from stream.settings import Settings
+from tests.conftest import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -106,13 +110,32 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None
     assert demo.survivors() == set()
 
 
-def test_unreachable_broker_is_one_line_naming_host_and_port() -> None:
+# Issue 14: the one line came after 17 s (no broker) and 7.9 s (wrong Redis port).
+ONE_LINE_WITHIN_S = 5.0
+
+
+def timed(*args: str, **kwargs: object) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    done = streamrec(*args, **kwargs)
+    return done, time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["produce", "--generate", "1"], ["consume", "--max", "1"], ["worker"]],
+    ids=lambda c: c[0],
+)
+def test_unreachable_broker_is_one_line_naming_host_and_port(
+    command: list[str], tmp_path: Path
+) -> None:
     port = free_port()
-    done = streamrec("produce", "--bootstrap-servers", f"127.0.0.1:{port}", "--generate", "1")
+    env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path)}
+    done, seconds = timed(*command, "--bootstrap-servers", f"127.0.0.1:{port}", env=env)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"Kafka broker unreachable at 127.0.0.1:{port}" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+    assert seconds < ONE_LINE_WITHIN_S, f"the error took {seconds:.1f} s"
 
 
 def test_unreachable_redis_stops_the_worker_with_one_line(
@@ -120,7 +143,7 @@ def test_unreachable_redis_stops_the_worker_with_one_line(
 ) -> None:
     port = free_port()
     env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path), "STREAMREC_APP_ID": "redisless"}
-    done = streamrec(
+    done, seconds = timed(
         "worker",
         "--bootstrap-servers",
         dev_stack.bootstrap_servers,
@@ -131,6 +154,9 @@ def test_unreachable_redis_stops_the_worker_with_one_line(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"Redis unreachable at redis://127.0.0.1:{port}/0" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    # A refused port answers at once: not even the connect timeout (3 s) is waited out.
+    assert seconds < Settings().connect_timeout_s, f"the error took {seconds:.1f} s"
 
 
 def test_bad_dataset_path_and_bad_setting_are_one_line_errors(tmp_path: Path) -> None:
@@ -141,6 +167,18 @@ def test_bad_dataset_path_and_bad_setting_are_one_line_errors(tmp_path: Path) ->
     assert done.returncode == 1
     assert "STREAMREC_TOP_K must be a whole number" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_misspelled_variable_warns_in_one_line_naming_the_setting() -> None:
+    env = {**os.environ, "STREAMREC_BOOTSTRAP_SERVER": "kafka:9092", "STREAMREC_MODEL": "gru"}
+    done = streamrec("worker", env=env)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "unknown setting STREAMREC_BOOTSTRAP_SERVER ignored; "
+        "did you mean STREAMREC_BOOTSTRAP_SERVERS?",
+        "streamrec worker: error: STREAMREC_MODEL must be one of torch, popularity, covisit, "
+        "not 'gru'",
+    ]
 
 
 def test_help_explains_every_command_and_setting() -> None:
@@ -253,6 +291,33 @@ def test_last_out_and_prequential_through_kafka_agree_with_in_process(
     for row in live_rows:
         assert models[row]["predictions"] == models["covisit"]["predictions"] == 150
         assert models[row]["HR@10"] == pytest.approx(models["covisit"]["HR@10"], abs=0.1)
+
+
+def test_produce_generate_twice_sends_fresh_event_ids_unless_seeded(
+    dev_stack: DevStack,
+) -> None:
+    # Repeated ids would all be skipped by the worker as duplicates (issue 14).
+    topic = f"clicks-{uuid.uuid4().hex[:8]}"
+    ensure_topics(dev_stack.bootstrap_servers, [topic], partitions=1)
+
+    sent: list[str] = []
+
+    def produce(*flags: str) -> list[str]:
+        done = streamrec(
+            "produce", "--bootstrap-servers", dev_stack.bootstrap_servers, "--topic", topic,
+            "--generate", "20", *flags,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        settings = Settings(bootstrap_servers=dev_stack.bootstrap_servers)
+        records = read_topic(settings, topic, until=len(sent) + 20, timeout_s=10)
+        new = [json.loads(r.value)["event_id"] for r in records][len(sent) :]
+        sent.extend(new)
+        return new
+
+    first, second = produce(), produce()
+    assert len(first) == len(second) == 20
+    assert not set(first) & set(second)
+    assert produce("--seed", "7") == produce("--seed", "7")
 
 
 def test_an_unknown_topic_is_one_line_naming_it(dev_stack: DevStack) -> None:

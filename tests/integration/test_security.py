@@ -25,7 +25,7 @@ import redis
 from stream.dev.generate import synthetic_clicks
 from stream.dev.services import DevStack, free_port, redis_binary, spawn, stop, wait_for_port
 from stream.kafka.producer import replay
-from stream.worker.process import RedisUnreachable, check_redis
+from stream.preflight import RedisUnreachable, check_redis
 from tests.conftest import RunningWorker, read_topic, unique_settings
 
 pytestmark = pytest.mark.integration

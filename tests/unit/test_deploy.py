@@ -381,6 +381,41 @@ def check_dashboard(dashboard: Doc, datasource_uid: str, queryable: set[str]) ->
                 assert f'job="{SCRAPE_JOB}"' in target["expr"], "up{} of another job"
 
 
+# Grafana's per-second units: for rates only, never for a count, a ratio or a loss.
+PER_SECOND_UNITS = {"ops", "reqps", "rps", "wps", "iops", "eps", "mps", "pps", "cps"}
+
+
+def check_units(dashboard: Doc) -> None:
+    for panel in panels(dashboard):
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        if unit in PER_SECOND_UNITS:
+            assert "per second" in panel["title"], f"{panel['title']}: unit {unit} is a rate"
+
+
+def check_legends(dashboard: Doc) -> None:
+    """A one-word legend on the rate of one counter names what that counter counts
+    (the rerouted panel once said `skipped`)."""
+    for panel in panels(dashboard):
+        for target in panel.get("targets", []):
+            legend, names = target.get("legendFormat", ""), metric_names(target["expr"])
+            if "rate(" not in target["expr"] or len(names) != 1 or len(legend.split()) != 1:
+                continue
+            (name,) = names
+            word = legend.split("/")[0]
+            if name.endswith("_total") and "{{" not in word:
+                assert word in name.split("_"), f"{panel['title']}: legend {legend} for {name}"
+
+
+def readme_dashboard_shape(readme: str) -> tuple[list[str], int]:
+    """The rows and panel count the README's docker-compose section gives."""
+    match = re.search(
+        r"streamrec dashboard\s+provisioned \((\d+) panels in rows: ([^)]*)\)", readme
+    )
+    assert match, "the README does not describe the dashboard's rows and panels"
+    rows = [row.strip() for row in re.split(r",\s*", match.group(2).replace("\n", " "))]
+    return rows, int(match.group(1))
+
+
 def check_dockerfile(text: str, pyproject: Doc) -> None:
     instructions = [
         line.strip()
@@ -395,12 +430,18 @@ def check_dockerfile(text: str, pyproject: Doc) -> None:
     assert torch_at and instructions[torch_at[0]].startswith("RUN pip install"), torch_pin
     source = [line.split()[2] for line in instructions if re.match(r"COPY \.(/)? ", line)]
     assert source, "the project source is never copied in"
+    # An install argument without quotes or extras: `'/src[dev]'` installs /src too.
+    paths = [
+        {re.sub(r"\[.*\]$", "", t.strip("'\"")) for t in line.split()} for line in instructions
+    ]
     project_at = [
         i
         for i, line in enumerate(instructions)
-        if line.startswith("RUN pip install") and set(line.split()) & {".", *source}
+        if line.startswith("RUN pip install") and paths[i] & {".", *source}
     ]
     assert project_at, "the project is never pip-installed"
+    for i in project_at:
+        assert "[" not in instructions[i], "the image installs an extra (dev-only packages)"
     assert torch_at[0] < project_at[0], "torch must be installed before the project"
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
@@ -512,7 +553,32 @@ def test_dashboard_shows_every_metric_family(dashboard: Doc) -> None:
         for name in metric_names(target["expr"])
     }
     for family in WorkerMetrics().registry.collect():
+        # prometheus_client's standard process_* metrics are there for any dashboard or
+        # alert a user already has; this one shows CPU, and memory as streamrec's own.
+        if family.name.startswith("process_") and family.name != "process_cpu_seconds":
+            continue
         assert any(name.startswith(family.name) for name in shown), f"{family.name} not shown"
+
+
+def test_the_worker_exports_the_standard_process_metrics() -> None:
+    names = exported_names(WorkerMetrics())
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= names
+    assert {"process_open_fds", "process_start_time_seconds"} <= names
+
+
+def test_per_second_units_only_on_rates(dashboard: Doc) -> None:
+    check_units(dashboard)
+
+
+def test_legends_name_what_their_counter_counts(dashboard: Doc) -> None:
+    check_legends(dashboard)
+
+
+def test_the_readme_gives_the_dashboards_rows_and_panel_count(dashboard: Doc) -> None:
+    rows, count = readme_dashboard_shape((ROOT / "README.md").read_text())
+    every = panels(dashboard)
+    assert rows == [p["title"].lower() for p in every if p["type"] == "row"]
+    assert count == len([p for p in every if p["type"] != "row"])
 
 
 def test_dockerfile_installs_pinned_torch_before_the_project(pyproject: Doc) -> None:
@@ -640,6 +706,19 @@ def test_dashboard_check_catches_drift(
         check_dashboard(drifted, datasource_uid, queryable_names())
 
 
+def test_unit_and_legend_checks_catch_drift(dashboard: Doc) -> None:
+    drifted = copy.deepcopy(dashboard)
+    lag = next(p for p in panels(drifted) if p["title"].startswith("Consumer lag"))
+    lag["fieldConfig"]["defaults"]["unit"] = "mps"
+    with pytest.raises(AssertionError, match="Consumer lag"):
+        check_units(drifted)
+    drifted = copy.deepcopy(dashboard)
+    rerouted = next(p for p in panels(drifted) if p["title"].startswith("Clicks rerouted"))
+    rerouted["targets"][0]["legendFormat"] = "skipped"
+    with pytest.raises(AssertionError, match="legend skipped"):
+        check_legends(drifted)
+
+
 def test_dockerfile_check_catches_drift(pyproject: Doc) -> None:
     text = DOCKERFILE.read_text()
     torch_line = "RUN pip install torch==2.13.0\n"
@@ -651,7 +730,14 @@ def test_dockerfile_check_catches_drift(pyproject: Doc) -> None:
         for d in pyproject["project"]["dependencies"]
     ]
     root = text.replace("USER 10001", "USER root")
-    for drifted_text, project in ((late_torch, pyproject), (text, bumped), (root, pyproject)):
+    dev = text.replace("RUN pip install /src", "RUN pip install '/src[dev]'")
+    assert dev != text
+    for drifted_text, project in (
+        (late_torch, pyproject),
+        (text, bumped),
+        (root, pyproject),
+        (dev, pyproject),
+    ):
         with pytest.raises(AssertionError):
             check_dockerfile(drifted_text, project)
 

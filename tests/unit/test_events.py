@@ -153,6 +153,25 @@ def test_out_of_range_timestamp_is_bad_timestamp(timestamp: float) -> None:
 
 
 @pytest.mark.parametrize(
+    ("timestamp", "unit"),
+    [(NOW * 1e3, "milliseconds"), (int(NOW * 1e6), "microseconds"), (NOW * 1e9, "nanoseconds")],
+)
+def test_a_timestamp_in_a_smaller_unit_is_told_seconds_are_expected(
+    timestamp: float, unit: str
+) -> None:
+    result = decode_obj({**GOOD, "timestamp": timestamp})
+    assert isinstance(result, Rejected) and result.reason == "bad_timestamp"
+    assert "epoch seconds" in result.detail
+    assert f"it looks like {unit}: send seconds" in result.detail, result.detail
+
+
+@pytest.mark.parametrize("timestamp", [NOW + 30 * 86_400, MIN_EVENT_TIME - 1, 0, 1e31])
+def test_other_out_of_range_timestamps_get_no_unit_guess(timestamp: float) -> None:
+    result = decode_obj({**GOOD, "timestamp": timestamp})
+    assert isinstance(result, Rejected) and "looks like" not in result.detail
+
+
+@pytest.mark.parametrize(
     "timestamp", [MIN_EVENT_TIME, NOW + MAX_FUTURE_SKEW_S, NOW - 10 * 365 * 86_400, int(NOW)]
 )
 def test_timestamp_at_the_edges_of_the_range_is_accepted(timestamp: float) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.dev.generate import successor_map, synthetic_clicks
+from stream.dev.generate import fresh_run, successor_map, synthetic_clicks
 from stream.events import Click, decode_click
 
 N = 5000
@@ -52,6 +52,12 @@ def test_event_ids_differ_across_seeds() -> None:
     a = {c["event_id"] for c in clicks(100, seed=1)}
     b = {c["event_id"] for c in clicks(100, seed=2)}
     assert not a & b
+
+
+def test_a_fresh_run_is_the_same_stream_with_new_event_ids() -> None:
+    first, second = clicks(100, run=fresh_run()), clicks(100, run=fresh_run())
+    assert not {c["event_id"] for c in first} & {c["event_id"] for c in second}
+    assert [{**c, "event_id": ""} for c in first] == [{**c, "event_id": ""} for c in second]
 
 
 @pytest.mark.parametrize(("users", "items"), [(1, 2), (7, 3), (50, 40)])

@@ -1,14 +1,20 @@
 """Batch observation of histograms (stream/metrics.py) gives the samples that one
-`observe` per value gives."""
+`observe` per value gives; label sets are pre-created so dashboards show zeros."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from stream.metrics import LATENCY_BUCKETS, observe_many, observe_values
+from stream.dev.generate import POLICIES, bad_input_corpus, malformed_records
+from stream.events import REJECT_REASONS, Rejected, decode_click
+from stream.metrics import LATENCY_BUCKETS, WorkerMetrics, observe_many, observe_values
+
+NOW = 1_700_000_000.0
 
 VALUES = [0.0, 0.0005, 0.001, 0.0011, 0.02, 0.3, 0.3, 4.0, 31.0, 1e9, math.nan]
 
@@ -65,3 +71,39 @@ def test_nan_and_empty_batches_count_in_no_bucket() -> None:
     buckets = [s for s in samples(batched) if s[0] == "h_bucket"]
     assert buckets == [s for s in samples(single) if s[0] == "h_bucket"]
     assert all(value == 0 for _, _, value in buckets)
+
+
+# Label sets known only at run time: the worker sets them on start and on assignment.
+SET_AT_RUN_TIME = {"streamrec_model_info", "streamrec_consumer_lag"}
+
+
+def test_every_bounded_label_set_is_pre_created_so_dashboards_show_zeros() -> None:
+    # A family without samples is a labelled one with no label set created yet.
+    empty = {f.name for f in WorkerMetrics().registry.collect() if not f.samples}
+    assert empty == SET_AT_RUN_TIME
+    rejected = {
+        s.labels["reason"]: s.value
+        for family in WorkerMetrics().registry.collect()
+        if family.name == "streamrec_events_rejected"
+        for s in family.samples
+        if s.name == "streamrec_events_rejected_total"
+    }
+    assert rejected == dict.fromkeys(REJECT_REASONS, 0.0)
+
+
+def test_every_reason_a_bad_record_gets_is_a_pre_created_one() -> None:
+    max_bytes = 1024
+    values = [r.value for r in bad_input_corpus(max_bytes, now=NOW) if r.expect not in POLICIES]
+    values += [value for value, _reason in malformed_records(max_bytes)]
+    reasons = set()
+    for value in values:
+        result = decode_click(value, record_timestamp=NOW, max_bytes=max_bytes)
+        assert isinstance(result, Rejected), value[:80]
+        reasons.add(result.reason)
+    assert reasons == set(REJECT_REASONS)
+
+
+@given(st.binary(max_size=200))
+def test_any_rejection_of_arbitrary_bytes_has_a_known_reason(value: bytes) -> None:
+    result = decode_click(value, record_timestamp=NOW, max_bytes=100)
+    assert not isinstance(result, Rejected) or result.reason in REJECT_REASONS

@@ -29,3 +29,10 @@ def test_demo_rate_in_readme_matches_the_makefile() -> None:
     events, per_second = rate.groups()
     assert f"replays {int(events):,} synthetic clicks" in README
     assert f"at {per_second} events/s" in README
+
+
+def test_the_kcat_notes_name_the_working_librdkafka_and_partitioner() -> None:
+    # Issue 14: Debian's kcat cannot talk to the embedded broker, and librdkafka's
+    # default partitioner sends keyed clicks off their user's partition.
+    for needed in ("librdkafka 2.16", "Read underflow", "-X partitioner=murmur2_random"):
+        assert needed in " ".join(README.split()), needed

@@ -24,10 +24,10 @@ from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.items import sync as item_sync
 from stream.kafka import consumer, producer, topics
+from stream.preflight import RedisUnreachable
 from stream.security import PLAINTEXT, KafkaSecurity, TLSConfigError, redact_url, redis_options
 from stream.settings import Settings, SettingsError
 from stream.worker.app import create_worker
-from stream.worker.process import RedisUnreachable
 
 SECURITY_KEYS = {
     "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
@@ -173,8 +173,8 @@ def test_faust_app_gets_the_credentials(tmp_path: Path, case: str) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"security_protocol": "TLS"}, "security_protocol must be one of"),
-        ({"sasl_mechanism": "SCRAM-SHA-1"}, "sasl_mechanism must be one of"),
+        ({"security_protocol": "TLS"}, "STREAMREC_SECURITY_PROTOCOL must be one of"),
+        ({"sasl_mechanism": "SCRAM-SHA-1"}, "STREAMREC_SASL_MECHANISM must be one of"),
         ({"security_protocol": "SASL_SSL", "sasl_password": "x"}, "SASL_SSL needs sasl_username"),
         ({"security_protocol": "SASL_PLAINTEXT", "sasl_username": "u"}, "needs sasl_password"),
         ({"sasl_username": "u", "sasl_password": "x"}, "sasl_username is set but security_pr"),

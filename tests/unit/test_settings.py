@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from dataclasses import fields
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import stream.settings
 from stream.settings import (
     ENV_PREFIX,
     EXCLUSION_POLICIES,
@@ -16,7 +18,16 @@ from stream.settings import (
     Settings,
     SettingsError,
     describe,
+    secret_file_variables,
+    unknown_variables,
 )
+
+
+@pytest.fixture(autouse=True)
+def nothing_reported_yet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unknown variables are reported once per process: start each test afresh."""
+    monkeypatch.setattr(stream.settings, "_warned", set())
+
 
 INT_FIELDS = [f.name for f in fields(Settings) if f.type in ("int", int)]
 
@@ -49,6 +60,45 @@ def test_environment_overrides_defaults() -> None:
 def test_unrelated_variables_are_ignored() -> None:
     env = {"TOP_K": "3", "STREAMREC_NOT_A_SETTING": "x", "streamrec_top_k": "4"}
     assert Settings.from_env(env) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "closest"),
+    [
+        ("STREAMREC_BOOTSTRAP_SERVER", "STREAMREC_BOOTSTRAP_SERVERS"),
+        ("STREAMREC_WEB_PROT", "STREAMREC_WEB_PORT"),
+        ("STREAMREC_TOPK", "STREAMREC_TOP_K"),
+        ("STREAMREC_REDIS_PASSWORD_FIEL", "STREAMREC_REDIS_PASSWORD_FILE"),
+    ],
+)
+def test_a_misspelled_variable_is_named_with_the_closest_setting(
+    variable: str, closest: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="stream.settings"):
+        assert Settings.from_env({variable: "x"}) == Settings()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == f"unknown setting {variable} ignored; did you mean {closest}?"
+
+
+def test_an_unknown_variable_like_no_setting_gets_no_guess() -> None:
+    (line,) = unknown_variables({"STREAMREC_FOO": "1", "STREAMREC_TOP_K": "3", "FOO": "1"})
+    assert line == "unknown setting STREAMREC_FOO ignored; see `streamrec worker --help`"
+
+
+def test_each_unknown_variable_is_reported_once_per_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {"STREAMREC_MODLE": "covisit"}
+    with caplog.at_level(logging.WARNING, logger="stream.settings"):
+        Settings.from_env(env)
+        Settings.from_env(env)
+    assert [r.getMessage() for r in caplog.records] == [
+        "unknown setting STREAMREC_MODLE ignored; did you mean STREAMREC_MODEL?"
+    ]
+
+
+def test_secret_file_variables_are_known() -> None:
+    assert unknown_variables(dict.fromkeys(secret_file_variables(), "x")) == []
 
 
 def test_flags_beat_the_environment() -> None:
@@ -96,13 +146,13 @@ def test_bad_int_names_the_variable(name: str, raw: str) -> None:
 )
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_non_positive_sizes_are_rejected(name: str, value: str) -> None:
-    with pytest.raises(SettingsError, match=name):
+    with pytest.raises(SettingsError, match=f"^{ENV_PREFIX}{name.upper()} must be at least 1"):
         Settings.from_env({ENV_PREFIX + name.upper(): value})
 
 
 @pytest.mark.parametrize("port", [0, 65536, -1])
 def test_web_port_out_of_range_is_rejected(port: int) -> None:
-    with pytest.raises(SettingsError, match="web_port"):
+    with pytest.raises(SettingsError, match="STREAMREC_WEB_PORT"):
         Settings(web_port=port)
 
 
@@ -111,16 +161,17 @@ def test_settings_error_is_a_value_error() -> None:
 
 
 @pytest.mark.parametrize("model", ["transformer", "", "Torch"])
-def test_unknown_model_is_rejected(model: str) -> None:
-    with pytest.raises(SettingsError, match="model"):
+def test_unknown_model_is_rejected_naming_the_variable(model: str) -> None:
+    # The variable is what a user set, so it is what the error names (issue 14).
+    with pytest.raises(SettingsError, match="^STREAMREC_MODEL must be one of torch, "):
         Settings.from_env({"STREAMREC_MODEL": model})
-    with pytest.raises(SettingsError, match="model"):
+    with pytest.raises(SettingsError, match="^STREAMREC_MODEL must be one of"):
         Settings.from_env({}, model=model)
 
 
 @pytest.mark.parametrize("exclude", ["all", "", "SEEN"])
 def test_unknown_exclusion_policy_is_rejected(exclude: str) -> None:
-    with pytest.raises(SettingsError, match="exclude"):
+    with pytest.raises(SettingsError, match="^STREAMREC_EXCLUDE must be one of"):
         Settings.from_env({"STREAMREC_EXCLUDE": exclude})
 
 
