@@ -301,12 +301,11 @@ class MixRanker:
         if arrays is None:
             rows_of = self.encoder.rows
             successors = memory.successors(item)
-            known = [(rows_of[j], p) for j, p in successors.items() if j in rows_of]
-            known.sort()
-            arrays = (
-                np.array([r for r, _ in known], dtype=np.int64),
-                np.array([p for _, p in known], dtype=np.float64),
-            )
+            known = [j for j in successors if j in rows_of]
+            rows = np.fromiter((rows_of[j] for j in known), np.int64, len(known))
+            weights = np.fromiter((successors[j] for j in known), np.float64, len(known))
+            order = np.argsort(rows)
+            arrays = (rows[order], weights[order])
             cache[item] = arrays
         return arrays
 
