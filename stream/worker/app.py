@@ -37,6 +37,7 @@ from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
 from serving.redis_store import RedisVectorStore
 from stream.items.ledger import DeltaTracker
+from stream.kafka.topics import record_limit_bytes
 from stream.kafka.transport import streamrec_app
 from stream.metrics import WorkerMetrics
 from stream.security import KafkaSecurity, redis_options
@@ -92,9 +93,8 @@ def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
         broker_session_timeout=10,
         broker_rebalance_timeout=6,
         broker_heartbeat_interval=1,
-        # What this worker produces is at most about max_event_bytes (a forwarded click,
-        # a dead letter cut to that size) plus headers; Faust's default is 1,000,000.
-        producer_max_request_size=max(1_000_000, settings.max_event_bytes + 65_536),
+        # The same limit as the topics' max.message.bytes (stream/kafka/topics.py).
+        producer_max_request_size=record_limit_bytes(settings.max_event_bytes),
     )
 
 

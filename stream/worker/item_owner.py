@@ -163,7 +163,13 @@ class ItemOwner:
             {e.item_id: e.version for e in applied},
             {e.item_id: e.clicked_at for e in applied if e.clicked_at is not None},
         )
-        await self.vectors_topic.send(value=encode_vectors(applied), partition=partition)
+        # One record per item, keyed by its id: the topic is compacted (a broker refuses
+        # a record without a key there), and compaction keeps each key's last record,
+        # so a record must hold that item alone (stream/kafka/topics.py).
+        for entry in applied:
+            await self.vectors_topic.send(
+                key=entry.item_id.encode(), value=encode_vectors([entry]), partition=partition
+            )
 
     def canonical_version(self, item_id: str) -> int | None:
         """The version of the last canonical vector heard for `item_id`, or None."""

@@ -14,7 +14,7 @@ from model.checkpoint import load_checkpoint
 from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.kafka.internals import Sigusr1Worker
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 from stream.security import KafkaSecurity, redact_url, redis_options
 from stream.settings import Settings
 from stream.worker import diagnostics
@@ -91,7 +91,7 @@ def build_worker(settings: Settings) -> Worker:
         )
     ensure_topics(
         settings.bootstrap_servers,
-        settings.topics(),
+        worker_topics(settings),
         settings.partitions,
         security=KafkaSecurity.from_settings(settings),
     )
