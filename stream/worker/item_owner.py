@@ -180,14 +180,14 @@ class ItemOwner:
         """Follow the item-vectors topic until the worker stops (a Faust task)."""
         await self.follower.run()
 
-    async def rebuild_redis(self) -> None:
-        """Redis is a copy: once caught up, write every vector this worker holds,
-        compare-and-set, so an emptied Redis is whole again and a newer one is kept."""
+    async def write_items(self) -> int:
+        """Write every item vector this worker holds to Redis, compare-and-set by
+        canonical version, so an emptied Redis is whole again and a newer vector is
+        kept; returns how many were written (0 for models without item vectors).
+        Raises what Redis raises (stream/worker/redis_health.py calls it)."""
         if self.vector_model is None:
-            return
-        await self.caught_up.wait()
-        written = await write_all_items(self.store, self.index, self.ledger)
-        log.info("rebuilt Redis from the model and the item-vectors topic: %d written", written)
+            return 0
+        return await write_all_items(self.store, self.index, self.ledger)
 
 
 __all__ = ["ItemOwner", "write_all_items"]
