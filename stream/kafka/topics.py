@@ -157,7 +157,10 @@ def check_compacted(
     for spec in specs:
         if not spec.compacted:
             continue
-        policy = configs.get(spec.name, {}).get("cleanup.policy") or "delete (unset)"
+        policy = (
+            configs.get(spec.name, {}).get("cleanup.policy")
+            or "delete (none reported: the default)"
+        )
         if "compact" not in policy.split(","):
             raise TopicNotCompacted(spec.name, policy)
 
