@@ -8,8 +8,8 @@ attempt waits for the link's backoff (stream/worker/redis_health.py), so Redis b
 down costs freshness, not events, and one log line, not one per flush.
 
 The publisher also remembers the last vector it wrote for each user (`written_users`,
-about 480 bytes a user with 64-d vectors, forgotten with the user) so that a Redis that lost its data
-gets them back (`write_all_users`).
+about 480 bytes a user with 64-d vectors, forgotten with the user) so that a Redis
+that lost its data gets them back (`write_all_users`).
 """
 
 from __future__ import annotations
