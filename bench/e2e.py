@@ -48,7 +48,7 @@ from stream.dev.services import DevStack, free_port, stop
 from stream.events import Recommendation
 from stream.kafka.consumer import make_consumer
 from stream.kafka.producer import make_producer, replay
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 from stream.settings import Settings
 
 SERVICES_CORE = 0
@@ -363,7 +363,7 @@ def end_to_end(
     freshness across the two."""
     settings = bench_settings(stack, workdir, checkpoint)
     Path(settings.data_dir).mkdir(parents=True)
-    ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+    ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
     log(f"[{items} items] starting a worker (loading the catalogue, rewriting Redis) ...")
     worker = Worker(settings, workdir / f"worker-{items}.log")
     result: dict[str, Any] = {"items": items}

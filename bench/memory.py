@@ -38,7 +38,7 @@ from bench.workload import arriving_users, write_catalogue
 from stream.dev.harness import scrape_metric
 from stream.dev.services import start_stack
 from stream.kafka.producer import make_producer, replay
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 
 SAMPLE_S = 0.2
 
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, log: Any = print) -> dict[str, Any]:
                 log_level="warning",
             )
             Path(settings.data_dir).mkdir(parents=True)
-            ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+            ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
             log(
                 f"starting a {args.model} worker (max_users {args.max_users}, "
                 f"memory cap {args.cap_mb} MB) ..."

@@ -49,7 +49,7 @@ from stream.dev.harness import scrape_metric
 from stream.dev.services import start_stack
 from stream.events import Click
 from stream.kafka.producer import replay
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 from stream.metrics import WorkerMetrics
 from stream.worker.applier import BatchApplier
 from stream.worker.pipeline import Accepted, ClickProcessor
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             **({"batch_wait_ms": args.batch_wait_ms} if args.batch_wait_ms is not None else {}),
         )
         Path(settings.data_dir).mkdir(parents=True)
-        ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+        ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
         print(f"starting a {args.model} worker ...", file=sys.stderr)
         worker = Worker(settings, workdir / "worker.log")
         try:

@@ -6,7 +6,9 @@ version and is applied only when it is newer than the stored one, checked and wr
 by one Lua script, so one batch is one round trip and a stale writer never overwrites a
 newer vector. User vectors expire after `user_ttl_s` of inactivity.
 
-Redis is a rebuildable copy of the model's state, never the source of truth.
+Redis is a rebuildable copy of the model's state, never the source of truth. A writer
+keeps a marker key (`keep_marker`) to notice a Redis that lost its data and write its
+vectors back (stream/worker/redis_health.py).
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ class VectorStore(Protocol):
         users: Mapping[str, np.ndarray],
         version: int,
         item_versions: Mapping[str, int] | None = None,
+        user_versions: Mapping[str, int] | None = None,
     ) -> int: ...
 
     async def get_item(self, item_id: str) -> tuple[np.ndarray, int] | None: ...
+
+    async def keep_marker(self, name: str, ttl_s: int) -> bool: ...
+
+    async def set_marker(self, name: str, ttl_s: int) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -89,16 +96,18 @@ class RedisVectorStore:
         users: Mapping[str, np.ndarray],
         version: int,
         item_versions: Mapping[str, int] | None = None,
+        user_versions: Mapping[str, int] | None = None,
     ) -> int:
-        """Write item and user vectors with `version` (or an item's own version from
-        `item_versions`) in one round trip.
+        """Write item and user vectors with `version` (or a key's own version from
+        `item_versions` / `user_versions`) in one round trip.
 
         Returns how many were written; a key whose stored version is not lower is left
         alone (a stale write). Raises redis.RedisError when Redis fails, and ValueError
         for a version outside [0, 2**53), which Lua's doubles cannot compare exactly.
         """
         versions = item_versions or {}
-        for checked in (version, *versions.values()):
+        own_user_versions = user_versions or {}
+        for checked in (version, *versions.values(), *own_user_versions.values()):
             if not 0 <= checked < MAX_VERSION:
                 raise ValueError(f"version must be in [0, 2**53), not {checked}")
         args: list[int | bytes] = []
@@ -108,10 +117,20 @@ class RedisVectorStore:
             args += [versions.get(item_id, version), 0, _to_bytes(vector)]
         for user_id, vector in users.items():
             keys.append(self.user_key(user_id))
-            args += [version, self._user_ttl_s, _to_bytes(vector)]
+            args += [own_user_versions.get(user_id, version), self._user_ttl_s, _to_bytes(vector)]
         if not keys:
             return 0
         return int(await self._cas(keys=keys, args=args))
+
+    async def keep_marker(self, name: str, ttl_s: int) -> bool:
+        """Extend marker `name`'s life to `ttl_s`; False if it is gone (Redis lost
+        data: restarted empty, flushed, or evicted it). One round trip."""
+        return bool(await self._client.expire(f"{self._prefix}marker:{name}", ttl_s))
+
+    async def set_marker(self, name: str, ttl_s: int) -> None:
+        """Set marker `name` for `ttl_s` seconds (`keep_marker` tells whether it is
+        still there)."""
+        await self._client.set(f"{self._prefix}marker:{name}", b"1", ex=ttl_s)
 
     async def get_item(self, item_id: str) -> tuple[np.ndarray, int] | None:
         return await self._get(self.item_key(item_id))

@@ -240,6 +240,18 @@ class WorkerMetrics:
         self.redis_errors = Counter(
             "streamrec_redis_errors", "Failed writes to the Redis vector store.", registry=r
         )
+        self.redis_up = Gauge(
+            "streamrec_redis_up",
+            "1 while the Redis vector store answers, 0 during an outage (writes then wait, "
+            "newest vector per key kept, with backoff).",
+            registry=r,
+        )
+        self.redis_up.set(1)  # the worker's preflight reached it
+        self.redis_repairs = Counter(
+            "streamrec_redis_repairs",
+            "Times this worker found Redis had lost its vectors and wrote them all back.",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""

@@ -23,7 +23,7 @@ from stream.dev.services import ServiceError, free_port, spawn, stop
 from stream.dev.workload import click_stream
 from stream.events import Recommendation
 from stream.kafka.consumer import make_consumer
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 from stream.settings import Settings
 
 
@@ -51,7 +51,7 @@ def fresh_topics(stack: Any, data_dir: Path, model: str, log_level: str = "warni
     settings = run_settings(
         stack.bootstrap_servers, stack.redis_url, data_dir, model=model, log_level=log_level
     )
-    ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+    ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
     return settings
 
 

@@ -22,7 +22,7 @@ from stream.dev.services import DevStack, free_port, start_stack, stop
 from stream.events import Recommendation
 from stream.kafka.consumer import make_consumer
 from stream.kafka.producer import replay
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 from stream.security import KafkaSecurity
 from stream.settings import Settings
 
@@ -128,7 +128,7 @@ def run_dev(
             seed=seed,
             data_dir=str(stack.workdir / "worker"),
         )
-        ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+        ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
         say(
             progress,
             f"broker {stack.bootstrap_servers}, Redis {stack.redis_url}; starting worker ...",

@@ -137,12 +137,53 @@ class DevStack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
+    @property
+    def broker_process(self) -> subprocess.Popen[bytes]:
+        return self.processes[0]
+
+    @property
+    def redis_process(self) -> subprocess.Popen[bytes]:
+        return self.processes[1]
+
+    def restart_redis(self, down_s: float = 0.0, timeout: float = 20.0) -> None:
+        """SIGKILL the Redis server and, `down_s` later, start an empty one on the same
+        port (a fault test's Redis that restarts without its data)."""
+        old = self.redis_process
+        old.kill()
+        old.wait()
+        time.sleep(down_s)
+        fresh = _spawn_redis(self.redis_port, self.workdir)
+        self.processes[1] = fresh
+        wait_for_port("127.0.0.1", self.redis_port, timeout, fresh)
+
     def close(self) -> None:
         for process in reversed(self.processes):
             stop(process)
         self.processes.clear()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _spawn_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    # No persistence: a restarted server starts empty, as a cache without a volume does.
+    return spawn(
+        [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        log_path=workdir / "redis.log",
+    )
 
 
 def start_stack(workdir: Path | None = None, timeout: float = 20.0) -> DevStack:
@@ -158,24 +199,7 @@ def start_stack(workdir: Path | None = None, timeout: float = 20.0) -> DevStack:
             log_path=workdir / "broker.log",
         )
         stack.processes.append(broker)
-        redis = spawn(
-            [
-                redis_binary(),
-                "--port",
-                str(stack.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--daemonize",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
-            log_path=workdir / "redis.log",
-        )
+        redis = _spawn_redis(stack.redis_port, workdir)
         stack.processes.append(redis)
         try:
             wait_for_port("127.0.0.1", stack.broker_port, timeout, broker)

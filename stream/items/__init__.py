@@ -28,10 +28,12 @@ to a last-writer-wins race. Offsets only work as an idempotence key because one 
 partition is applied by one worker at a time, in order, and a click's deltas are made
 durable before the click's user state is (stream/worker/applier.py).
 
-One record carries many items (all the deltas bound for one partition in one batch, or
-all the vectors one delta record changed), so the message count follows batches, not
-clicks. Reading `item-vectors` from the start is also how a fresh worker, or one whose
-index is empty, rebuilds the live item vectors on top of its checkpoint.
+An item-deltas record carries many items (all the deltas bound for one partition in
+one batch), so its message count follows batches, not clicks. An item-vectors record
+carries one item, keyed by its id: that topic is compacted, so it keeps each item's
+last vector however long the stream runs (issue 14). Reading `item-vectors` from the
+start is also how a fresh worker, or one whose index is empty, rebuilds the live item
+vectors on top of its checkpoint.
 
 Where each part lives: `ledger.py` the bookkeeping (pure, no I/O), `sync.py` the wire
 codec and the follower of the item-vectors topic, stream/worker/item_owner.py the

@@ -82,6 +82,16 @@ K7  Every topic is created up front with the configured partition count
     checked: faust-streaming 0.15.3, kafka-python 3.0.12, Tansu 0.6.0
     where:   stream/kafka/topics.py:ensure_topics
     test:    tests/regression/test_topics_created_with_one_partition_count.py
+K8  Topic configs are read back with every source and no key filter
+    fixes:   the start check refusing every state topic the worker created compacted
+             (its configs read back empty)
+    cause:   Tansu reports a topic's configs with source DEFAULT_CONFIG, which
+             kafka-python's default describe filter ("modified") drops, and drops the
+             connection on a DescribeConfigs that names keys
+    checked: kafka-python 3.0.12, Tansu 0.6.0
+    where:   stream/kafka/topics.py:read_topic_configs
+    test:    tests/regression/test_topic_configs_reported_as_defaults.py,
+             tests/integration/test_topic_configs.py
 W1  Faust's recovery consistency check is off (`recovery_consistency_check=False`)
     fixes:   healthy workers crashing in rebalances ("persisted offset ... is higher
              than the last offset in that topic (2758 > 2757)")

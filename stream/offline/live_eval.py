@@ -49,7 +49,7 @@ from stream.dev.services import free_port, running_stack, stop
 from stream.events import Recommendation
 from stream.kafka.consumer import make_consumer
 from stream.kafka.producer import replay
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 from stream.offline.train import learn
 from stream.settings import Settings
 
@@ -176,7 +176,7 @@ def _live_worker(model: Recommender, dim: int, top_k: int, exclude: str) -> Iter
             exclude=exclude,
             data_dir=str(Path(tmp) / "worker"),
         )
-        ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+        ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
         worker = start_worker(settings, Path(tmp) / "worker.log")
         try:
             yield settings

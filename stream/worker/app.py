@@ -18,9 +18,10 @@ BatchApplier's commit order is what applies each click once (stream/worker/appli
 Item vectors have one writer each, the worker owning the item id's partition of
 `{app_id}-item-deltas` (the `own_items` agent, ItemOwner); every worker follows
 `{app_id}-item-vectors` from the beginning and so converges on the owners' vectors, and
-a fresh worker rebuilds its index (and Redis) from it before taking clicks
-(stream/items/). Housekeeping runs the rest: Redis flushes, lag, memory, eviction of
-idle users, rebalances.
+a fresh worker rebuilds its index from it before taking clicks (stream/items/).
+RedisRepair fills Redis on start and again whenever Redis lost its data
+(stream/worker/redis_health.py). Housekeeping runs the rest: Redis flushes, lag,
+memory, eviction of idle users, rebalances.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
 from serving.redis_store import RedisVectorStore
 from stream.items.ledger import DeltaTracker
+from stream.kafka.topics import record_limit_bytes
 from stream.kafka.transport import streamrec_app
 from stream.metrics import WorkerMetrics
 from stream.security import KafkaSecurity, redis_options
@@ -47,6 +49,7 @@ from stream.worker.housekeeping import Housekeeping
 from stream.worker.item_owner import ItemOwner
 from stream.worker.pipeline import ClickProcessor
 from stream.worker.publisher import VectorPublisher
+from stream.worker.redis_health import RedisRepair
 from stream.worker.retention import UserRetention, resident_bytes
 from stream.worker.users import UserTable, assigned_partitions
 from stream.worker.views import (
@@ -58,6 +61,9 @@ from stream.worker.views import (
 )
 
 log = logging.getLogger(__name__)
+
+# Seconds a Redis call may take before it counts as failed.
+REDIS_TIMEOUT_S = 2.0
 
 
 def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
@@ -95,9 +101,8 @@ def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
         broker_session_timeout=10,
         broker_rebalance_timeout=6,
         broker_heartbeat_interval=1,
-        # What this worker produces is at most about max_event_bytes (a forwarded click,
-        # a dead letter cut to that size) plus headers; Faust's default is 1,000,000.
-        producer_max_request_size=max(1_000_000, settings.max_event_bytes + 65_536),
+        # The same limit as the topics' max.message.bytes (stream/kafka/topics.py).
+        producer_max_request_size=record_limit_bytes(settings.max_event_bytes),
     )
 
 
@@ -205,6 +210,10 @@ def create_worker(
         settings.redis_url,
         prefix=settings.redis_prefix,
         user_ttl_s=settings.user_ttl_s,
+        # A Redis that stops answering (SIGSTOP, a partition) fails a write instead
+        # of holding every flush behind it; the writes wait, backing off.
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
         **redis_options(settings),
     )
     publisher = VectorPublisher(store, metrics)
@@ -239,6 +248,7 @@ def create_worker(
         metrics,
         partitions=settings.partitions,
         owned_partitions=functools.partial(assigned_partitions, app, settings.by_user_topic),
+        on_evicted=lambda keys: publisher.forget_users(key.decode() for key in keys),
     )
     recent = RecentRecommendations()
     applier = BatchApplier(
@@ -288,7 +298,20 @@ def create_worker(
         )
     )
     app.task(items.follow_item_vectors)
-    app.task(items.rebuild_redis)
+    repair = RedisRepair(
+        store,
+        publisher.link,
+        metrics,
+        write_items=items.write_items,
+        write_users=publisher.write_all_users,
+        pending=lambda: publisher.pending,
+    )
+
+    async def repair_redis() -> None:
+        # Once the item vectors are caught up, so the first write holds the live ones.
+        await repair.run(ready=items.caught_up.wait)
+
+    app.task(repair_redis)
     Housekeeping(
         app, settings, users=users, items=items, publisher=publisher, metrics=metrics
     ).install()

@@ -1,4 +1,5 @@
-"""What a worker does besides applying records: flushing vectors to Redis, re-seeking
+"""What a worker does besides applying records: flushing vectors to Redis (and
+repairing a Redis that lost them, stream/worker/redis_health.py), re-seeking
 stalled partitions, reporting its state (lag, memory, users) and evicting idle users,
 following rebalances, and answering the SIGUSR1 dump (stream/worker/diagnostics.py).
 """
@@ -16,7 +17,7 @@ from stream.worker import diagnostics
 from stream.worker.item_owner import ItemOwner
 from stream.worker.publisher import VectorPublisher
 from stream.worker.retention import resident_bytes
-from stream.worker.users import UserTable
+from stream.worker.users import UserTable, owning_partition
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class Housekeeping:
 
     async def on_rebalanced(self, app: Any, **kwargs: Any) -> None:
         self.users.adopt_recovered_users()
+        # The user vectors kept for a Redis repair: only of users this worker owns now.
+        owned, partitions = self.users.owned_partitions(), self.settings.partitions
+        self.publisher.keep_users(lambda user: owning_partition(user.encode(), partitions) in owned)
         self.metrics.ready.set(1)
 
     def flow_state(self) -> dict[str, Any]:

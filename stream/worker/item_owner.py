@@ -163,7 +163,13 @@ class ItemOwner:
             {e.item_id: e.version for e in applied},
             {e.item_id: e.clicked_at for e in applied if e.clicked_at is not None},
         )
-        await self.vectors_topic.send(value=encode_vectors(applied), partition=partition)
+        # One record per item, keyed by its id: the topic is compacted (a broker refuses
+        # a record without a key there), and compaction keeps each key's last record,
+        # so a record must hold that item alone (stream/kafka/topics.py).
+        for entry in applied:
+            await self.vectors_topic.send(
+                key=entry.item_id.encode(), value=encode_vectors([entry]), partition=partition
+            )
 
     def canonical_version(self, item_id: str) -> int | None:
         """The version of the last canonical vector heard for `item_id`, or None."""
@@ -174,14 +180,14 @@ class ItemOwner:
         """Follow the item-vectors topic until the worker stops (a Faust task)."""
         await self.follower.run()
 
-    async def rebuild_redis(self) -> None:
-        """Redis is a copy: once caught up, write every vector this worker holds,
-        compare-and-set, so an emptied Redis is whole again and a newer one is kept."""
+    async def write_items(self) -> int:
+        """Write every item vector this worker holds to Redis, compare-and-set by
+        canonical version, so an emptied Redis is whole again and a newer vector is
+        kept; returns how many were written (0 for models without item vectors).
+        Raises what Redis raises (stream/worker/redis_health.py calls it)."""
         if self.vector_model is None:
-            return
-        await self.caught_up.wait()
-        written = await write_all_items(self.store, self.index, self.ledger)
-        log.info("rebuilt Redis from the model and the item-vectors topic: %d written", written)
+            return 0
+        return await write_all_items(self.store, self.index, self.ledger)
 
 
 __all__ = ["ItemOwner", "write_all_items"]

@@ -12,7 +12,7 @@ from model.checkpoint import load_checkpoint
 from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.kafka.internals import Sigusr1Worker
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 from stream.preflight import check_services
 from stream.security import KafkaSecurity
 from stream.settings import Settings
@@ -56,7 +56,7 @@ def build_worker(settings: Settings) -> Worker:
     check_services(settings)  # again, if the CLI did: milliseconds when both answer
     ensure_topics(
         settings.bootstrap_servers,
-        settings.topics(),
+        worker_topics(settings),
         settings.partitions,
         security=KafkaSecurity.from_settings(settings),
     )

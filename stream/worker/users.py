@@ -49,8 +49,10 @@ class UserTable:
         *,
         partitions: int,
         owned_partitions: Callable[[], Collection[int]],
+        on_evicted: Callable[[list[bytes]], None] = lambda keys: None,
     ) -> None:
         self.table = table
+        self.on_evicted = on_evicted  # told the keys of the users each eviction deleted
         self.retention = retention
         self.metrics = metrics
         self.partitions = partitions
@@ -90,14 +92,15 @@ class UserTable:
         writes a changelog tombstone, so a restarted worker does not bring them back.
         Only users of partitions this worker owns; never one with a record in flight."""
         owned = self.owned_partitions()
-        evicted = 0
+        evicted: list[bytes] = []
         for eviction in self.retention.due(self._owned_by(owned), self.in_flight):
             if eviction.key in self.table:
                 del self.table[eviction.key]
-                evicted += 1
+                evicted.append(eviction.key)
             self.metrics.users_evicted.labels(reason=eviction.reason).inc()
         if evicted:
             self.metrics.users_in_state.set(len(self.table))
+            self.on_evicted(evicted)
 
     def adopt_recovered_users(self) -> None:
         """Track the users a (re)start recovered from the changelog, oldest last click

@@ -16,7 +16,7 @@ import pytest
 from stream.dev import audit
 from stream.dev.cluster import Cluster, Recommended, make_events, run_settings, wait_drained
 from stream.kafka.producer import replay
-from stream.kafka.topics import ensure_topics
+from stream.kafka.topics import ensure_topics, worker_topics
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def test_workers_killed_mid_stream_lose_nothing_and_apply_nothing_twice(
     settings = run_settings(
         dev_stack.bootstrap_servers, dev_stack.redis_url, tmp_path, model="covisit"
     )
-    ensure_topics(settings.bootstrap_servers, settings.topics(), settings.partitions)
+    ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
     events = make_events(3000, users=300, items=200, seed=3)
     cluster = Cluster(settings, 2, tmp_path / "logs")
     try:
