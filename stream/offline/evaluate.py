@@ -26,6 +26,7 @@ import orjson
 from model import evaluation
 from model.base import EXCLUSION_POLICIES, HISTORY_MAX, Interaction
 from model.registry import MODEL_NAMES, build_recommender
+from model.transitions import learned_session_gap
 from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
 from stream.offline.datasets import FORMATS, DatasetError, read_interactions
 from stream.settings import DEFAULT_EXCLUSION, Settings
@@ -90,6 +91,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         f"{DEFAULT_EXCLUSION}, the worker's): seen (the user's recent items), last, none "
         f"(session-rec's published protocol counts repeats), history (every item the user "
         f"interacted with, up to {HISTORY_MAX})",
+    )
+    parser.add_argument(
+        "--session-gap",
+        default="auto",
+        metavar="SECONDS|auto",
+        help="longest pause between a user's clicks that covisit and torch still count as "
+        "a transition; auto (default): the 90th percentile of the pauses between each "
+        "user's consecutive clicks in the (training) file, at least 1800 "
+        "(STREAMREC_SESSION_GAP_S is the worker's)",
     )
     parser.add_argument(
         "--limit", type=int, metavar="N", help="use only the first N events (by time) of each file"
@@ -193,13 +203,22 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
         half_life_s = evaluation.auto_half_life(
             args.protocol, [event for events in streams for event in events]
         )
+    session_gap_s = parse_session_gap(getattr(args, "session_gap", "auto"))
+    if session_gap_s is None:
+        session_gap_s = learned_session_gap(streams[0])
     total = sum(len(events) for events in streams)
     results: dict[str, Any] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: repeatable timings and results
     try:
         for name in models:
-            model = build_recommender(name, dim=args.dim, seed=args.seed, half_life_s=half_life_s)
+            model = build_recommender(
+                name,
+                dim=args.dim,
+                seed=args.seed,
+                half_life_s=half_life_s,
+                session_gap_s=session_gap_s,
+            )
             logged = hit_log.recorder(name) if hit_log is not None else None
             with _progress_bar(name, total, disabled=args.quiet) as progress:
                 if args.protocol == "prequential":
@@ -226,6 +245,8 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
         "exclude": exclude,
         "half_life_s": half_life_s,
         "worker_half_life_s": float(Settings().half_life_s),
+        "session_gap_s": session_gap_s,
+        "worker_session_gap_s": float(Settings().session_gap_s),
         "models": results,
     }
 
@@ -285,6 +306,14 @@ def parse_half_life(text: str) -> float | None:
     if not seconds > 0 or seconds == float("inf"):
         raise EvaluateError(f"--half-life must be seconds > 0 or auto, not {text!r}")
     return seconds
+
+
+def parse_session_gap(text: str) -> float | None:
+    """Seconds from `--session-gap`, or None for `auto`; EvaluateError otherwise."""
+    try:
+        return parse_half_life(text)
+    except EvaluateError:
+        raise EvaluateError(f"--session-gap must be seconds > 0 or auto, not {text!r}") from None
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -393,8 +422,11 @@ def format_table(report: dict[str, Any]) -> str:
         return "  ".join(padded)
 
     title = f"{report['protocol']} on {report['dataset']}"
-    if "exclude" in report:
-        title += f" (exclude {report['exclude']})"
+    details = [f"exclude {report['exclude']}"] if "exclude" in report else []
+    if "session_gap_s" in report:
+        details.append(f"session gap {report['session_gap_s']:,.0f} s")
+    if details:
+        title += f" ({', '.join(details)})"
     lines = [title, line(header), *(line(row) for row in rows)]
     half_life, worker = report.get("half_life_s"), report.get("worker_half_life_s")
     if half_life is not None and worker is not None and half_life != worker:
@@ -402,6 +434,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"popularity half-life {half_life:,.0f} s; a fresh worker's is {worker:,.0f} s "
             f"(STREAMREC_HALF_LIFE_S), so it ranks these clicks differently: serve a "
             f"checkpoint of `streamrec train --half-life {half_life:.0f}`, or set it"
+        )
+    gap, worker_gap = report.get("session_gap_s"), report.get("worker_session_gap_s")
+    if gap is not None and worker_gap is not None and gap != worker_gap:
+        lines.append(
+            f"session gap {gap:,.0f} s; a fresh worker's is {worker_gap:,.0f} s "
+            f"(STREAMREC_SESSION_GAP_S), so it counts other transitions: serve a checkpoint "
+            f"of `streamrec train --session-gap {gap:.0f}`, or set it"
         )
     return "\n".join(lines)
 

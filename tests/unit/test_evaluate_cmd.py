@@ -70,6 +70,8 @@ def test_json_has_every_model_and_metric(
         "exclude",
         "half_life_s",
         "worker_half_life_s",
+        "session_gap_s",
+        "worker_session_gap_s",
         "models",
     }
     assert report["protocol"] == "prequential" and report["dataset"] == str(train)
@@ -129,7 +131,9 @@ def test_table_has_a_row_per_model(
     )
     assert code == 0
     title, header, *rows, note = out.strip().splitlines()
-    assert title.startswith("last-out on ") and title.endswith(" (exclude seen)")
+    assert title.startswith("last-out on ") and title.endswith(
+        " (exclude seen, session gap 1,800 s)"
+    )
     # A half-life that is not a fresh worker's: the table says so.
     assert note.startswith("popularity half-life ") and "a fresh worker's is 3,600 s" in note
     assert header.split()[:4] == ["model", "HR@10", "MRR@10", "NDCG@10"]
