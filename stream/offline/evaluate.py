@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -386,21 +387,67 @@ def load(path: Path, fmt: str, limit: int | None) -> list[Interaction]:
 
 
 @contextmanager
-def _progress_bar(name: str, total: int, *, disabled: bool) -> Iterator[Callable[[int], object]]:
-    """A tqdm bar's `update` on stderr; drawn only when stderr is a terminal."""
-    from tqdm import tqdm
+def _progress_bar(
+    name: str,
+    total: int,
+    *,
+    disabled: bool,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Callable[[int], object]]:
+    """An `update(events)` that reports progress on stderr: a tqdm bar on a terminal,
+    else (a log file, a pipe) a plain line at every tenth of `total` and at least every
+    `_PROGRESS_EVERY_S` seconds, so a long run redirected to a file still shows it is
+    alive. Nothing when `disabled`."""
+    if disabled:
+        yield lambda events: None
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
 
-    bar = tqdm(
-        total=total,
-        desc=name,
-        unit="ev",
-        file=sys.stderr,
-        disable=disabled or not sys.stderr.isatty(),
-    )
-    try:
-        yield bar.update
-    finally:
-        bar.close()
+        with tqdm(total=total, desc=name, unit="ev", file=sys.stderr) as bar:
+            yield bar.update
+        return
+    lines = _ProgressLines(name, total, clock)
+    yield lines.update
+    lines.finish()
+
+
+# The longest a non-terminal stderr goes without a progress line.
+_PROGRESS_EVERY_S = 60.0
+
+
+class _ProgressLines:
+    """Progress as plain lines: `<model>: <done>/<total> events (<pct>%), <rate> events/s,
+    <elapsed> s`, one per tenth of the total and at least one every `_PROGRESS_EVERY_S`."""
+
+    def __init__(self, name: str, total: int, clock: Callable[[], float]):
+        self.name, self.total, self.clock = name, max(total, 1), clock
+        self.started = self.last_line_at = clock()
+        self.done = self.printed = 0
+
+    def update(self, events: int) -> None:
+        self.done += events
+        tenth = self.done * 10 // self.total
+        if tenth > self.printed * 10 // self.total or (
+            self.clock() - self.last_line_at >= _PROGRESS_EVERY_S
+        ):
+            self._line()
+
+    def finish(self) -> None:
+        if self.done != self.printed:
+            self._line()
+
+    def _line(self) -> None:
+        now = self.clock()
+        elapsed = now - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        print(
+            f"{self.name}: {self.done:,}/{self.total:,} events "
+            f"({100 * self.done // self.total}%), {rate:,.0f} events/s, {elapsed:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.printed, self.last_line_at = self.done, now
 
 
 def format_table(report: dict[str, Any]) -> str:
