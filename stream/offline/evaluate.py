@@ -236,7 +236,7 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
                     )
             results[name] = result
             if getattr(args, "through_kafka", False):
-                live = _through_kafka(args, name, streams, ks, half_life_s, exclude)
+                live = _through_kafka(args, name, streams, ks, half_life_s, session_gap_s, exclude)
                 results.update(live)
     finally:
         torch.set_num_threads(threads)
@@ -258,6 +258,7 @@ def _through_kafka(
     streams: list[list[Interaction]],
     ks: tuple[int, ...],
     half_life_s: float,
+    session_gap_s: float,
     exclude: str,
 ) -> dict[str, dict[str, Any]]:
     """The protocol through the live pipeline (stream/offline/live_eval.py), as rows
@@ -268,6 +269,7 @@ def _through_kafka(
         "dim": args.dim,
         "seed": args.seed,
         "half_life_s": half_life_s,
+        "session_gap_s": session_gap_s,
         "exclude": exclude,
         "progress": not args.quiet and sys.stderr.isatty(),
     }
