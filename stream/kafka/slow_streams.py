@@ -1,5 +1,5 @@
 """Faust's "Stream stopped processing, or is slow" check, told apart from a backlog
-(correction K8 in stream/kafka/__init__.py; the hook is in stream/kafka/transport.py).
+(correction K9 in stream/kafka/__init__.py; the hook is in stream/kafka/transport.py).
 
 Every few seconds faust checks each assigned partition, and when records wait there
 (high watermark past the fetch position) while its stream has taken none for

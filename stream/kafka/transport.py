@@ -1,4 +1,4 @@
-"""Faust's aiokafka transport, with seven corrections (K1-K6 and K8 in the corrections
+"""Faust's aiokafka transport, with seven corrections (K1-K6 and K9 in the corrections
 table of stream/kafka/__init__.py, with their tests).
 
 1. A configurable consumer fetch wait. faust-streaming 0.15 hard-codes
@@ -37,7 +37,7 @@ table of stream/kafka/__init__.py, with their tests).
    end of a large partition, and a worker that fell behind never caught up.
 6. A recovery seek with no start offset (a rebalance during recovery) reads from the
    start instead of crashing the worker (`seek_wait`).
-8. Faust's "Stream stopped processing, or is slow" ERROR, logged at every check for a
+9. Faust's "Stream stopped processing, or is slow" ERROR, logged at every check for a
    partition that waits while the worker works through a backlog elsewhere, becomes
    one WARNING with the records waiting (stream/kafka/slow_streams.py).
 """
@@ -93,7 +93,7 @@ class StreamrecApp(faust.App):
 
 
 class StreamrecConsumerThread(driver.AIOKafkaConsumerThread):
-    """The thread running the aiokafka consumer: corrections 1, 3, 5 and 8."""
+    """The thread running the aiokafka consumer: corrections 1, 3, 5 and 9."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,7 +101,7 @@ class StreamrecConsumerThread(driver.AIOKafkaConsumerThread):
         self.slow_streams = SlowStreams(self.app.conf.stream_processing_timeout)
 
     def _log_slow_processing_stream(self, msg: str, *args: Any) -> None:
-        # Correction 8: faust's verify_event_path calls this for a partition with
+        # Correction 9: faust's verify_event_path calls this for a partition with
         # records waiting whose stream took none for stream_processing_timeout.
         tp, since = args
         now = time.monotonic()  # faust's Monitor stamps inbound times with monotonic()

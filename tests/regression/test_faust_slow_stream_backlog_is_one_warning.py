@@ -1,6 +1,6 @@
 """A partition behind while the worker works through a backlog elsewhere is one WARNING,
 not an ERROR at every check (stream/kafka/slow_streams.py; stream/kafka/transport.py,
-correction 8). Issue 17: a worker logged 187 ERRORs "Stream stopped processing, or is
+correction 9). Issue 17: a worker logged 187 ERRORs "Stream stopped processing, or is
 slow for TP(topic='streamrec-item-deltas', ...)" while every click was processed."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_a_backlog_elsewhere_is_said_once_and_a_stopped_worker_stays_an_error(
 
 
 def test_faust_still_reports_a_slow_stream_through_the_hook() -> None:
-    # Correction 8 overrides this private hook: if faust stops calling it for the
+    # Correction 9 overrides this private hook: if faust stops calling it for the
     # "stopped or slow" case, the ERRORs come back unseen.
     source = inspect.getsource(driver.AIOKafkaConsumerThread.verify_event_path)
     assert "self._log_slow_processing_stream(\n" in source
