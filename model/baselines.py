@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from model.base import Interaction, OnlineRecommender, Scored, Update, UserContext
-from model.transitions import TransitionMemory
+from model.transitions import DEFAULT_SESSION_GAP_S, TransitionMemory
 
 # A popularity share is at most 1, so this weight makes popularity decide only between
 # items whose co-visitation scores are equal (most often: both zero).
@@ -247,7 +247,7 @@ class CoVisitation(OnlineRecommender):
         backward_weight: float = 0.25,
         recency_exponent: float = 1.5,
         max_neighbours: int = 100,
-        session_gap_s: float = 1800.0,
+        session_gap_s: float = DEFAULT_SESSION_GAP_S,
         half_life_s: float = DEFAULT_HALF_LIFE_S,
         max_recent: int = 50,
     ):

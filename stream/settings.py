@@ -174,6 +174,15 @@ class Settings:
             "(a checkpoint keeps its own)"
         },
     )
+    # 30 minutes suits click sessions; data whose users return days apart (ratings)
+    # needs its own time scale: `streamrec evaluate --session-gap auto` prints one.
+    session_gap_s: int = field(
+        default=1800,
+        metadata={
+            "help": "longest pause between a user's clicks that still counts as an item "
+            "transition, event-time seconds (a fresh model; a checkpoint keeps its own)"
+        },
+    )
     checkpoint: str = field(
         default="",
         metadata={"help": "model file from `streamrec train` to start from (empty: a fresh model)"},
@@ -239,6 +248,7 @@ class Settings:
             "half_life_s",
             "history_max",
             "connect_timeout_s",
+            "session_gap_s",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(

@@ -21,7 +21,7 @@ from model.index import ExactIndex
 from model.torch_model import batch
 from model.torch_model.encoder import GruEncoder, click_inputs
 from model.torch_model.ranker import MixRanker, cooccurrence_memory
-from model.transitions import TransitionMemory
+from model.transitions import DEFAULT_SESSION_GAP_S, TransitionMemory
 
 
 class TorchRecommender(OnlineRecommender):
@@ -73,7 +73,7 @@ class TorchRecommender(OnlineRecommender):
         window: int = 5,
         retrieve: int = 50,
         mix_lr: float = 0.05,
-        session_gap_s: float = 1800.0,
+        session_gap_s: float = DEFAULT_SESSION_GAP_S,
         history: int = 50,
         history_exponent: float = 0.5,
         history_candidates: int = 50,

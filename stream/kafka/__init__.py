@@ -2,16 +2,18 @@
 Faust, aiokafka, kafka-python or the embedded broker.
 
 Modules: `topics`, `producer`, `consumer` (kafka-python clients for commands and the
-demo); `transport` (Faust's aiokafka transport with corrections K1-K6, numbered as in
-its header); `record_order` and `fetch_wait` (the pure bookkeeping of K4 and K5);
-`internals` (the only module here that reads or writes private names of faust, mode and
-aiokafka). The broker facts cited below are in docs/embedded-broker.md, "Tansu" there.
+demo); `transport` (Faust's aiokafka transport with corrections K1-K6 and K9, numbered
+as in its header); `record_order`, `fetch_wait` and `slow_streams` (the pure
+bookkeeping of K4, K5 and K9); `internals` (the only module here that reads or writes
+private names of faust, mode and aiokafka). The broker facts cited below are in
+docs/embedded-broker.md, "Tansu" there.
 
 Private hooks overridden (they cannot move to `internals`; re-read them when a pin
 moves): on faust's AIOKafkaConsumerThread `_create_worker_consumer` (K1),
-`_fetch_records` (K5), `_highwaters` (K3); on faust's aiokafka Consumer `_new_offset`
-(K2) and `_new_consumer_thread`; on faust.App `_new_transport` (both only install the
-classes above); on mode's Worker `_cry` (P2, `internals.Sigusr1Worker`).
+`_fetch_records` (K5), `_highwaters` (K3), `_log_slow_processing_stream` (K9); on
+faust's aiokafka Consumer `_new_offset` (K2) and `_new_consumer_thread`; on faust.App
+`_new_transport` (both only install the classes above); on mode's Worker `_cry` (P2,
+`internals.Sigusr1Worker`).
 
 Corrections
 -----------
@@ -92,6 +94,17 @@ K8  Topic configs are read back with every source and no key filter
     where:   stream/kafka/topics.py:read_topic_configs
     test:    tests/regression/test_topic_configs_reported_as_defaults.py,
              tests/integration/test_topic_configs.py
+K9  A partition behind while the worker works through a backlog elsewhere is one
+    WARNING with the records waiting, not an ERROR at every check
+    fixes:   187 ERROR lines "Stream stopped processing, or is slow" for item-delta
+             partitions while every click was processed (issue 17)
+    cause:   faust's stream check logs an ERROR every few seconds for any partition
+             whose stream took no record for stream_processing_timeout while records
+             wait, however busy the worker is on its other partitions
+    checked: faust-streaming 0.15.3
+    where:   stream/kafka/transport.py:StreamrecConsumerThread (hook
+             _log_slow_processing_stream), stream/kafka/slow_streams.py:SlowStreams
+    test:    tests/regression/test_faust_slow_stream_backlog_is_one_warning.py
 W1  Faust's recovery consistency check is off (`recovery_consistency_check=False`)
     fixes:   healthy workers crashing in rebalances ("persisted offset ... is higher
              than the last offset in that topic (2758 > 2757)")

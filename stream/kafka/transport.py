@@ -1,5 +1,5 @@
-"""Faust's aiokafka transport, with six corrections (K1-K6 in the corrections table of
-stream/kafka/__init__.py, with their tests).
+"""Faust's aiokafka transport, with seven corrections (K1-K6 and K9 in the corrections
+table of stream/kafka/__init__.py, with their tests).
 
 1. A configurable consumer fetch wait. faust-streaming 0.15 hard-codes
    `fetch_max_wait_ms=1500`. Apache Kafka answers a waiting fetch as soon as data
@@ -37,12 +37,16 @@ stream/kafka/__init__.py, with their tests).
    end of a large partition, and a worker that fell behind never caught up.
 6. A recovery seek with no start offset (a rebalance during recovery) reads from the
    start instead of crashing the worker (`seek_wait`).
+9. Faust's "Stream stopped processing, or is slow" ERROR, logged at every check for a
+   partition that waits while the worker works through a backlog elsewhere, becomes
+   one WARNING with the records waiting (stream/kafka/slow_streams.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -55,6 +59,8 @@ from faust.utils.functional import consecutive_numbers
 from stream.kafka import internals
 from stream.kafka.fetch_wait import FetchWait, adapt_fetch_wait
 from stream.kafka.record_order import RecordOrder, Verdict
+from stream.kafka.slow_streams import SlowStreams, backlog_message
+from stream.kafka.slow_streams import Verdict as SlowVerdict
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +93,41 @@ class StreamrecApp(faust.App):
 
 
 class StreamrecConsumerThread(driver.AIOKafkaConsumerThread):
-    """The thread running the aiokafka consumer: corrections 1, 3 and 5."""
+    """The thread running the aiokafka consumer: corrections 1, 3, 5 and 9."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.fetch_wait = FetchWait(self._configured_fetch_wait_ms())
+        self.slow_streams = SlowStreams(self.app.conf.stream_processing_timeout)
+
+    def _log_slow_processing_stream(self, msg: str, *args: Any) -> None:
+        # Correction 9: faust's verify_event_path calls this for a partition with
+        # records waiting whose stream took none for stream_processing_timeout.
+        tp, since = args
+        now = time.monotonic()  # faust's Monitor stamps inbound times with monotonic()
+        inbound = self.app.monitor.stream_inbound_time
+        verdict = self.slow_streams.judge(tp, now, inbound)
+        if verdict is SlowVerdict.ERROR:
+            super()._log_slow_processing_stream(msg, *args)
+        elif verdict is SlowVerdict.WARNING:
+            idle = (
+                f"its stream took its last record {since}"
+                if msg == driver.SLOW_PROCESSING_STREAM_IDLE
+                else f"its stream has taken none since the worker started {since}"
+            )
+            waiting = self._records_waiting(tp)
+            log.warning(backlog_message(tp, waiting, idle, self.slow_streams.timeout_s))
+
+    def _records_waiting(self, tp: TP) -> int | None:
+        """Records of `tp` past the last one handed to its stream, or None if unknown."""
+        try:
+            highwater = self.consumer.highwater(tp)
+        except Exception:  # no aiokafka consumer (yet): the count is only for a log line
+            return None
+        read = internals.read_offsets(self.consumer).get(tp)
+        if highwater is None:
+            return None
+        return max(0, highwater - (read + 1 if read is not None else 0))
 
     def _configured_fetch_wait_ms(self) -> int:
         return cast(StreamrecApp, self.app).fetch_max_wait_ms

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ import orjson
 from model import evaluation
 from model.base import EXCLUSION_POLICIES, HISTORY_MAX, Interaction
 from model.registry import MODEL_NAMES, build_recommender
+from model.transitions import learned_session_gap
 from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
 from stream.offline.datasets import FORMATS, DatasetError, read_interactions
 from stream.settings import DEFAULT_EXCLUSION, Settings
@@ -90,6 +92,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         f"{DEFAULT_EXCLUSION}, the worker's): seen (the user's recent items), last, none "
         f"(session-rec's published protocol counts repeats), history (every item the user "
         f"interacted with, up to {HISTORY_MAX})",
+    )
+    parser.add_argument(
+        "--session-gap",
+        default="auto",
+        metavar="SECONDS|auto",
+        help="longest pause between a user's clicks that covisit and torch still count as "
+        "a transition; auto (default): the 90th percentile of the pauses between each "
+        "user's consecutive clicks in the (training) file, at least 1800 "
+        "(STREAMREC_SESSION_GAP_S is the worker's)",
     )
     parser.add_argument(
         "--limit", type=int, metavar="N", help="use only the first N events (by time) of each file"
@@ -193,13 +204,22 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
         half_life_s = evaluation.auto_half_life(
             args.protocol, [event for events in streams for event in events]
         )
+    session_gap_s = parse_session_gap(getattr(args, "session_gap", "auto"))
+    if session_gap_s is None:
+        session_gap_s = learned_session_gap(streams[0])
     total = sum(len(events) for events in streams)
     results: dict[str, Any] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: repeatable timings and results
     try:
         for name in models:
-            model = build_recommender(name, dim=args.dim, seed=args.seed, half_life_s=half_life_s)
+            model = build_recommender(
+                name,
+                dim=args.dim,
+                seed=args.seed,
+                half_life_s=half_life_s,
+                session_gap_s=session_gap_s,
+            )
             logged = hit_log.recorder(name) if hit_log is not None else None
             with _progress_bar(name, total, disabled=args.quiet) as progress:
                 if args.protocol == "prequential":
@@ -216,7 +236,7 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
                     )
             results[name] = result
             if getattr(args, "through_kafka", False):
-                live = _through_kafka(args, name, streams, ks, half_life_s, exclude)
+                live = _through_kafka(args, name, streams, ks, half_life_s, session_gap_s, exclude)
                 results.update(live)
     finally:
         torch.set_num_threads(threads)
@@ -226,6 +246,8 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
         "exclude": exclude,
         "half_life_s": half_life_s,
         "worker_half_life_s": float(Settings().half_life_s),
+        "session_gap_s": session_gap_s,
+        "worker_session_gap_s": float(Settings().session_gap_s),
         "models": results,
     }
 
@@ -236,6 +258,7 @@ def _through_kafka(
     streams: list[list[Interaction]],
     ks: tuple[int, ...],
     half_life_s: float,
+    session_gap_s: float,
     exclude: str,
 ) -> dict[str, dict[str, Any]]:
     """The protocol through the live pipeline (stream/offline/live_eval.py), as rows
@@ -246,6 +269,7 @@ def _through_kafka(
         "dim": args.dim,
         "seed": args.seed,
         "half_life_s": half_life_s,
+        "session_gap_s": session_gap_s,
         "exclude": exclude,
         "progress": not args.quiet and sys.stderr.isatty(),
     }
@@ -285,6 +309,14 @@ def parse_half_life(text: str) -> float | None:
     if not seconds > 0 or seconds == float("inf"):
         raise EvaluateError(f"--half-life must be seconds > 0 or auto, not {text!r}")
     return seconds
+
+
+def parse_session_gap(text: str) -> float | None:
+    """Seconds from `--session-gap`, or None for `auto`; EvaluateError otherwise."""
+    try:
+        return parse_half_life(text)
+    except EvaluateError:
+        raise EvaluateError(f"--session-gap must be seconds > 0 or auto, not {text!r}") from None
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -357,21 +389,67 @@ def load(path: Path, fmt: str, limit: int | None) -> list[Interaction]:
 
 
 @contextmanager
-def _progress_bar(name: str, total: int, *, disabled: bool) -> Iterator[Callable[[int], object]]:
-    """A tqdm bar's `update` on stderr; drawn only when stderr is a terminal."""
-    from tqdm import tqdm
+def _progress_bar(
+    name: str,
+    total: int,
+    *,
+    disabled: bool,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Callable[[int], object]]:
+    """An `update(events)` that reports progress on stderr: a tqdm bar on a terminal,
+    else (a log file, a pipe) a plain line at every tenth of `total` and at least every
+    `_PROGRESS_EVERY_S` seconds, so a long run redirected to a file still shows it is
+    alive. Nothing when `disabled`."""
+    if disabled:
+        yield lambda events: None
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
 
-    bar = tqdm(
-        total=total,
-        desc=name,
-        unit="ev",
-        file=sys.stderr,
-        disable=disabled or not sys.stderr.isatty(),
-    )
-    try:
-        yield bar.update
-    finally:
-        bar.close()
+        with tqdm(total=total, desc=name, unit="ev", file=sys.stderr) as bar:
+            yield bar.update
+        return
+    lines = _ProgressLines(name, total, clock)
+    yield lines.update
+    lines.finish()
+
+
+# The longest a non-terminal stderr goes without a progress line.
+_PROGRESS_EVERY_S = 60.0
+
+
+class _ProgressLines:
+    """Progress as plain lines: `<model>: <done>/<total> events (<pct>%), <rate> events/s,
+    <elapsed> s`, one per tenth of the total and at least one every `_PROGRESS_EVERY_S`."""
+
+    def __init__(self, name: str, total: int, clock: Callable[[], float]):
+        self.name, self.total, self.clock = name, max(total, 1), clock
+        self.started = self.last_line_at = clock()
+        self.done = self.printed = 0
+
+    def update(self, events: int) -> None:
+        self.done += events
+        tenth = self.done * 10 // self.total
+        if tenth > self.printed * 10 // self.total or (
+            self.clock() - self.last_line_at >= _PROGRESS_EVERY_S
+        ):
+            self._line()
+
+    def finish(self) -> None:
+        if self.done != self.printed:
+            self._line()
+
+    def _line(self) -> None:
+        now = self.clock()
+        elapsed = now - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        print(
+            f"{self.name}: {self.done:,}/{self.total:,} events "
+            f"({100 * self.done // self.total}%), {rate:,.0f} events/s, {elapsed:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.printed, self.last_line_at = self.done, now
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -393,8 +471,11 @@ def format_table(report: dict[str, Any]) -> str:
         return "  ".join(padded)
 
     title = f"{report['protocol']} on {report['dataset']}"
-    if "exclude" in report:
-        title += f" (exclude {report['exclude']})"
+    details = [f"exclude {report['exclude']}"] if "exclude" in report else []
+    if "session_gap_s" in report:
+        details.append(f"session gap {report['session_gap_s']:,.0f} s")
+    if details:
+        title += f" ({', '.join(details)})"
     lines = [title, line(header), *(line(row) for row in rows)]
     half_life, worker = report.get("half_life_s"), report.get("worker_half_life_s")
     if half_life is not None and worker is not None and half_life != worker:
@@ -402,6 +483,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"popularity half-life {half_life:,.0f} s; a fresh worker's is {worker:,.0f} s "
             f"(STREAMREC_HALF_LIFE_S), so it ranks these clicks differently: serve a "
             f"checkpoint of `streamrec train --half-life {half_life:.0f}`, or set it"
+        )
+    gap, worker_gap = report.get("session_gap_s"), report.get("worker_session_gap_s")
+    if gap is not None and worker_gap is not None and gap != worker_gap:
+        lines.append(
+            f"session gap {gap:,.0f} s; a fresh worker's is {worker_gap:,.0f} s "
+            f"(STREAMREC_SESSION_GAP_S), so it counts other transitions: serve a checkpoint "
+            f"of `streamrec train --session-gap {gap:.0f}`, or set it"
         )
     return "\n".join(lines)
 

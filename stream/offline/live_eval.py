@@ -44,6 +44,7 @@ from model.baselines import DEFAULT_HALF_LIFE_S
 from model.checkpoint import save_checkpoint
 from model.evaluation import RankingMetrics, held_out_positions, next_clicks, time_ordered
 from model.registry import build_recommender
+from model.transitions import DEFAULT_SESSION_GAP_S
 from stream.dev.harness import scrape_metric, start_worker, wait_for
 from stream.dev.services import free_port, running_stack, stop
 from stream.events import Recommendation
@@ -63,6 +64,7 @@ def session_split_through_kafka(
     dim: int = 64,
     seed: int = 0,
     half_life_s: float = DEFAULT_HALF_LIFE_S,
+    session_gap_s: float = DEFAULT_SESSION_GAP_S,
     exclude: str = "none",
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -72,8 +74,10 @@ def session_split_through_kafka(
     predictions, seconds, events_per_s), where seconds covers the test stream only.
     """
     metrics = RankingMetrics(ks)
-    # The checkpoint carries the half-life to the worker (popularity state holds it).
-    model = build_recommender(model_name, dim=dim, seed=seed, half_life_s=half_life_s)
+    # The checkpoint carries the half-life and the session gap to the worker.
+    model = build_recommender(
+        model_name, dim=dim, seed=seed, half_life_s=half_life_s, session_gap_s=session_gap_s
+    )
     learn(model, time_ordered(train), {})
     for event in train:
         metrics.see(event.item_id)
@@ -98,6 +102,7 @@ def last_out_through_kafka(
     dim: int = 64,
     seed: int = 0,
     half_life_s: float = DEFAULT_HALF_LIFE_S,
+    session_gap_s: float = DEFAULT_SESSION_GAP_S,
     exclude: str = "seen",
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
@@ -108,7 +113,9 @@ def last_out_through_kafka(
     held_out = held_out_positions(ordered)
     training = [(n, e) for n, e in enumerate(ordered) if n not in held_out]
     emitted, pulled = RankingMetrics(ks), RankingMetrics(ks)
-    model = build_recommender(model_name, dim=dim, seed=seed, half_life_s=half_life_s)
+    model = build_recommender(
+        model_name, dim=dim, seed=seed, half_life_s=half_life_s, session_gap_s=session_gap_s
+    )
     with _live_worker(model, dim, emitted.max_k, exclude) as settings:
         seconds = _stream(settings, [e for _, e in training], progress)
         lists = _read_lists(settings, len(training))
@@ -135,6 +142,7 @@ def prequential_through_kafka(
     dim: int = 64,
     seed: int = 0,
     half_life_s: float = DEFAULT_HALF_LIFE_S,
+    session_gap_s: float = DEFAULT_SESSION_GAP_S,
     exclude: str = "seen",
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -142,7 +150,9 @@ def prequential_through_kafka(
     emitted after the same user's previous event (a user's first is not scored)."""
     ordered = time_ordered(events)
     metrics = RankingMetrics(ks)
-    model = build_recommender(model_name, dim=dim, seed=seed, half_life_s=half_life_s)
+    model = build_recommender(
+        model_name, dim=dim, seed=seed, half_life_s=half_life_s, session_gap_s=session_gap_s
+    )
     with _live_worker(model, dim, metrics.max_k, exclude) as settings:
         seconds = _stream(settings, ordered, progress)
         lists = _read_lists(settings, len(ordered))

@@ -71,6 +71,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(default): 3600, since the worker ranks with counts that are current (see "
         "`evaluate --half-life`)",
     )
+    parser.add_argument(
+        "--session-gap",
+        default="auto",
+        metavar="SECONDS|auto",
+        help="longest pause between a user's clicks that still counts as an item "
+        "transition, saved in the checkpoint; auto (default): learned from --data as "
+        "`evaluate --session-gap auto` does",
+    )
     parser.add_argument("--limit", type=int, help="learn only the first N events in time order")
     parser.add_argument("--version", help="checkpoint version (default: model-time-hash)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from model.checkpoint import save_checkpoint
     from model.evaluation import auto_half_life
     from model.registry import build_recommender
+    from model.transitions import learned_session_gap
 
     # One event at a time gains nothing from intra-op threads (the worker does the same).
     torch.set_num_threads(1)
@@ -113,7 +122,16 @@ def run(args: argparse.Namespace) -> int:
     half_life_s = _half_life(getattr(args, "half_life", "auto"))
     if half_life_s is None:
         half_life_s = auto_half_life("live", interactions)
-    model = build_recommender(args.model, dim=args.dim, seed=args.seed, half_life_s=half_life_s)
+    session_gap_s = _seconds("--session-gap", getattr(args, "session_gap", "auto"))
+    if session_gap_s is None:
+        session_gap_s = learned_session_gap(interactions)
+    model = build_recommender(
+        args.model,
+        dim=args.dim,
+        seed=args.seed,
+        half_life_s=half_life_s,
+        session_gap_s=session_gap_s,
+    )
     progress = tqdm(
         total=len(interactions) * args.epochs,
         desc=f"train {args.model}",
@@ -165,6 +183,11 @@ def learn(
 
 def _half_life(text: str) -> float | None:
     """Seconds from `--half-life`, None for auto; TrainError otherwise."""
+    return _seconds("--half-life", text)
+
+
+def _seconds(flag: str, text: str) -> float | None:
+    """Seconds from a `SECONDS|auto` flag, None for auto; TrainError otherwise."""
     if text == "auto":
         return None
     try:
@@ -172,7 +195,7 @@ def _half_life(text: str) -> float | None:
     except ValueError:
         seconds = float("nan")
     if not 0 < seconds < float("inf"):
-        raise TrainError(f"--half-life must be seconds > 0 or auto, not {text!r}")
+        raise TrainError(f"{flag} must be seconds > 0 or auto, not {text!r}")
     return seconds
 
 
@@ -182,6 +205,7 @@ def _check(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise TrainError(f"--{name} must be at least 1, not {getattr(args, name)}")
     _half_life(getattr(args, "half_life", "auto"))
+    _seconds("--session-gap", getattr(args, "session_gap", "auto"))
     if args.limit is not None and args.limit < 1:
         raise TrainError(f"--limit must be at least 1, not {args.limit}")
     if args.version is not None:

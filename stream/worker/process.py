@@ -52,6 +52,7 @@ def build_worker(settings: Settings) -> Worker:
             seed=settings.seed,
             index=index,
             half_life_s=settings.half_life_s,
+            session_gap_s=settings.session_gap_s,
         )
     check_services(settings)  # again, if the CLI did: milliseconds when both answer
     ensure_topics(

@@ -62,7 +62,13 @@ def test_json_has_every_model_and_metric(
     code, out, err = evaluate(
         ["--data", str(train), "--protocol", "prequential", "--dim", "8", "--json"], capsys
     )
-    assert (code, err) == (0, "")  # no progress bar when stderr is not a terminal
+    assert code == 0
+    # Not a terminal: plain progress lines on stderr, the last of each model's at 100%.
+    assert [line.split(":")[0] for line in err.splitlines() if "(100%)" in line] == [
+        "torch",
+        "popularity",
+        "covisit",
+    ]
     report = json.loads(out)  # exactly one JSON object on stdout
     assert set(report) == {
         "dataset",
@@ -70,6 +76,8 @@ def test_json_has_every_model_and_metric(
         "exclude",
         "half_life_s",
         "worker_half_life_s",
+        "session_gap_s",
+        "worker_session_gap_s",
         "models",
     }
     assert report["protocol"] == "prequential" and report["dataset"] == str(train)
@@ -129,7 +137,9 @@ def test_table_has_a_row_per_model(
     )
     assert code == 0
     title, header, *rows, note = out.strip().splitlines()
-    assert title.startswith("last-out on ") and title.endswith(" (exclude seen)")
+    assert title.startswith("last-out on ") and title.endswith(
+        " (exclude seen, session gap 1,800 s)"
+    )
     # A half-life that is not a fresh worker's: the table says so.
     assert note.startswith("popularity half-life ") and "a fresh worker's is 3,600 s" in note
     assert header.split()[:4] == ["model", "HR@10", "MRR@10", "NDCG@10"]

@@ -157,3 +157,21 @@ def test_half_life_is_saved_in_the_checkpoint(
     train(capsys, "--data", str(sessions), "--model", "popularity", "--out", str(out), *flag)
     model, _ = load_checkpoint(out)
     assert model.state_dict()["half_life_s"] == expected
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [((), 1800.0), (("--session-gap", "86400"), 86400.0)]
+)
+def test_session_gap_is_saved_in_the_checkpoint(
+    sessions: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: tuple[str, ...],
+    expected: float,
+) -> None:
+    # Expected: auto learns the gap from the file, whose clicks are a second apart, so it
+    # keeps the 30-minute floor; the worker serving the checkpoint counts transitions so.
+    out = tmp_path / "c.safetensors"
+    train(capsys, "--data", str(sessions), "--model", "covisit", "--out", str(out), *flag)
+    model, _ = load_checkpoint(out)
+    assert model.state_dict()["transitions"]["session_gap_s"] == expected
