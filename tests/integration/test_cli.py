@@ -110,8 +110,11 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None
     assert demo.survivors() == set()
 
 
-# Issue 14: the one line came after 17 s (no broker) and 7.9 s (wrong Redis port).
-ONE_LINE_WITHIN_S = 5.0
+# Issue 14: the one line came after 17 s (no broker) and 7.9 s (wrong Redis port); the
+# goal is 5 s (3.5 s measured on an idle machine). The bound is the connect timeout plus
+# a second over the command's own start-up, timed alongside, so that a loaded machine
+# (a slower interpreter start) does not fail it while a wait like the old one does.
+SLACK_S = 1.0
 
 
 def timed(*args: str, **kwargs: object) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -130,12 +133,14 @@ def test_unreachable_broker_is_one_line_naming_host_and_port(
 ) -> None:
     port = free_port()
     env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path)}
+    _, start_up = timed(command[0], "--help", env=env)
     done, seconds = timed(*command, "--bootstrap-servers", f"127.0.0.1:{port}", env=env)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert f"Kafka broker unreachable at 127.0.0.1:{port}" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
-    assert seconds < ONE_LINE_WITHIN_S, f"the error took {seconds:.1f} s"
+    bound = start_up + Settings().connect_timeout_s + SLACK_S
+    assert seconds < bound, f"the error took {seconds:.1f} s (start-up {start_up:.1f} s)"
 
 
 def test_unreachable_redis_stops_the_worker_with_one_line(
