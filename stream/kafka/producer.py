@@ -85,6 +85,8 @@ def replay(
     finally:
         bar.close()
         if own_producer:
-            producer.close()
+            # Bounded: after a Ctrl-C inside `send` kafka-python's close() without a
+            # timeout can wait for ever on a flush that never completes.
+            producer.close(timeout=5)
     result.seconds = time.monotonic() - started
     return result
