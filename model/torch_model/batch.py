@@ -4,18 +4,18 @@ A batch is cut into waves: wave w holds every user's w-th click of the batch, in
 order, so a user appears at most once per wave and a user's clicks keep their order
 across waves. Per wave:
 
-1. one index search for all the wave's users (the mixer's candidates), then, click by
-   click in wave order, what `TorchRecommender.learn_one` does before its GRU step:
-   the repeat rate and the mixer's step, the popularity, transition and co-occurrence
-   counts, and the item's row (created if new);
+1. one index search and one candidate block (`MixRanker.learn_many`) for all the
+   wave's users, the mixer stepping click by click in wave order; then, click by
+   click, what `TorchRecommender.learn_one` does before its GRU step: the popularity,
+   transition and co-occurrence counts, and the item's row (created if new);
 2. one batched GRU training step (`GruEncoder.step_many`) over the wave's clicks that
    have a previous item, and one batched `read` of all of them;
 3. one index upsert of every item row the wave changed.
 
 The approximations against one click at a time, which is what the contract tests
 bound: the counts, the mixer and the repeat rate see the clicks in wave order rather
-than stream order; within a wave the mixer ranks with the item vectors and index as
-they were at the wave's start; and the wave takes one Adagrad step on the summed
+than stream order; within a wave the mixer's candidates and features come from the
+item vectors, index and counts as they were at the wave's start; and the wave takes one Adagrad step on the summed
 gradients where one click at a time would take one step per click. A wave of a single
 click is `learn_one` itself, so a batch of one is exactly today's path.
 
@@ -106,10 +106,10 @@ def _learn_wave(
     targets: list[int] = []
     lasts: list[int | None] = []
     created: set[int] = set()
-    for j, (context, click) in enumerate(zip(contexts, clicks, strict=True)):
+    ranker.learn_many(contexts, [h for _, h, _ in unpacked], [c.item_id for c in clicks], found)
+    for context, click in zip(contexts, clicks, strict=True):
         gap = click.timestamp - context.last_timestamp if context.recent else None
         inputs.append(click_inputs(gap, click.event_type))
-        ranker.learn(context, unpacked[j][1], click.item_id, found[j])
         same_session = count_click(model.popularity, model.transitions, context, click)
         ranker.forget_successors(context.recent, click.item_id, same_session)
         known = len(encoder)
@@ -179,10 +179,7 @@ def recommend_many(
         return [[] for _ in contexts]
     hs = [model.encoder.unpack(context.state)[1] for context in contexts]
     found = _search(model, contexts, hs, excludes)
-    return [
-        model.rank_one(context, k, exclude, found[i])
-        for i, (context, exclude) in enumerate(zip(contexts, excludes, strict=True))
-    ]
+    return model.rank_many(contexts, k, excludes, found)
 
 
 def _search(

@@ -15,8 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.base import ItemIndex, Scored, UserContext
+from model.base import ItemIndex, Scored, UserContext, search_each
 from model.baselines import RecentPopularity
+from model.torch_model.candidates import (
+    KeyedSparse,
+    SuccessorCache,
+    best_per_user,
+    first_in_order,
+    summed,
+)
 from model.torch_model.encoder import GruEncoder
 from model.transitions import TransitionMemory
 
@@ -34,20 +41,23 @@ _RARE_REPEATS = 0.05
 _MIX_RANK_CUTOFF = 20
 _MIX_SCORE_ALPHA = 0.002
 _LOG_FLOOR = math.log(1e-4)  # a log vote of zero evidence
-
-# A sparse vector over item rows: (ascending unique rows, their weights).
-Sparse = tuple[np.ndarray, np.ndarray]
+_NONE = np.empty(0, dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """What a candidate set's features are built from: the window's transition
-    probabilities (P(j | r_d) over rows j, for d = 1..window: r_1 the last item), the
-    history vote, the co-occurrence vote."""
+@dataclass(frozen=True, slots=True)
+class Block:
+    """The candidates of several users and their features: user u's are
+    `rows[of(u)]`, with item ids `ids[of(u)]` and feature rows `features[of(u)]`, in
+    candidate order (sources in the order `MixRanker` lists them, each id at its first
+    appearance)."""
 
-    window: list[Sparse]
-    history: Sparse | None
-    neighbours: Sparse | None
+    rows: np.ndarray
+    ids: list[str]
+    bounds: np.ndarray
+    features: np.ndarray
+
+    def of(self, u: int) -> slice:
+        return slice(int(self.bounds[u]), int(self.bounds[u + 1]))
 
 
 @dataclass(frozen=True)
@@ -101,18 +111,6 @@ class FeatureLayout:
     @property
     def size(self) -> int:
         return 8 + self.window
-
-
-def _lookup(sparse: Sparse, rows: np.ndarray) -> np.ndarray:
-    """The weights of `rows` in a sparse vector; 0.0 for a row it does not hold."""
-    held, weights = sparse
-    at = np.minimum(np.searchsorted(held, rows), len(held) - 1)
-    found: np.ndarray = np.where(held[at] == rows, weights[at], 0.0)
-    return found
-
-
-def _log_vote(sparse: Sparse | None, rows: np.ndarray) -> torch.Tensor | float:
-    return _LOG_FLOOR if sparse is None else torch.from_numpy(np.log(_lookup(sparse, rows) + 1e-4))
 
 
 def cooccurrence_memory(window: int) -> TransitionMemory:
@@ -169,6 +167,8 @@ class MixRanker:
         self.history_candidates = history_candidates
         self.popular_candidates = popular_candidates
         self.cooccurrence_weight = cooccurrence_weight
+        # The history vote's weight for the d-th last item, d ** -history_exponent.
+        self._history_decay = [d**-history_exponent for d in range(1, max(0, history) + 1)]
         self._set_layout(transitions.window)
         self.prior = self._starting_mix()
         self.mix = self.prior.clone()
@@ -177,15 +177,14 @@ class MixRanker:
         # Starts as if repeats were common, so nothing is excluded until evidence says
         # otherwise.
         self.repeat_rate = 0.25
-        # The last unexcluded candidate set `rank` built, with its context and the event
-        # count then. Predict-then-learn asks for the same set again in `learn`; it is
-        # reused only if nothing was learned in between, so it never changes a result.
-        self._events = 0
-        self._cache: tuple[UserContext, int, list[str], torch.Tensor, Evidence] | None = None
-        # Each item's successors as (rows, probabilities), built on demand from a memory
-        # and dropped when a click changes them; derived, not state.
-        self._successors: dict[str, Sparse] = {}
-        self._neighbours: dict[str, Sparse] = {}
+        self._caches()
+
+    def _caches(self) -> None:
+        """Fresh successor caches over the current memories."""
+        self._successors = SuccessorCache(self.transitions, self.encoder)
+        self._neighbours = (
+            None if self.cooccurrence is None else SuccessorCache(self.cooccurrence, self.encoder)
+        )
 
     def _set_layout(self, window: int) -> None:
         self.layout = FeatureLayout(window)
@@ -203,15 +202,29 @@ class MixRanker:
     ) -> list[Scored]:
         """The best k candidates for `context` by the serving mixer, best first.
         `found`: the index's answer for (h, `retrieve`, exclude) if the caller already
-        searched (a batch searches once for all its users)."""
-        ids, features, evidence = self._candidates(context, h, exclude, found=found)
-        if not exclude:
-            self._cache = (context, self._events, ids, features, evidence)
-        if not ids:
-            return []
-        logits = (features @ self.mixer()).numpy()
-        order = np.argsort(-logits, kind="stable")[:k]
-        return [Scored(ids[i], float(logits[i])) for i in order]
+        searched."""
+        return self.rank_many([context], [h], k, [exclude], [found])[0]
+
+    def rank_many(
+        self,
+        contexts: Sequence[UserContext],
+        hs: Sequence[torch.Tensor],
+        k: int,
+        excludes: Sequence[Collection[str]],
+        founds: Sequence[list[Scored] | None],
+    ) -> list[list[Scored]]:
+        """`rank` for each user, from one candidate block: each user's list is what
+        `rank` alone returns."""
+        block = self.block(contexts, hs, excludes, founds)
+        logits = (torch.from_numpy(block.features) @ self.mixer()).numpy()
+        ranked: list[list[Scored]] = []
+        for u in range(len(contexts)):
+            mine = block.of(u)
+            scores = logits[mine]
+            order = np.argsort(-scores, kind="stable")[:k].tolist()
+            ids = block.ids[mine]
+            ranked.append([Scored(ids[i], float(scores[i])) for i in order])
+        return ranked
 
     def mixer(self) -> torch.Tensor:
         """The weights `rank` ranks with: the learned mixer, unless its starting
@@ -219,128 +232,204 @@ class MixRanker:
         prior, learned = self.mix_scores
         return self.prior if prior > learned else self.mix
 
-    def _candidates(
+    def block(
         self,
-        context: UserContext,
-        h: torch.Tensor,
-        exclude: Collection[str],
-        also: str = "",
-        found: list[Scored] | None = None,
-    ) -> tuple[list[str], torch.Tensor, Evidence]:
-        """The candidate ids (plus `also` if given), their features and evidence;
-        `found` is the index's answer if already searched."""
-        rows_of, ids_of = self.encoder.rows, self.encoder.ids
-        window = list(reversed(context.recent[-self.transitions.window :]))
-        evidence = Evidence(
-            [self._successors_of(prev, self.transitions, self._successors) for prev in window],
-            self._vote(context.recent, self.transitions, self._successors),
-            None
-            if self.cooccurrence is None
-            else self._vote(context.recent, self.cooccurrence, self._neighbours),
+        contexts: Sequence[UserContext],
+        hs: Sequence[torch.Tensor],
+        excludes: Sequence[Collection[str]],
+        founds: Sequence[list[Scored] | None],
+        alsos: Sequence[str] = (),
+    ) -> Block:
+        """The candidates and features of every user in `contexts` (each with recent
+        items), user u's built from `hs[u]`, without `excludes[u]`, plus `alsos[u]` if
+        given; `founds[u]` is the index's answer for hs[u] if already searched."""
+        encoder = self.encoder
+        rows_of, ids_of = encoder.rows, encoder.ids
+        n, users, width = max(1, len(ids_of)), len(contexts), self.transitions.window
+        recents = [context.recent for context in contexts]
+        history = self._votes(recents, self._successors, n)
+        neighbours = None if self._neighbours is None else self._votes(recents, self._neighbours, n)
+        voted = [best_per_user(history, n, users, self.history_candidates)]
+        if neighbours is not None:
+            voted.append(best_per_user(neighbours, n, users, self.history_candidates))
+        popular = self._popular(excludes)
+        found = self._found(hs, excludes, founds)
+
+        parts: list[np.ndarray] = []
+        lengths: list[int] = []
+        window_keys: list[np.ndarray] = []
+        window_weights: list[np.ndarray] = []
+        repeat_keys: list[int] = []
+        repeat_back: list[int] = []
+        for u, recent in enumerate(recents):
+            before = len(parts)
+            window = [self._successors.get(item) for item in reversed(recent[-width:])]
+            for d, successors in enumerate(window):
+                if len(successors.rows):
+                    window_keys.append(successors.rows + (u * width + d) * n)
+                    window_weights.append(successors.weights)
+            parts.extend(successors.ordered for successors in window)
+            repeats = [rows_of.get(item, -1) for item in recent[-_REPEAT_SPAN:]]
+            parts.append(np.array(repeats, dtype=np.int64))
+            for back, row in enumerate(reversed(repeats)):
+                if row >= 0:
+                    repeat_keys.append(u * n + row)
+                    repeat_back.append(back)
+            parts.extend(top[u] for top in voted)
+            parts.append(popular[u])
+            parts.append(found[u])
+            if alsos and alsos[u]:
+                parts.append(np.array([rows_of.get(alsos[u], -1)], dtype=np.int64))
+            lengths.append(sum(len(part) for part in parts[before:]))
+        user, rows = first_in_order(
+            np.repeat(np.arange(users), lengths), np.concatenate(parts) if parts else _NONE, n
         )
-        candidates = dict.fromkeys(self.transitions.successor_ids(window))
-        candidates.update(dict.fromkeys(context.recent[-_REPEAT_SPAN:]))
-        if self.history_candidates > 0:
-            for sparse in (evidence.history, evidence.neighbours):
-                if sparse is None:
-                    continue
-                rows, weights = sparse
-                top = np.lexsort((rows, -weights))[: self.history_candidates]  # ties by row
-                candidates.update(dict.fromkeys(ids_of[rows[c]] for c in top if weights[c] > 0))
-        if self.popular_candidates > 0:
-            popular = self.popularity.top(self.popular_candidates, exclude)
-            candidates.update(dict.fromkeys(s.item_id for s in popular))
-        if self.retrieve > 0 and len(self.index) > 0:
-            if found is None:
-                found = self.index.search(h.numpy(), self.retrieve, exclude)
-            candidates.update(dict.fromkeys(s.item_id for s in found))
-        if also:
-            candidates[also] = None
-        ids = [i for i in candidates if i in rows_of and i not in exclude]
-        return ids, self._features(ids, context, h, evidence), evidence
+        ids = [ids_of[row] for row in rows.tolist()]
+        if any(excludes):
+            keep = [item not in excludes[u] for item, u in zip(ids, user.tolist(), strict=True)]
+            if not all(keep):
+                user, rows = user[keep], rows[keep]
+                ids = [item for item, kept in zip(ids, keep, strict=True) if kept]
+        features = self._features(
+            user,
+            rows,
+            ids,
+            hs,
+            n,
+            summed(window_keys, window_weights),
+            history,
+            neighbours,
+            (np.array(repeat_keys, dtype=np.int64), np.array(repeat_back, dtype=np.int64)),
+        )
+        bounds = np.searchsorted(user, np.arange(users + 1))
+        return Block(rows, ids, bounds, features)
 
     def history_vote(self, recent: Sequence[str], k: int) -> list[Scored]:
         """The k items with the largest history vote for a user whose recent items are
-        `recent`, best first, ties by first appearance; only items with a vote."""
-        history = self._vote(recent, self.transitions, self._successors)
-        if history is None or k <= 0:
-            return []
-        rows, weights = history
-        order = np.lexsort((rows, -weights))[:k]
+        `recent`, best first, ties by row; only items with a vote."""
+        n = max(1, len(self.encoder.ids))
+        votes = self._votes([recent], self._successors, n)
+        rows = best_per_user(votes, n, 1, k)[0]
+        weights = votes.lookup(rows)
         ids = self.encoder.ids
-        return [Scored(ids[rows[c]], float(weights[c])) for c in order if weights[c] > 0]
+        return [Scored(ids[row], float(w)) for row, w in zip(rows.tolist(), weights, strict=True)]
 
-    def _vote(
-        self, recent: Sequence[str], memory: TransitionMemory, cache: dict[str, Sparse]
-    ) -> Sparse | None:
-        """Sum over the last `history` items r_d of d ** -history_exponent times
-        memory's P(row | r_d), as (rows ascending, weights); None if none of them has a
-        successor. Sparse on purpose: its cost follows the successors' count, not the
-        catalogue's size. `cache` keeps each item's successor arrays."""
-        if self.history <= 0:
-            return None
-        rows_parts: list[np.ndarray] = []
-        weight_parts: list[np.ndarray] = []
-        for d, prev in enumerate(reversed(recent[-self.history :]), 1):
-            arrays = self._successors_of(prev, memory, cache)
-            if len(arrays[0]):
-                rows_parts.append(arrays[0])
-                weight_parts.append(arrays[1] * d**-self.history_exponent)
-        if not rows_parts:
-            return None
-        rows, slots = np.unique(np.concatenate(rows_parts), return_inverse=True)
-        # bincount adds each slot's weights in their order, as a dense bincount would.
-        return rows, np.bincount(slots, np.concatenate(weight_parts), minlength=len(rows))
+    def _votes(
+        self, recents: Sequence[Sequence[str]], cache: SuccessorCache, n: int
+    ) -> KeyedSparse:
+        """For each user, the sum over its last `history` items r_d of
+        d ** -history_exponent times the memory's P(row | r_d), keyed by (user, row).
+        Sparse on purpose: its cost follows the successors' count, not the catalogue's."""
+        keys: list[np.ndarray] = []
+        weights: list[np.ndarray] = []
+        decay = self._history_decay
+        for u, recent in enumerate(recents):
+            base = u * n
+            for d, prev in enumerate(reversed(recent[-self.history :]) if decay else ()):
+                successors = cache.get(prev)
+                if len(successors.rows):
+                    keys.append(successors.rows + base)
+                    weights.append(successors.weights * decay[d])
+        return summed(keys, weights)
 
-    def _successors_of(
-        self, item: str, memory: TransitionMemory, cache: dict[str, Sparse]
-    ) -> Sparse:
-        """`memory`'s P(row | item) over the rows the encoder knows, rows ascending;
-        kept in `cache` until a click changes them (`forget_successors`)."""
-        arrays = cache.get(item)
-        if arrays is None:
-            rows_of = self.encoder.rows
-            successors = memory.successors(item)
-            known = [j for j in successors if j in rows_of]
-            rows = np.fromiter((rows_of[j] for j in known), np.int64, len(known))
-            weights = np.fromiter((successors[j] for j in known), np.float64, len(known))
-            order = np.argsort(rows)
-            arrays = (rows[order], weights[order])
-            cache[item] = arrays
-        return arrays
+    def _popular(self, excludes: Sequence[Collection[str]]) -> list[np.ndarray]:
+        """Each user's `popular_candidates` most popular rows not excluded: one shared
+        top list, filtered per user (the exact per-user answer where the exclusions
+        reach past it)."""
+        wanted = self.popular_candidates
+        if wanted <= 0:
+            return [_NONE] * len(excludes)
+        rows_of = self.encoder.rows
+        most = max((len(exclude) for exclude in excludes), default=0)
+        shared_size = max(wanted, min(wanted + most, self.popularity.cache_size))
+        shared = [s.item_id for s in self.popularity.top(shared_size)]
+        popular: list[np.ndarray] = []
+        for exclude in excludes:
+            picked = shared[:wanted]
+            if exclude:
+                picked = [i for i in shared if i not in exclude][:wanted]
+            if len(picked) < wanted and len(shared) == shared_size:
+                picked = [s.item_id for s in self.popularity.top(wanted, exclude)]
+            popular.append(np.array([rows_of.get(i, -1) for i in picked], dtype=np.int64))
+        return popular
+
+    def _found(
+        self,
+        hs: Sequence[torch.Tensor],
+        excludes: Sequence[Collection[str]],
+        founds: Sequence[list[Scored] | None],
+    ) -> list[np.ndarray]:
+        """Each user's index answer (top `retrieve` for h, exclusions applied) as rows;
+        searched here, in one call, for the users whose answer is not given."""
+        if self.retrieve <= 0 or len(self.index) == 0:
+            return [_NONE] * len(hs)
+        answers = list(founds)
+        missing = [u for u, answer in enumerate(answers) if answer is None]
+        if len(missing) == 1:
+            u = missing[0]
+            answers[u] = self.index.search(hs[u].numpy(), self.retrieve, excludes[u])
+        elif missing:
+            queries = np.stack([hs[u].numpy() for u in missing])
+            searched = search_each(
+                self.index, queries, self.retrieve, [excludes[u] for u in missing]
+            )
+            for u, answer in zip(missing, searched, strict=True):
+                answers[u] = answer
+        rows_of = self.encoder.rows
+        return [
+            np.array([rows_of.get(s.item_id, -1) for s in answer or ()], dtype=np.int64)
+            for answer in answers
+        ]
 
     def _features(
-        self, ids: list[str], context: UserContext, h: torch.Tensor, evidence: Evidence
-    ) -> torch.Tensor:
-        """One row per id, laid out as `self.layout`."""
+        self,
+        user: np.ndarray,
+        rows: np.ndarray,
+        ids: list[str],
+        hs: Sequence[torch.Tensor],
+        n: int,
+        window: KeyedSparse,
+        history: KeyedSparse,
+        neighbours: KeyedSparse | None,
+        repeats: tuple[np.ndarray, np.ndarray],
+    ) -> np.ndarray:
+        """One float32 row per candidate, laid out as `self.layout`; the window's keys
+        are (user * window + d) * n + row."""
         layout = self.layout
-        features = torch.zeros(len(ids), layout.size)
-        if not ids:
+        features = np.zeros((len(rows), layout.size), dtype=np.float32)
+        if not len(rows):
             return features
-        rows_of = self.encoder.rows
-        rows = torch.from_numpy(np.fromiter(map(rows_of.__getitem__, ids), np.int64, len(ids)))
-        features[:, layout.score] = self.encoder.emb[rows] @ h
-        window = np.zeros((len(ids), layout.window), dtype=np.float32)
-        for d, successors in enumerate(evidence.window):
-            if len(successors[0]):
-                window[:, d] = _lookup(successors, rows.numpy())
-        p = torch.from_numpy(window)
+        # One matrix-vector product per user, as ranking one user computes it: one
+        # product for the block would round differently and reorder near-ties.
+        emb, bounds = self.encoder.emb, np.searchsorted(user, np.arange(len(hs) + 1))
+        score = torch.from_numpy(features[:, layout.score])
+        for u, h in enumerate(hs):
+            start, end = int(bounds[u]), int(bounds[u + 1])
+            if end > start:
+                score[start:end] = emb[torch.from_numpy(rows[start:end])] @ h
+        width = layout.window
+        keys = user * n + rows
+        window_keys = (user[:, None] * width + np.arange(width)) * n + rows[:, None]
+        p = window.lookup(window_keys.ravel()).reshape(len(rows), width).astype(np.float32)
         features[:, layout.transitions] = p
-        features[:, layout.transition_vote] = torch.log(p @ self._decay + 1e-4)
-        features[:, layout.history_vote] = _log_vote(evidence.history, rows.numpy())
-        features[:, layout.popularity] = torch.from_numpy(
-            np.log(self.popularity.shares(ids) + 1e-6)
+        features[:, layout.transition_vote] = torch.log(
+            torch.from_numpy(p) @ self._decay + 1e-4
+        ).numpy()
+        features[:, layout.history_vote] = np.log(history.lookup(keys) + 1e-4)
+        features[:, layout.popularity] = np.log(self.popularity.shares(ids) + 1e-6)
+        features[:, layout.cooccurrence_vote] = (
+            _LOG_FLOOR if neighbours is None else np.log(neighbours.lookup(keys) + 1e-4)
         )
-        features[:, layout.cooccurrence_vote] = _log_vote(evidence.neighbours, rows.numpy())
-        # Repeat features: only the few recent items can have them, so set those cells.
-        position = {item_id: c for c, item_id in enumerate(ids)}
-        for back, item_id in enumerate(reversed(context.recent[-_REPEAT_SPAN:])):
-            c = position.get(item_id)
-            if c is None:
-                continue
-            if back < 2:
-                features[c, layout.is_last + back] = 1.0
-            features[c, layout.repeats] += 1.0
+        # Repeat features: only the few recent items can have them.
+        repeat_keys, back = repeats
+        if len(repeat_keys):
+            sorter = np.argsort(keys)
+            at = np.minimum(np.searchsorted(keys, repeat_keys, sorter=sorter), len(keys) - 1)
+            match = keys[sorter[at]] == repeat_keys
+            candidate, back = sorter[at[match]], back[match]
+            near = back < 2
+            features[candidate[near], layout.is_last + back[near]] = 1.0
+            np.add.at(features, (candidate, layout.repeats), 1.0)
         return features
 
     def _starting_mix(self) -> torch.Tensor:
@@ -360,49 +449,64 @@ class MixRanker:
         repeat rate and step the mixer towards it among the candidates `rank` would
         have ranked for `context` (predict-then-learn). `found`: the index's unexcluded
         answer for h, if the caller already searched."""
-        self._events += 1
-        if not context.recent:
+        self.learn_many([context], [h], [item], [found])
+
+    def learn_many(
+        self,
+        contexts: Sequence[UserContext],
+        hs: Sequence[torch.Tensor],
+        items: Sequence[str],
+        founds: Sequence[list[Scored] | None],
+    ) -> None:
+        """`learn` for clicks of distinct users, in order, with every click's
+        candidates built first from the state before any of them: one block for all
+        (with one click, exactly `learn`)."""
+        stepping: list[int] = []
+        rare: list[bool] = []
+        for j, (context, item) in enumerate(zip(contexts, items, strict=True)):
+            if not context.recent:
+                continue
+            repeat = item in context.recent
+            self.repeat_rate += _REPEAT_RATE_ALPHA * (float(repeat) - self.repeat_rate)
+            rare_now = self.repeat_rate < _RARE_REPEATS
+            if item in self.encoder.rows and not (repeat and rare_now):
+                stepping.append(j)
+                rare.append(rare_now)
+        if not stepping:
             return
-        repeat = item in context.recent
-        self.repeat_rate += _REPEAT_RATE_ALPHA * (float(repeat) - self.repeat_rate)
-        if item in self.encoder.rows and not (repeat and self.repeat_rate < _RARE_REPEATS):
-            self._mix_step(context, h, item, found)
+        # Where repeats are rare the step trains on the ranking that will be shown, so
+        # the clicked item is not added when no source proposed it.
+        block = self.block(
+            [contexts[j] for j in stepping],
+            [hs[j] for j in stepping],
+            [()] * len(stepping),
+            [founds[j] for j in stepping],
+            alsos=["" if rare[u] else items[j] for u, j in enumerate(stepping)],
+        )
+        for u, j in enumerate(stepping):
+            self._mix_step(block, u, contexts[j], items[j], rare[u])
 
     def forget_successors(self, recent: Sequence[str], item: str, same_session: bool) -> None:
         """After `transitions` counted the click on `item`: drop the successor arrays it
         made stale, and count the click in `cooccurrence`."""
         if same_session and recent:
-            for source in (*recent[-self.transitions.window :], item):
-                self._successors.pop(source, None)
-        if self.cooccurrence is not None and recent:
+            self._successors.forget((*recent[-self.transitions.window :], item))
+        if self.cooccurrence is not None and self._neighbours is not None and recent:
             self.cooccurrence.observe(recent, item, same_session=True)
-            for source in (*recent[-self.cooccurrence.window :], item):
-                self._neighbours.pop(source, None)
+            self._neighbours.forget((*recent[-self.cooccurrence.window :], item))
 
     def _mix_step(
-        self, context: UserContext, h: torch.Tensor, target: str, found: list[Scored] | None
+        self, block: Block, u: int, context: UserContext, target: str, rare: bool
     ) -> None:
-        """One Adagrad step on the softmax cross-entropy of `target` among the
-        candidates for `context` (the gradient of that loss in closed form)."""
-        cache = self._cache
-        rare_repeats = self.repeat_rate < _RARE_REPEATS
-        if cache is not None and cache[0] is context and cache[1] == self._events - 1:
-            _, _, ids, features, evidence = cache
-            if target not in ids:
-                if rare_repeats:
-                    return
-                extra = self._features([target], context, h, evidence)
-                ids, features = [*ids, target], torch.cat([features, extra])
-        else:
-            also = "" if rare_repeats else target
-            ids, features, _ = self._candidates(context, h, (), also=also, found=found)
-        self._cache = None
-        if rare_repeats:
-            # Train on the ranking that will be shown: no seen items, and no step when
-            # the clicked item is not among the candidates at all (the mixer cannot
-            # rank it, and pulling it in teaches weights for "has no evidence").
-            if target not in ids:
-                return
+        """One Adagrad step on the softmax cross-entropy of `target` among block user
+        u's candidates (the gradient of that loss in closed form)."""
+        mine = block.of(u)
+        ids, features = block.ids[mine], block.features[mine]
+        if target not in ids:
+            return  # rare repeats and no source proposed it (else `alsos` added it)
+        if rare:
+            # Train on the ranking that will be shown: no seen items. (Pulling in an
+            # item no source proposed would teach weights for "has no evidence".)
             seen = set(context.recent)
             keep = [c for c, i in enumerate(ids) if i not in seen or i == target]
             if len(keep) < len(ids):
@@ -411,7 +515,11 @@ class MixRanker:
         if len(ids) < 2:
             return
         at = ids.index(target)
-        prior_logits, learned_logits = features @ self.prior, features @ self.mix
+        # The same torch operations as one click at a time always took, so that a
+        # rounding difference is not amplified by Adagrad's first steps (a zero
+        # gradient that rounds to +-1e-8 moves a weight by the full learning rate).
+        rows = torch.from_numpy(features)
+        prior_logits, learned_logits = rows @ self.prior, rows @ self.mix
         for which, logits in enumerate((prior_logits, learned_logits)):
             rank = int((logits > logits[at]).sum())
             hit = 1.0 / (rank + 1) if rank < _MIX_RANK_CUTOFF else 0.0
@@ -420,7 +528,7 @@ class MixRanker:
         # whichever mixer serves.
         p = torch.softmax(learned_logits, 0)
         p[at] -= 1.0
-        grad = p @ features
+        grad = p @ rows
         self._mix_sq.addcmul_(grad, grad)
         self.mix.addcdiv_(grad, self._mix_sq.sqrt().add_(_EPS), value=-self.mix_lr)
 
@@ -444,9 +552,6 @@ class MixRanker:
         the saved transition window; ValueError if a mixer does not fit it."""
         self.popularity.load_state_dict(state["popularity"])
         self.transitions.load_state_dict(state["transitions"])
-        self._cache = None
-        self._successors = {}
-        self._neighbours = {}
         saved = state["cooccurrence"]
         if saved is None:
             # Saved by a model without one (cooccurrence_window 0): this model's own
@@ -456,6 +561,7 @@ class MixRanker:
         else:
             self.cooccurrence = cooccurrence_memory(1)
             self.cooccurrence.load_state_dict(saved)
+        self._caches()
         self._set_layout(self.transitions.window)
         mixers = {}
         for name in ("mix", "mix_sq", "mix_prior"):

@@ -191,39 +191,54 @@ class TorchRecommender(OnlineRecommender):
     def recommend(
         self, context: UserContext, k: int, exclude: Collection[str] = ()
     ) -> list[Scored]:
-        return self.rank_one(context, k, exclude)
+        return self.rank_many([context], k, [exclude])[0]
 
-    def rank_one(
+    def rank_many(
         self,
-        context: UserContext,
+        contexts: Sequence[UserContext],
         k: int,
-        exclude: Collection[str],
-        found: list[Scored] | None = None,
-    ) -> list[Scored]:
-        """`recommend`, given the index's answer `found` for the user's h (`retrieve`
-        ids, `exclude` applied) if the caller already searched."""
+        excludes: Sequence[Collection[str]],
+        founds: Sequence[list[Scored] | None] | None = None,
+    ) -> list[list[Scored]]:
+        """`recommend` for each context, ranked from one candidate block. `founds[i]`:
+        the index's answer for context i's h (`retrieve` ids, `excludes[i]` applied) if
+        the caller already searched."""
         if k <= 0:
-            return []
-        results: list[Scored] = []
-        if context.recent:
-            _, h, _ = self.encoder.unpack(context.state)
-            results = self.ranker.rank(context, h, k, exclude, found)
-        if len(results) < k:
-            # Cold start, or fewer candidates than k. Fill scores sit below the mixed
-            # scores only to keep the list best-first; they are not comparable to them.
-            taken = {s.item_id for s in results}
-            floor = results[-1].score if results else 0.0
-            fill: list[Scored] = []
-            query = self.encoder.query(context.state)
-            if query is not None:
-                fill = self.index.search(query, k - len(results), taken.union(exclude))
-            taken.update(s.item_id for s in fill)
-            fill += self.popularity.top(k - len(results) - len(fill), taken.union(exclude))
-            if results:
-                results += [Scored(s.item_id, floor - 1.0 - i) for i, s in enumerate(fill)]
-            else:
-                results = fill
-        return results
+            return [[] for _ in contexts]
+        results: list[list[Scored]] = [[] for _ in contexts]
+        ranking = [i for i, context in enumerate(contexts) if context.recent]
+        if ranking:
+            ranked = self.ranker.rank_many(
+                [contexts[i] for i in ranking],
+                [self.encoder.unpack(contexts[i].state)[1] for i in ranking],
+                k,
+                [excludes[i] for i in ranking],
+                [None if founds is None else founds[i] for i in ranking],
+            )
+            for i, found in zip(ranking, ranked, strict=True):
+                results[i] = found
+        return [
+            self._filled(context, k, exclude, found) if len(found) < k else found
+            for context, exclude, found in zip(contexts, excludes, results, strict=True)
+        ]
+
+    def _filled(
+        self, context: UserContext, k: int, exclude: Collection[str], results: list[Scored]
+    ) -> list[Scored]:
+        """`results` filled up to k: cold start, or fewer candidates than k. Fill scores
+        sit below the mixed scores only to keep the list best-first; they are not
+        comparable to them."""
+        taken = {s.item_id for s in results}
+        floor = results[-1].score if results else 0.0
+        fill: list[Scored] = []
+        query = self.encoder.query(context.state)
+        if query is not None:
+            fill = self.index.search(query, k - len(results), taken.union(exclude))
+        taken.update(s.item_id for s in fill)
+        fill += self.popularity.top(k - len(results) - len(fill), taken.union(exclude))
+        if results:
+            return results + [Scored(s.item_id, floor - 1.0 - i) for i, s in enumerate(fill)]
+        return fill
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, embeddings of known items,

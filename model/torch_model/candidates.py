@@ -1,0 +1,122 @@
+"""Array helpers for the ranker's candidate blocks: the evidence of many users at once.
+
+A block keys what belongs to user u (0-based within the block) and item row r as
+`u * n + r`, n being the number of rows the encoder knows, so one sorted int64 array
+holds every user's sparse vector and one `np.searchsorted` looks a feature up for every
+candidate of every user. The arithmetic per user is what a per-user loop would do in
+the same order (sums are added in the same sequence), so a block of many users ranks
+each exactly as a block of one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from model.transitions import TransitionMemory
+
+if TYPE_CHECKING:
+    from model.torch_model.encoder import GruEncoder
+
+_NO_ROWS = np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class Successors:
+    """One item's successors in a memory, over the rows the encoder knows: `rows`
+    ascending with `weights` (P(row | item)) for lookups, and `ordered`, the same rows
+    in the memory's own order, which is the order candidates are gathered in."""
+
+    rows: np.ndarray
+    weights: np.ndarray
+    ordered: np.ndarray
+
+
+NO_SUCCESSORS = Successors(_NO_ROWS, np.empty(0), _NO_ROWS)
+
+
+class SuccessorCache:
+    """Each item's `Successors` in `memory` over `encoder`'s rows, built on demand and
+    kept until `forget`: derived data, never state."""
+
+    def __init__(self, memory: TransitionMemory, encoder: GruEncoder) -> None:
+        self.memory = memory
+        self.encoder = encoder
+        self._cache: dict[str, Successors] = {}
+
+    def get(self, item: str) -> Successors:
+        cached = self._cache.get(item)
+        if cached is not None:
+            return cached
+        rows_of = self.encoder.rows
+        successors = self.memory.successors(item)
+        known = [j for j in successors if j in rows_of]
+        if not known:
+            self._cache[item] = NO_SUCCESSORS
+            return NO_SUCCESSORS
+        ordered = np.fromiter((rows_of[j] for j in known), np.int64, len(known))
+        weights = np.fromiter((successors[j] for j in known), np.float64, len(known))
+        order = np.argsort(ordered)
+        cached = self._cache[item] = Successors(ordered[order], weights[order], ordered)
+        return cached
+
+    def forget(self, items: Iterable[str]) -> None:
+        for item in items:
+            self._cache.pop(item, None)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedSparse:
+    """Sparse values over (user, row) keys `u * n + r`, keys ascending."""
+
+    keys: np.ndarray
+    values: np.ndarray
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The value of each key in `keys`; 0.0 where it holds none."""
+        if not len(self.keys):
+            return np.zeros(len(keys))
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found: np.ndarray = np.where(self.keys[at] == keys, self.values[at], 0.0)
+        return found
+
+
+def summed(keys: list[np.ndarray], weights: list[np.ndarray]) -> KeyedSparse:
+    """The sum of the weights per key, keys ascending. Each key's weights are added in
+    the order given (np.bincount adds in input order), as a per-user loop would."""
+    if not keys:
+        return KeyedSparse(_NO_ROWS, np.empty(0))
+    unique, slots = np.unique(np.concatenate(keys), return_inverse=True)
+    return KeyedSparse(unique, np.bincount(slots, np.concatenate(weights), minlength=len(unique)))
+
+
+def best_per_user(sparse: KeyedSparse, n: int, users: int, k: int) -> list[np.ndarray]:
+    """For each user, the rows of its k largest positive values, largest first and
+    ties by row."""
+    if k <= 0 or not len(sparse.keys):
+        return [_NO_ROWS] * users
+    user = sparse.keys // n
+    # lexsort is stable and sorts by its last key first: user, then -value, then key
+    # (the row, within a user).
+    order = np.lexsort((sparse.keys, -sparse.values, user))
+    user_sorted = user[order]
+    starts = np.searchsorted(user_sorted, np.arange(users + 1))
+    rank = np.arange(len(order)) - starts[user_sorted]
+    keep = order[(rank < k) & (sparse.values[order] > 0)]
+    kept_user = user[keep]
+    bounds = np.searchsorted(kept_user, np.arange(users + 1))
+    rows = sparse.keys[keep] - kept_user * n
+    return [rows[bounds[u] : bounds[u + 1]] for u in range(users)]
+
+
+def first_in_order(user: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user, rows) with each (user, row) pair kept at its first occurrence only, in the
+    order given. Negative rows (unknown items) are dropped."""
+    known = rows >= 0
+    user, rows = user[known], rows[known]
+    _, first = np.unique(user * n + rows, return_index=True)
+    first.sort()
+    return user[first], rows[first]
