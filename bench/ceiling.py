@@ -24,6 +24,7 @@ from stream.items.ledger import DeltaTracker
 from stream.items.sync import encode_deltas
 from stream.metrics import WorkerMetrics
 from stream.worker.pipeline import ClickProcessor, UserRecord
+from stream.worker.process import freeze_startup_heap
 
 
 def ceiling_events_per_s(
@@ -33,6 +34,7 @@ def ceiling_events_per_s(
     model, _ = load_checkpoint(checkpoint, index=index, dim=dim)
     if len(index) >= index.exact_below:
         index.rebuild(wait=True)  # as the worker does before taking clicks
+    freeze_startup_heap()  # as the worker does once it is built
     tracker = DeltaTracker()
     processor = ClickProcessor(
         model,
@@ -80,6 +82,7 @@ def model_events_per_s(
     model, _ = load_checkpoint(checkpoint, index=index, dim=dim)
     if len(index) >= index.exact_below:
         index.rebuild(wait=True)
+    freeze_startup_heap()
     contexts: dict[str, UserContext] = {}
     clicks = [Interaction(e["user_id"], e["item_id"], e["timestamp"]) for e in events]
     started, cpu_started = time.perf_counter(), time.thread_time()

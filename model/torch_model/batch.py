@@ -15,9 +15,10 @@ across waves. Per wave:
 The approximations against one click at a time, which is what the contract tests
 bound: the counts, the mixer and the repeat rate see the clicks in wave order rather
 than stream order; within a wave the mixer's candidates and features come from the
-item vectors, index and counts as they were at the wave's start; and the wave takes one Adagrad step on the summed
-gradients where one click at a time would take one step per click. A wave of a single
-click is `learn_one` itself, so a batch of one is exactly today's path.
+item vectors, index and counts as they were at the wave's start; and the wave takes
+one Adagrad step on the summed gradients where one click at a time would take one step
+per click. A wave of a single click is `learn_one` itself, so a batch of one is exactly
+today's path.
 
 Each item the batch changed is reported once, in the `Update` of the last interaction
 (in stream order) that changed it, with its vector before the batch (None: the batch

@@ -84,13 +84,22 @@ class KeyedSparse:
         return found
 
 
-def summed(keys: list[np.ndarray], weights: list[np.ndarray]) -> KeyedSparse:
-    """The sum of the weights per key, keys ascending. Each key's weights are added in
-    the order given (np.bincount adds in input order), as a per-user loop would."""
-    if not keys:
+def summed(
+    parts: list[Successors], offsets: list[int], scales: list[float] | None = None
+) -> KeyedSparse:
+    """The sum per key of every part's weights (times its scale, if given), keyed by
+    the part's rows plus its offset. Each key's weights are added in the order of the
+    parts (np.bincount adds in input order), as a per-user loop would add them."""
+    if not parts:
         return KeyedSparse(_NO_ROWS, np.empty(0))
-    unique, slots = np.unique(np.concatenate(keys), return_inverse=True)
-    return KeyedSparse(unique, np.bincount(slots, np.concatenate(weights), minlength=len(unique)))
+    lengths = [len(part.rows) for part in parts]
+    keys = np.concatenate([part.rows for part in parts])
+    keys += np.repeat(np.array(offsets, dtype=np.int64), lengths)
+    weights = np.concatenate([part.weights for part in parts])
+    if scales is not None:
+        weights *= np.repeat(np.array(scales), lengths)
+    unique, slots = np.unique(keys, return_inverse=True)
+    return KeyedSparse(unique, np.bincount(slots, weights, minlength=len(unique)))
 
 
 def best_per_user(sparse: KeyedSparse, n: int, users: int, k: int) -> list[np.ndarray]:

@@ -20,6 +20,7 @@ from model.baselines import RecentPopularity
 from model.torch_model.candidates import (
     KeyedSparse,
     SuccessorCache,
+    Successors,
     best_per_user,
     first_in_order,
     summed,
@@ -257,8 +258,8 @@ class MixRanker:
 
         parts: list[np.ndarray] = []
         lengths: list[int] = []
-        window_keys: list[np.ndarray] = []
-        window_weights: list[np.ndarray] = []
+        window_parts: list[Successors] = []
+        window_offsets: list[int] = []
         repeat_keys: list[int] = []
         repeat_back: list[int] = []
         for u, recent in enumerate(recents):
@@ -266,8 +267,8 @@ class MixRanker:
             window = [self._successors.get(item) for item in reversed(recent[-width:])]
             for d, successors in enumerate(window):
                 if len(successors.rows):
-                    window_keys.append(successors.rows + (u * width + d) * n)
-                    window_weights.append(successors.weights)
+                    window_parts.append(successors)
+                    window_offsets.append((u * width + d) * n)
             parts.extend(successors.ordered for successors in window)
             repeats = [rows_of.get(item, -1) for item in recent[-_REPEAT_SPAN:]]
             parts.append(np.array(repeats, dtype=np.int64))
@@ -296,7 +297,7 @@ class MixRanker:
             ids,
             hs,
             n,
-            summed(window_keys, window_weights),
+            summed(window_parts, window_offsets),
             history,
             neighbours,
             (np.array(repeat_keys, dtype=np.int64), np.array(repeat_back, dtype=np.int64)),
@@ -320,17 +321,19 @@ class MixRanker:
         """For each user, the sum over its last `history` items r_d of
         d ** -history_exponent times the memory's P(row | r_d), keyed by (user, row).
         Sparse on purpose: its cost follows the successors' count, not the catalogue's."""
-        keys: list[np.ndarray] = []
-        weights: list[np.ndarray] = []
+        parts: list[Successors] = []
+        offsets: list[int] = []
+        scales: list[float] = []
         decay = self._history_decay
         for u, recent in enumerate(recents):
             base = u * n
             for d, prev in enumerate(reversed(recent[-self.history :]) if decay else ()):
                 successors = cache.get(prev)
                 if len(successors.rows):
-                    keys.append(successors.rows + base)
-                    weights.append(successors.weights * decay[d])
-        return summed(keys, weights)
+                    parts.append(successors)
+                    offsets.append(base)
+                    scales.append(decay[d])
+        return summed(parts, offsets, scales)
 
     def _popular(self, excludes: Sequence[Collection[str]]) -> list[np.ndarray]:
         """Each user's `popular_candidates` most popular rows not excluded: one shared
