@@ -29,13 +29,13 @@ chain in the order of the updates.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from model.base import Interaction, ItemChange, Scored, Update, UserContext, search_each
+from model.base import Interaction, ItemChange, Update, UserContext
 from model.baselines import count_click
 from model.torch_model.encoder import ClickInputs, click_inputs
 
@@ -101,13 +101,14 @@ def _learn_wave(
     """One wave: clicks of distinct users, `contexts[j]` the context before `clicks[j]`."""
     encoder, ranker = model.encoder, model.ranker
     unpacked = [encoder.unpack(context.state) for context in contexts]
-    found = _search(model, contexts, [h for _, h, _ in unpacked], [()] * len(contexts))
 
     inputs: list[ClickInputs] = []
     targets: list[int] = []
     lasts: list[int | None] = []
     created: set[int] = set()
-    ranker.learn_many(contexts, [h for _, h, _ in unpacked], [c.item_id for c in clicks], found)
+    ranker.learn_many(
+        contexts, [h for _, h, _ in unpacked], [c.item_id for c in clicks], [None] * len(clicks)
+    )
     for context, click in zip(contexts, clicks, strict=True):
         gap = click.timestamp - context.last_timestamp if context.recent else None
         inputs.append(click_inputs(gap, click.event_type))
@@ -163,41 +164,3 @@ def _learn_wave(
         )
         for j, (context, click) in enumerate(zip(contexts, clicks, strict=True))
     ]
-
-
-def recommend_many(
-    model: TorchRecommender,
-    contexts: Sequence[UserContext],
-    k: int,
-    excludes: Sequence[Collection[str]],
-) -> list[list[Scored]]:
-    """`model.recommend_many`: the index searched once for all the users that have a
-    context, then each user ranked as `recommend` ranks; the same results as
-    `recommend` one by one with an index whose `search_many` matches its `search`."""
-    if len(contexts) != len(excludes):
-        raise ValueError(f"{len(contexts)} contexts but {len(excludes)} exclude sets")
-    if k <= 0:
-        return [[] for _ in contexts]
-    hs = [model.encoder.unpack(context.state)[1] for context in contexts]
-    found = _search(model, contexts, hs, excludes)
-    return model.rank_many(contexts, k, excludes, found)
-
-
-def _search(
-    model: TorchRecommender,
-    contexts: Sequence[UserContext],
-    hs: Sequence[torch.Tensor],
-    excludes: Sequence[Collection[str]],
-) -> list[list[Scored] | None]:
-    """The index's top `retrieve` for each context that ranks (has recent items), in
-    one batched search; None for the others (and for all when there is no retrieval)."""
-    found: list[list[Scored] | None] = [None] * len(contexts)
-    need = [i for i, context in enumerate(contexts) if context.recent]
-    retrieve = model.ranker.retrieve
-    if not need or retrieve <= 0 or len(model.index) == 0:
-        return found
-    queries = np.stack([hs[i].numpy() for i in need])
-    results = search_each(model.index, queries, retrieve, [excludes[i] for i in need])
-    for i, result in zip(need, results, strict=True):
-        found[i] = result
-    return found

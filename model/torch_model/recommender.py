@@ -184,9 +184,12 @@ class TorchRecommender(OnlineRecommender):
     def recommend_many(
         self, contexts: Sequence[UserContext], k: int, excludes: Sequence[Collection[str]]
     ) -> list[list[Scored]]:
-        """`recommend` for each context, with one index search for the batch: the same
-        results when the index's `search_many` matches its `search` (ExactIndex's does)."""
-        return batch.recommend_many(self, contexts, k, excludes)
+        """`recommend` for each context, from one candidate block and one index search
+        for the batch: the same results when the index's `search_many` matches its
+        `search` (ExactIndex's does). ValueError if the lengths differ."""
+        if len(contexts) != len(excludes):
+            raise ValueError(f"{len(contexts)} contexts but {len(excludes)} exclude sets")
+        return self.rank_many(contexts, k, excludes)
 
     def recommend(
         self, context: UserContext, k: int, exclude: Collection[str] = ()
