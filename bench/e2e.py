@@ -50,6 +50,7 @@ from stream.kafka.consumer import make_consumer
 from stream.kafka.producer import make_producer, replay
 from stream.kafka.topics import ensure_topics, worker_topics
 from stream.settings import Settings
+from stream.worker.redis_health import STARTUP_WRITE_DONE
 
 SERVICES_CORE = 0
 WORKER_CORE = 1
@@ -108,7 +109,7 @@ class Worker:
         """Until the start-up rewrite of Redis is done (it would compete with clicks)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if "rebuilt Redis" in self.log_path.read_text(errors="replace"):
+            if STARTUP_WRITE_DONE in self.log_path.read_text(errors="replace"):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"worker did not finish rebuilding Redis; see {self.log_path}")
