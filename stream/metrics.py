@@ -127,6 +127,12 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_clicks = Histogram(
+            "streamrec_batch_clicks",
+            "Clicks applied per batch (the model's batch size under this load).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
 
     def _declare_quality(self, r: CollectorRegistry) -> None:
         """Online quality and the model's learning."""

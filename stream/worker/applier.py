@@ -95,6 +95,7 @@ class BatchApplier:
         metrics = self.metrics
         n = len(outcome.applied)
         observe_many(metrics.stage_seconds.labels(stage="produce"), seconds / n, n)
+        metrics.batch_clicks.observe(n)
         metrics.recommendations_emitted.inc(n)
         self.recent.add_encoded(outcome.values)
         now = time.time()

@@ -133,3 +133,13 @@ def test_a_duplicate_emits_nothing_and_writes_nothing() -> None:
     harness.apply([accepted("u1", "a", "e1", offset=1)])  # redelivered after its write
     assert harness.log == log_after_first
     assert harness.metrics.registry.get_sample_value("streamrec_duplicates_skipped_total") == 2
+
+
+def test_each_applied_batch_is_counted_with_its_clicks() -> None:
+    harness = Harness()
+    harness.apply([accepted("u1", "a", "e1"), accepted("u2", "b", "e2")])
+    harness.apply([accepted("u1", "c", "e3", T + 1), accepted("u1", "c", "e3", T + 1)])
+    sample = harness.metrics.registry.get_sample_value
+    # Duplicates are not applied, so the second batch counts one click.
+    assert sample("streamrec_batch_clicks_count") == 2
+    assert sample("streamrec_batch_clicks_sum") == 3
