@@ -152,6 +152,9 @@ def measure(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
     url = f"{worker.url}/metrics"
     batches = scrape_metric(url, "streamrec_batch_clicks_count")
     batched = scrape_metric(url, "streamrec_batch_clicks_sum")
+    # The produce stage is observed per click as the batch's send-and-acknowledge wait
+    # over its clicks, so its sum over batches is the total wait.
+    produce_s = scrape_metric(url, 'streamrec_stage_seconds_sum{stage="produce"}')
     return {
         "model": args.model,
         "model_step": settings.model_step,
@@ -171,6 +174,11 @@ def measure(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
         "events_per_s": round((clicks - 1) / max(1e-3, (last - first) / 1000), 1),
         # Over the worker's life, warm-up included; absent from workers without it.
         "mean_batch_clicks": round(batched / batches, 1) if batches and batched else None,
+        # The mean wait per batch for the broker to acknowledge its sends (the worker
+        # applies nothing meanwhile).
+        "produce_wait_ms_per_batch": (
+            round(produce_s / batches * 1000, 1) if batches and produce_s is not None else None
+        ),
     }
 
 

@@ -126,7 +126,7 @@ W3  Events buffered from an older consumer generation are neither applied nor ac
     checked: faust-streaming 0.15.3
     where:   stream/worker/agents.py:in_order_batches
     test:    tests/integration/test_rebalance.py
-W4  Batches are acknowledged after the loop body that got them (`noack_take`)
+W4  Batches are acknowledged after the loop body that got them (as `noack_take`)
     fixes:   a worker stopped mid-batch committing clicks it never applied
     cause:   faust's `take_events` acks a batch in a `finally`
     checked: faust-streaming 0.15.3
@@ -145,6 +145,18 @@ W6  The web server binds STREAMREC_WEB_HOST, and table views are off
     checked: faust-streaming 0.15.3
     where:   stream/worker/app.py:make_app (web_bind, web_tables_enabled)
     test:    tests/unit/test_deploy.py
+W7  Batches gather for as long as the previous batch was applied (`take_ready`)
+    fixes:   batches of ~10 clicks under a backlog of thousands, so the model's batch
+             step ran no faster than one click at a time (mean batch 10 -> 89-135 in
+             bench/worker_cost.py, torch, batch step)
+    cause:   faust's fetcher hands the stream one record per event-loop iteration
+             and not at all while a batch holds the loop; `noack_take` then waits only
+             its fixed `within` (2 ms) per batch
+    checked: faust-streaming 0.15.3
+    where:   stream/kafka/take.py:take_ready (faust's take, with its private
+             `_enable_passive` and `_processors`), used by
+             stream/worker/agents.py:in_order_batches
+    test:    tests/unit/test_take_ready.py; every integration test's worker batches
 P1  Faust's progress spinner is off
     fixes:   7% of a worker's CPU spent formatting dropped debug records
     cause:   for its spinner faust sets the root logger to DEBUG

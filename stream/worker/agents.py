@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from stream.events import Click, Rejected, dead_letter, decode_click
+from stream.kafka.take import take_ready
 from stream.metrics import WorkerMetrics, observe_many
 from stream.worker.applier import BatchApplier
 from stream.worker.item_owner import ItemOwner
@@ -35,11 +36,12 @@ Batches = Callable[[Any], AsyncIterator[list[Any]]]
 async def in_order_batches(
     stream: Any, *, app: Any, metrics: WorkerMetrics, size: int, within_s: float
 ) -> AsyncIterator[list[Any]]:
-    """Batches of at most `size` events (or what arrived `within_s`), each acknowledged
-    only after the loop body that got it has finished. `take_events` acknowledges a
+    """Batches of at most `size` events, handed over as soon as nothing more is ready
+    (or after `within_s`: stream/kafka/take.py), each acknowledged only after the loop
+    body that got it has finished. `take_events` acknowledges a
     batch in a `finally`, so a worker stopped in the middle of one would commit clicks
     it never applied (found by tests/integration/test_rebalance.py)."""
-    async for events in stream.noack_take(size, within=within_s):
+    async for events in take_ready(stream, size, within_s):
         # Events fetched before a rebalance may still sit in the stream's buffer
         # after it. Their partition may now be another worker's, and acking them
         # would corrupt Faust's commit tracking (the offsets it keeps per
