@@ -160,10 +160,11 @@ class Settings:
         },
     )
     model_step: str = field(
-        default="click",
+        default="batch",
         metadata={
-            "help": "click: learn and rank one click at a time (exact); batch: learn a "
-            "batch in one model call, then rank it (faster, approximate for torch)"
+            "help": "batch: learn each batch in one model call, then rank it (torch: in "
+            "waves, about twice as fast, within noise of click on the README's "
+            "figures); click: learn and rank one click at a time"
         },
     )
     seed: int = field(default=0, metadata={"help": "random seed of the model"})
