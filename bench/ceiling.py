@@ -1,9 +1,11 @@
 """The in-process ceiling: the worker's per-event work with no Kafka and no Redis.
 
-Runs the same `ClickProcessor` the worker runs (dedup, model update, FAISS upsert, the
-item-delta bookkeeping, top-K, the recommendation event serialised) over the same kind
-of stream, holding user records in a dict instead of a Faust table. The end-to-end
-figure divided by this one is what the pipeline costs.
+Runs the same `ClickProcessor` the worker runs, with the worker's default model step
+and batch size (dedup, model update, FAISS upsert, the item-delta bookkeeping, top-K,
+the recommendation events serialised, the user records encoded) over the same kind of
+stream, in full batches as a worker with a backlog takes them, holding user records in
+a dict instead of a Faust table. The end-to-end figure divided by this one is what the
+pipeline costs.
 
 `model_events_per_s` is the model's share of it at a given batch size: `learn_many`
 and `recommend_many` over chunks of the same stream, with the worker's exclusion of the
@@ -23,7 +25,8 @@ from stream.events import Click
 from stream.items.ledger import DeltaTracker
 from stream.items.sync import encode_deltas
 from stream.metrics import WorkerMetrics
-from stream.worker.pipeline import ClickProcessor, UserRecord
+from stream.settings import Settings
+from stream.worker.pipeline import Accepted, ClickProcessor, UserRecord
 from stream.worker.process import freeze_startup_heap
 
 
@@ -36,6 +39,7 @@ def ceiling_events_per_s(
         index.rebuild(wait=True)  # as the worker does before taking clicks
     freeze_startup_heap()  # as the worker does once it is built
     tracker = DeltaTracker()
+    defaults = Settings()
     processor = ClickProcessor(
         model,
         None,
@@ -43,29 +47,43 @@ def ceiling_events_per_s(
         top_k=top_k,
         exclude="seen",
         dedup_window=128,
+        batched=defaults.model_step == "batch",
         tracker=tracker,
     )
-    users: dict[str, bytes] = {}
-    clicks = [
-        Click(e["user_id"], e["item_id"], e["timestamp"], event_id=e["event_id"]) for e in events
+    users: dict[bytes, bytes] = {}
+
+    def record_of(key: bytes) -> UserRecord | None:
+        raw = users.get(key)
+        return UserRecord.from_bytes(raw) if raw else None
+
+    accepted = [
+        Accepted(
+            Click(e["user_id"], e["item_id"], e["timestamp"], event_id=e["event_id"]),
+            e["user_id"].encode(),
+            e["event_id"],
+            e["timestamp"],
+            "c0",
+            offset,
+        )
+        for offset, e in enumerate(events)
     ]
     started = time.perf_counter()
-    for offset, click in enumerate(clicks):
-        raw = users.get(click.user_id)
-        record = UserRecord.from_bytes(raw) if raw else processor.new_record()
-        outcome = processor.process(
-            click, record, click.event_id or "", click.timestamp, source="c0", offset=offset
-        )
-        users[click.user_id] = outcome.record.to_bytes()
-        assert outcome.recommendation is not None
-        outcome.recommendation.to_json()
-        if tracker.pending > 256:
-            encode_deltas(tracker.drain())  # the worker sends a batch's deltas
+    for start in range(0, len(accepted), defaults.batch_size):
+        outcome = processor.process_batch(accepted[start : start + defaults.batch_size], record_of)
+        assert len(outcome.values) == len(outcome.applied)
+        for key, record in outcome.records.items():
+            users[key] = record.to_bytes()
+        encode_deltas(tracker.drain())  # the worker sends a batch's deltas
     seconds = time.perf_counter() - started
     close = getattr(index, "close", None)
     if close:
         close()
-    return {"events": len(clicks), "seconds": seconds, "events_per_s": len(clicks) / seconds}
+    return {
+        "events": len(accepted),
+        "batch_size": defaults.batch_size,
+        "seconds": seconds,
+        "events_per_s": len(accepted) / seconds,
+    }
 
 
 def model_events_per_s(

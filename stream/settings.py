@@ -129,8 +129,8 @@ class Settings:
     batch_wait_ms: int = field(
         default=2,
         metadata={
-            "help": "longest a click waits for its batch to fill (ms): the latency "
-            "a worker may add to save work under load"
+            "help": "how long a batch gathers clicks when the worker is idle (ms); under "
+            "load a batch gathers as long as the previous one took to apply, up to 50 ms"
         },
     )
     app_id: str = field(
