@@ -51,6 +51,7 @@ from stream.events import Click
 from stream.kafka.producer import replay
 from stream.kafka.topics import ensure_topics, worker_topics
 from stream.metrics import WorkerMetrics
+from stream.settings import MODEL_STEPS, Settings
 from stream.worker.applier import BatchApplier
 from stream.worker.pipeline import Accepted, ClickProcessor
 from stream.worker.retention import UserRetention
@@ -185,7 +186,15 @@ def measure(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
 def in_process(args: argparse.Namespace) -> dict[str, Any]:
     metrics = WorkerMetrics()
     model = build_recommender(args.model)
-    processor = ClickProcessor(model, None, metrics, top_k=20, exclude="seen", dedup_window=128)
+    processor = ClickProcessor(
+        model,
+        None,
+        metrics,
+        top_k=20,
+        exclude="seen",
+        dedup_window=128,
+        batched=args.model_step == "batch",
+    )
     users = UserTable(
         {},
         UserRetention(safe_after_s=0),
@@ -233,6 +242,7 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
     loop.close()
     return {
         "model": args.model,
+        "model_step": args.model_step,
         "in_process": True,
         "batch": args.batch,
         "events": len(accepted),
@@ -249,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-wait-ms", type=int, default=None, help="the worker's STREAMREC_BATCH_WAIT_MS"
     )
     parser.add_argument(
-        "--model-step", default="click", choices=("click", "batch"), help="STREAMREC_MODEL_STEP"
+        "--model-step",
+        default=Settings().model_step,
+        choices=MODEL_STEPS,
+        help="STREAMREC_MODEL_STEP (default: the worker's)",
     )
     parser.add_argument("--profile", default="", help="write the worker's profile here")
     parser.add_argument("--in-process", action="store_true", help="the batch path alone")
