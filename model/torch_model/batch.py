@@ -4,10 +4,12 @@ A batch is cut into waves: wave w holds every user's w-th click of the batch, in
 order, so a user appears at most once per wave and a user's clicks keep their order
 across waves. Per wave:
 
-1. one index search and one candidate block (`MixRanker.learn_many`) for all the
-   wave's users, the mixer stepping click by click in wave order; then, click by
-   click, what `TorchRecommender.learn_one` does before its GRU step: the popularity,
-   transition and co-occurrence counts, and the item's row (created if new);
+1. one candidate block (`MixRanker.learn_many`) for all the wave's users, from the
+   index answers kept when each user was last ranked by `recommend_many`
+   (`SearchMemory`) and one index search for the others, the mixer stepping click by
+   click in wave order; then, click by click, what `TorchRecommender.learn_one` does
+   before its GRU step: the popularity, transition and co-occurrence counts, and the
+   item's row (created if new);
 2. one batched GRU training step (`GruEncoder.step_many`) over the wave's clicks that
    have a previous item, and one batched `read` of all of them;
 3. one index upsert of every item row the wave changed.
@@ -15,10 +17,10 @@ across waves. Per wave:
 The approximations against one click at a time, which is what the contract tests
 bound: the counts, the mixer and the repeat rate see the clicks in wave order rather
 than stream order; within a wave the mixer's candidates and features come from the
-item vectors, index and counts as they were at the wave's start; and the wave takes
-one Adagrad step on the summed gradients where one click at a time would take one step
-per click. A wave of a single click is `learn_one` itself, so a batch of one is exactly
-today's path.
+item vectors, index and counts as they were at the wave's start (and a kept index
+answer from the user's last ranking); and the wave takes one Adagrad step on the
+summed gradients where one click at a time would take one step per click. A wave of a
+single click is `learn_one` itself, so a batch of one is exactly today's path.
 
 Each item the batch changed is reported once, in the `Update` of the last interaction
 (in stream order) that changed it, with its vector before the batch (None: the batch
@@ -29,13 +31,14 @@ chain in the order of the updates.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from model.base import Interaction, ItemChange, Update, UserContext
+from model.base import Interaction, ItemChange, Scored, Update, UserContext, search_each
 from model.baselines import count_click
 from model.torch_model.encoder import ClickInputs, click_inputs
 
@@ -106,9 +109,8 @@ def _learn_wave(
     targets: list[int] = []
     lasts: list[int | None] = []
     created: set[int] = set()
-    ranker.learn_many(
-        contexts, [h for _, h, _ in unpacked], [c.item_id for c in clicks], [None] * len(clicks)
-    )
+    hs = [h for _, h, _ in unpacked]
+    ranker.learn_many(contexts, hs, [c.item_id for c in clicks], model.searched.take(hs))
     for context, click in zip(contexts, clicks, strict=True):
         gap = click.timestamp - context.last_timestamp if context.recent else None
         inputs.append(click_inputs(gap, click.event_type))
@@ -164,3 +166,48 @@ def _learn_wave(
         )
         for j, (context, click) in enumerate(zip(contexts, clicks, strict=True))
     ]
+
+
+class SearchMemory:
+    """What the ranking of a batch found in the index for each user, kept for the
+    user's next click: that click's mixer step needs the index's unexcluded answer for
+    the same h, so one search serves both (the step's candidates then come from the
+    index as it was when the user was last ranked). Holds the last `size` users' answers;
+    derived data, never state."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._answers: OrderedDict[bytes, list[Scored]] = OrderedDict()
+
+    def take(self, hs: Sequence[torch.Tensor]) -> list[list[Scored] | None]:
+        """The kept answer for each h (None: search it), each given out once."""
+        return [self._answers.pop(h.numpy().tobytes(), None) for h in hs]
+
+    def search(
+        self,
+        model: TorchRecommender,
+        contexts: Sequence[UserContext],
+        excludes: Sequence[Collection[str]],
+    ) -> list[list[Scored] | None]:
+        """The index's top `retrieve` for each context that ranks, `excludes[i]` left
+        out, from one unexcluded search of `retrieve` plus the most exclusions; the
+        unexcluded top `retrieve` of each is kept for `take`. None for a context without
+        recent items, and for all when the exclusions outnumber `retrieve` (a search
+        that wide would cost more than the second search it saves)."""
+        found: list[list[Scored] | None] = [None] * len(contexts)
+        retrieve = model.ranker.retrieve
+        ranking = [i for i, context in enumerate(contexts) if context.recent]
+        widest = max((len(excludes[i]) for i in ranking), default=0)
+        if not ranking or retrieve <= 0 or len(model.index) == 0 or widest > retrieve:
+            return found
+        hs = [model.encoder.unpack(contexts[i].state)[1] for i in ranking]
+        queries = np.stack([h.numpy() for h in hs])
+        answers = search_each(model.index, queries, retrieve + widest, [()] * len(ranking))
+        for i, h, answer in zip(ranking, hs, answers, strict=True):
+            exclude = excludes[i]
+            found[i] = [s for s in answer if s.item_id not in exclude][:retrieve]
+            self._answers[h.numpy().tobytes()] = answer[:retrieve]
+            self._answers.move_to_end(h.numpy().tobytes())
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+        return found

@@ -89,6 +89,7 @@ class TorchRecommender(OnlineRecommender):
         self.max_recent = max_recent
         self.version_tag = version_tag
         self._owns_index = index is None
+        self.searched = batch.SearchMemory()
         self.encoder = GruEncoder(dim, seed, lr, negatives, init_std, context_lr)
         self.popularity = RecentPopularity(half_life_s, max_recent=max_recent)
         self.transitions = TransitionMemory(window=window, session_gap_s=session_gap_s)
@@ -185,11 +186,13 @@ class TorchRecommender(OnlineRecommender):
         self, contexts: Sequence[UserContext], k: int, excludes: Sequence[Collection[str]]
     ) -> list[list[Scored]]:
         """`recommend` for each context, from one candidate block and one index search
-        for the batch: the same results when the index's `search_many` matches its
-        `search` (ExactIndex's does). ValueError if the lengths differ."""
+        for the batch, whose unexcluded answers `learn_many` reuses for each user's
+        next click (`batch.SearchMemory`). ValueError if the lengths differ."""
         if len(contexts) != len(excludes):
             raise ValueError(f"{len(contexts)} contexts but {len(excludes)} exclude sets")
-        return self.rank_many(contexts, k, excludes)
+        if k <= 0:
+            return [[] for _ in contexts]
+        return self.rank_many(contexts, k, excludes, self.searched.search(self, contexts, excludes))
 
     def recommend(
         self, context: UserContext, k: int, exclude: Collection[str] = ()
@@ -256,6 +259,7 @@ class TorchRecommender(OnlineRecommender):
         if a part is missing (a state of another checkpoint format)."""
         self.encoder.load_state_dict(state)
         self.ranker.load_state_dict(state)
+        self.searched = batch.SearchMemory()
         if self._owns_index:
             self.ranker.index = ExactIndex(self.dim)
         if len(self.encoder):

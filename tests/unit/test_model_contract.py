@@ -11,7 +11,7 @@ import dataclasses
 import io
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import numpy as np
 import pytest
@@ -425,3 +425,43 @@ def test_torch_batch_waves_keep_each_users_clicks_in_order():
     users = ["a", "b", "a", "c", "a", "b"]
     cut = waves([Interaction(u, "i", 0.0) for u in users])
     assert cut == [[0, 1, 3], [2, 5], [4]]
+
+
+class CountingIndex(ExactIndex):
+    """ExactIndex counting the queries it answers, with their exclusions."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.queries: list[int] = []  # the exclusions' size, per query
+
+    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[Scored]:
+        self.queries.append(len(exclude))
+        return super().search(query, k, exclude)
+
+    def search_many(
+        self, queries: np.ndarray, k: int, excludes: Sequence[Collection[str]]
+    ) -> list[list[Scored]]:
+        self.queries.extend(len(exclude) for exclude in excludes)
+        return super().search_many(queries, k, excludes)
+
+
+def test_torch_batch_ranking_search_serves_each_users_next_mixer_step():
+    # Expected: recommend_many searches once per ranked user; each user's next click,
+    # learned in a batch, steps the mixer on that answer without searching again.
+    index = CountingIndex(8)
+    model = TorchRecommender(dim=8, seed=2, index=index)
+    contexts = feed(model, EVENTS[:200])
+    users = sorted(u for u, context in contexts.items() if len(context.recent) >= 2)[:10]
+    excludes = [set(contexts[u].recent) for u in users]
+    index.queries.clear()
+    ranked = model.recommend_many([contexts[u] for u in users], 5, excludes)
+    assert len(index.queries) == len(users)
+    for exclude, items in zip(excludes, ranked, strict=True):
+        assert not exclude & {s.item_id for s in items}
+    index.queries.clear()
+    nxt = [Interaction(u, contexts[u].recent[0], 1e9) for u in users]
+    model.learn_many({u: contexts[u] for u in users}, nxt)
+    assert index.queries == []
+    # Taken once: the same contexts again search.
+    model.learn_many({u: contexts[u] for u in users}, nxt)
+    assert len(index.queries) > 0
