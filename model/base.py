@@ -94,6 +94,24 @@ def remembered(history: tuple[str, ...], item_id: str, limit: int) -> tuple[str,
     return (*history, item_id)[-limit:]
 
 
+def waves(interactions: Sequence[Interaction]) -> list[list[int]]:
+    """Positions of `interactions` by wave: wave w lists, in order, the position of
+    every user's w-th interaction.
+
+    >>> waves([Interaction(u, "i", 0.0) for u in "abab"])
+    [[0, 1], [2, 3]]
+    """
+    cut: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for position, interaction in enumerate(interactions):
+        wave = seen.get(interaction.user_id, 0)
+        seen[interaction.user_id] = wave + 1
+        if wave == len(cut):
+            cut.append([])
+        cut[wave].append(position)
+    return cut
+
+
 @dataclass(frozen=True, slots=True)
 class Scored:
     item_id: str

@@ -38,30 +38,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from model.base import Interaction, ItemChange, Scored, Update, UserContext, search_each
+from model.base import (
+    Interaction,
+    ItemChange,
+    Scored,
+    Update,
+    UserContext,
+    search_each,
+    waves,
+)
 from model.baselines import count_click
 from model.torch_model.encoder import ClickInputs, click_inputs
 
 if TYPE_CHECKING:
     from model.torch_model.recommender import TorchRecommender
-
-
-def waves(interactions: Sequence[Interaction]) -> list[list[int]]:
-    """Positions of `interactions` by wave: wave w lists, in order, the position of
-    every user's w-th interaction.
-
-    >>> waves([Interaction(u, "i", 0.0) for u in "abab"])
-    [[0, 1], [2, 3]]
-    """
-    cut: list[list[int]] = []
-    seen: dict[str, int] = {}
-    for position, interaction in enumerate(interactions):
-        wave = seen.get(interaction.user_id, 0)
-        seen[interaction.user_id] = wave + 1
-        if wave == len(cut):
-            cut.append([])
-        cut[wave].append(position)
-    return cut
 
 
 def learn_many(

@@ -26,6 +26,7 @@ from model.base import (
     UserContext,
     excluded,
     remembered,
+    waves,
 )
 from stream.events import Click, Recommendation, RecommendedItem, encode_recommendation
 from stream.items.ledger import DeltaTracker
@@ -91,22 +92,39 @@ def _learn_and_rank(
     exclude_of: Callable[[int, UserContext, Interaction], Collection[str]],
     batched: bool,
 ) -> _Learned:
-    """Learn from `interactions` and rank for each. `batched`: the whole batch is
-    learned in one call (`learn_many`) and then ranked (`recommend_many`), so each
-    click's recommendation also reflects the item changes of the clicks after it in
-    the batch. Otherwise one click at a time, learn then rank, exactly as single clicks
-    are. `exclude_of(i, context, interaction)` is what click i's ranking leaves out,
-    `context` being the user's after it."""
+    """Learn from `interactions` and rank for each. `batched`: wave by wave (each
+    user's w-th click of the batch in wave w), one `learn_many` and one
+    `recommend_many` call per wave, so a click's recommendation never reflects the
+    user's own later clicks of the batch (the live hit rate scores the next click
+    against it); it does reflect other users' clicks of the wave. Otherwise one click
+    at a time, learn then rank, exactly as single clicks are. `exclude_of(i, context,
+    interaction)` is what click i's ranking leaves out, `context` being the user's
+    after it."""
     started = time.perf_counter()
     if batched:
-        updates = recommender.learn_many(contexts, interactions)
-        learned = time.perf_counter()
-        excludes = [
-            exclude_of(n, u.context, i)
-            for n, (u, i) in enumerate(zip(updates, interactions, strict=True))
-        ]
-        ranked = recommender.recommend_many([u.context for u in updates], k, excludes)
-        return _Learned(updates, ranked, learned - started, time.perf_counter() - learned)
+        current = dict(contexts)
+        by_position: dict[int, tuple[Update, list[Scored]]] = {}
+        learning = 0.0
+        for wave in waves(interactions):
+            clicks = [interactions[p] for p in wave]
+            learn_started = time.perf_counter()
+            done = recommender.learn_many({c.user_id: current[c.user_id] for c in clicks}, clicks)
+            learning += time.perf_counter() - learn_started
+            excludes = [
+                exclude_of(p, update.context, click)
+                for p, update, click in zip(wave, done, clicks, strict=True)
+            ]
+            lists = recommender.recommend_many([u.context for u in done], k, excludes)
+            for p, click, update, items in zip(wave, clicks, done, lists, strict=True):
+                current[click.user_id] = update.context
+                by_position[p] = (update, items)
+        ordered = [by_position[p] for p in range(len(interactions))]
+        return _Learned(
+            [u for u, _ in ordered],
+            [r for _, r in ordered],
+            learning,
+            time.perf_counter() - started - learning,
+        )
     current = dict(contexts)
     updates, ranked = [], []
     searching = 0.0

@@ -302,9 +302,11 @@ def test_online_hit_rate_equals_one_computed_offline_from_the_topics(worker_fact
     assert metric(url, "streamrec_events_consumed_total") == len(events)
     assert metric(url, "streamrec_recommendations_emitted_total") == len(events)
     assert metric(url, "streamrec_model_updates_total") == len(events)
-    # A user's first click on a known item changes no item vector, so fewer than all.
+    # Observed once per changed item per wave (the batch step reports an item's net
+    # change on the last click that made it), and a user's first click on a known item
+    # changes no item vector: fewer than all, but many.
     assert (
-        300 < metric(url, 'streamrec_vector_freshness_seconds_count{store="index"}') <= len(events)
+        50 < metric(url, 'streamrec_vector_freshness_seconds_count{store="index"}') <= len(events)
     )
     assert metric(url, "streamrec_duplicates_skipped_total") == 0
     deadline = time.monotonic() + 10  # users_in_state is refreshed every 5 s

@@ -1,5 +1,7 @@
 """Replay is deterministic: the same clicks into a fresh stack give the same user state,
-item vectors and recommendations, bit for bit, under a fixed seed.
+item vectors and recommendations, bit for bit, under a fixed seed and the click model
+step (with the batch step, the default, torch's results depend on where batches fall,
+which follows timing).
 
 One partition, so one worker sees the clicks in one order (with several, the order in
 which a worker interleaves its partitions is up to the broker, and the torch model's
@@ -28,7 +30,9 @@ pytestmark = pytest.mark.integration
 
 def run_once(dev_stack: Any, data_dir: Path, events: list[dict[str, Any]]) -> dict[str, Any]:
     data_dir.mkdir(parents=True)
-    settings = unique_settings(dev_stack, data_dir, partitions=1, model="torch", seed=7)
+    settings = unique_settings(
+        dev_stack, data_dir, partitions=1, model="torch", seed=7, model_step="click"
+    )
     worker = RunningWorker(settings, data_dir / "worker.log")
     try:
         replay(

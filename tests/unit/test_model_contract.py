@@ -420,7 +420,7 @@ def test_torch_batch_reports_each_changed_item_once():
 
 
 def test_torch_batch_waves_keep_each_users_clicks_in_order():
-    from model.torch_model.batch import waves
+    from model.base import waves
 
     users = ["a", "b", "a", "c", "a", "b"]
     cut = waves([Interaction(u, "i", 0.0) for u in users])

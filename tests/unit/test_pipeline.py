@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from model.base import Interaction, Scored, Update, UserContext
+from model.base import Interaction, Scored, Update, UserContext, waves
 from model.baselines import CoVisitation
 from model.registry import build_recommender
 from stream.events import Click, Recommendation, RecommendedItem
@@ -283,7 +283,7 @@ class Batched(CoVisitation):
         return [self.recommend(c, k, exclude=e) for c, e in zip(contexts, excludes, strict=True)]
 
 
-def test_the_batch_model_step_calls_the_model_once_per_batch() -> None:
+def test_the_batch_model_step_calls_the_model_once_per_wave() -> None:
     model = Batched()
     proc = ClickProcessor(
         model, None, WorkerMetrics(), top_k=5, exclude="seen", dedup_window=8, batched=True
@@ -291,8 +291,37 @@ def test_the_batch_model_step_calls_the_model_once_per_batch() -> None:
     stream = generated_stream(50, seed=1)
     applied = len({(a.user_key, a.event_id) for a in stream})
     outcome = proc.process_batch(stream, lambda _key: None)
-    assert model.calls == [("learn_many", applied), ("recommend_many", applied)]
+    # Wave w holds each user's w-th click: a learn_many and a recommend_many per wave.
+    clicks = [Interaction(a.click.user_id, "i", 0.0) for a in outcome.applied]
+    sizes = [len(wave) for wave in waves(clicks)]
+    assert model.calls == [
+        call for size in sizes for call in (("learn_many", size), ("recommend_many", size))
+    ]
+    assert sum(sizes) == applied and len(sizes) > 1
     assert len(outcome.values) == len(outcome.applied) == applied
+
+
+def test_a_batched_recommendation_never_reflects_the_users_own_later_clicks() -> None:
+    # The live hit rate scores a user's next click against the previous list, so that
+    # list must not have learned from the next click. One user's clicks in one batch
+    # are ranked exactly as one click at a time ranks them (covisit is exact per wave).
+    stream = [
+        Accepted(Click("u1", item, T + n, event_id=f"e{n}"), b"u1", f"e{n}", T + n, "c0", n)
+        for n, item in enumerate("abacbd")
+    ]
+    ranked = []
+    for batched in (False, True):
+        proc = ClickProcessor(
+            build_recommender("covisit"),
+            None,
+            WorkerMetrics(),
+            top_k=5,
+            exclude="none",
+            dedup_window=8,
+            batched=batched,
+        )
+        ranked.append(proc.process_batch(stream, lambda _key: None).ranked)
+    assert ranked[0] == ranked[1]
 
 
 def test_the_click_model_step_never_calls_the_batch_methods() -> None:
