@@ -14,8 +14,7 @@ algorithms", 2018, https://arxiv.org/abs/1803.09587), the same as `CoVisitation`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import chain
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from model.base import Interaction
@@ -117,11 +116,6 @@ class TransitionMemory:
         """Estimated P(next = j | clicked item_id) for the kept successors j (a copy)."""
         total = self._totals.get(item_id, 0.0)
         return {j: w / total for j, w in self._next.get(item_id, {}).items()}
-
-    def successor_ids(self, items: Iterable[str]) -> Iterator[str]:
-        """The kept successors of each of `items` in turn, in the order `votes` meets
-        them (an item may repeat)."""
-        return chain.from_iterable(self._next.get(item, ()) for item in items)
 
     def votes(self, recent: Sequence[str]) -> dict[str, list[float]]:
         """For every kept successor j of the last `window` items of `recent`, the list

@@ -196,8 +196,9 @@ class SearchMemory:
         for i, h, answer in zip(ranking, hs, answers, strict=True):
             exclude = excludes[i]
             found[i] = [s for s in answer if s.item_id not in exclude][:retrieve]
-            self._answers[h.numpy().tobytes()] = answer[:retrieve]
-            self._answers.move_to_end(h.numpy().tobytes())
+            key = h.numpy().tobytes()
+            self._answers[key] = answer[:retrieve]
+            self._answers.move_to_end(key)
         while len(self._answers) > self.size:
             self._answers.popitem(last=False)
         return found

@@ -21,7 +21,7 @@ from model.transitions import TransitionMemory
 if TYPE_CHECKING:
     from model.torch_model.encoder import GruEncoder
 
-_NO_ROWS = np.empty(0, dtype=np.int64)
+NO_ROWS = np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class Successors:
     ordered: np.ndarray
 
 
-NO_SUCCESSORS = Successors(_NO_ROWS, np.empty(0), _NO_ROWS)
+NO_SUCCESSORS = Successors(NO_ROWS, np.empty(0), NO_ROWS)
 
 
 class SuccessorCache:
@@ -91,7 +91,7 @@ def summed(
     the part's rows plus its offset. Each key's weights are added in the order of the
     parts (np.bincount adds in input order), as a per-user loop would add them."""
     if not parts:
-        return KeyedSparse(_NO_ROWS, np.empty(0))
+        return KeyedSparse(NO_ROWS, np.empty(0))
     lengths = [len(part.rows) for part in parts]
     keys = np.concatenate([part.rows for part in parts])
     keys += np.repeat(np.array(offsets, dtype=np.int64), lengths)
@@ -106,7 +106,7 @@ def best_per_user(sparse: KeyedSparse, n: int, users: int, k: int) -> list[np.nd
     """For each user, the rows of its k largest positive values, largest first and
     ties by row."""
     if k <= 0 or not len(sparse.keys):
-        return [_NO_ROWS] * users
+        return [NO_ROWS] * users
     user = sparse.keys // n
     # lexsort is stable and sorts by its last key first: user, then -value, then key
     # (the row, within a user).
