@@ -6,8 +6,9 @@ which also upserts the changed item vectors into its FAISS index) -> the item ch
 their owners (`DeltaTracker`) and the user vectors queued for Redis (`VectorPublisher`,
 flushed off this path) -> top-K with the exclusion policy -> the recommendation events.
 
-The model gets one `learn_many` and one `recommend_many` call per batch (the default,
-STREAMREC_MODEL_STEP=batch), or runs one click at a time, learn then rank
+The model gets one `learn_many` and one `recommend_many` call per wave of the batch
+(each user's w-th click in wave w; the default, STREAMREC_MODEL_STEP=batch), or runs
+one click at a time, learn then rank
 (STREAMREC_MODEL_STEP=click); metrics are observed once per batch. The Faust agents in
 `stream/worker/agents.py` feed it and persist the `UserRecord`s it returns.
 """
