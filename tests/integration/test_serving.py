@@ -171,6 +171,9 @@ def test_two_workers_converge_on_the_item_owners_vectors(spawn: Any) -> None:
         return digests[0] == digests[1] and digests[0]["items"] == len(item_ids)
 
     wait_for(converged, 30, "both indexes to hold the same items and vectors")
+    # Redis is written by the owners' flush timer, after the broadcast the indexes
+    # follow, so it may trail them by a flush; a lost write would never settle.
+    wait_for(lambda: all(settled(w, item_ids) for w in (first, second)), 30, "Redis to match")
     in_redis = redis_items(settings)
     assert sorted(in_redis) == item_ids
     for worker in (first, second):
