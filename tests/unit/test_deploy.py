@@ -193,6 +193,7 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
     expr = re.sub(r"\{[^}]*\}", "", expr)
     expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\boffset\s+-?\w+", "", expr)
     expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
     return set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr)) - PROMQL_WORDS
 
@@ -593,6 +594,7 @@ def test_metric_names_reads_promql() -> None:
     expr = 'histogram_quantile(0.99, sum by (stage, le) (rate(streamrec_x_bucket{a="b_c"}[5m])))'
     assert metric_names(expr) == {"streamrec_x_bucket"}
     assert metric_names('up{job="streamrec-worker"} or on(instance) vector(0)') == {"up"}
+    assert metric_names("x:rate:1h < (2 / 3) * (x:rate:1h offset 1d)") == {"x:rate:1h"}
     assert "streamrec_events_consumed" not in queryable_names()  # family name, no sample
 
 
