@@ -117,6 +117,12 @@ class TransitionMemory:
         total = self._totals.get(item_id, 0.0)
         return {j: w / total for j, w in self._next.get(item_id, {}).items()}
 
+    def weights(self, item_id: str) -> tuple[Mapping[str, float], float]:
+        """The kept successors of `item_id` with their raw weights, and the total
+        weight ever added from it (P(j | item_id) is weight / total). The mapping is
+        the memory's own, not a copy: read it before the next `observe`."""
+        return self._next.get(item_id, {}), self._totals.get(item_id, 0.0)
+
     def votes(self, recent: Sequence[str]) -> dict[str, list[float]]:
         """For every kept successor j of the last `window` items of `recent`, the list
         [P(j | r_1), ..., P(j | r_window)], r_1 being the last item (0.0 where j is not

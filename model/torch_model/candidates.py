@@ -49,19 +49,24 @@ class SuccessorCache:
 
     def get(self, item: str) -> Successors:
         cached = self._cache.get(item)
-        if cached is not None:
-            return cached
-        rows_of = self.encoder.rows
-        successors = self.memory.successors(item)
-        known = [j for j in successors if j in rows_of]
-        if not known:
-            self._cache[item] = NO_SUCCESSORS
-            return NO_SUCCESSORS
-        ordered = np.fromiter((rows_of[j] for j in known), np.int64, len(known))
-        weights = np.fromiter((successors[j] for j in known), np.float64, len(known))
-        order = np.argsort(ordered)
-        cached = self._cache[item] = Successors(ordered[order], weights[order], ordered)
+        if cached is None:
+            cached = self._cache[item] = self._build(item)
         return cached
+
+    def _build(self, item: str) -> Successors:
+        weights, total = self.memory.weights(item)
+        if not weights:
+            return NO_SUCCESSORS
+        rows_of = self.encoder.rows
+        rows = np.array([rows_of.get(j, -1) for j in weights], dtype=np.int64)
+        known = rows >= 0
+        if not known.any():
+            return NO_SUCCESSORS
+        # weight / total in float64, as `TransitionMemory.successors` divides.
+        probabilities = np.fromiter(weights.values(), np.float64, len(weights)) / total
+        ordered, probabilities = rows[known], probabilities[known]
+        order = np.argsort(ordered)
+        return Successors(ordered[order], probabilities[order], ordered)
 
     def forget(self, items: Iterable[str]) -> None:
         for item in items:
