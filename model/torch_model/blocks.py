@@ -25,6 +25,7 @@ from model.torch_model.candidates import (
     Successors,
     best_per_user,
     first_in_order,
+    in_order,
     summed,
 )
 from model.torch_model.encoder import GruEncoder
@@ -301,27 +302,49 @@ class CandidateBlocks:
             start, end = int(bounds[u]), int(bounds[u + 1])
             if end > start:
                 score[start:end] = emb[torch.from_numpy(rows[start:end])] @ h
-        width = layout.window
+        # Keys are unique (one candidate per user and row); each lookup below is made
+        # with ascending keys and its answer put back in candidate order.
         keys = user * n + rows
-        window_keys = (user[:, None] * width + np.arange(width)) * n + rows[:, None]
-        p = window.lookup(window_keys.ravel()).reshape(len(rows), width).astype(np.float32)
+        order = np.argsort(keys)
+        p = self._window_probabilities(window, user[order], rows[order], n, order)
         features[:, layout.transitions] = p
         features[:, layout.transition_vote] = torch.log(
             torch.from_numpy(p) @ self._decay + 1e-4
         ).numpy()
-        features[:, layout.history_vote] = np.log(history.lookup(keys) + 1e-4)
+        ascending = keys[order]
+        features[:, layout.history_vote] = np.log(in_order(history, ascending, order) + 1e-4)
         features[:, layout.popularity] = np.log(self.popularity.shares(ids) + 1e-6)
         features[:, layout.cooccurrence_vote] = (
-            _LOG_FLOOR if neighbours is None else np.log(neighbours.lookup(keys) + 1e-4)
+            _LOG_FLOOR
+            if neighbours is None
+            else np.log(in_order(neighbours, ascending, order) + 1e-4)
         )
         # Repeat features: only the few recent items can have them.
         repeat_keys, back = repeats
         if len(repeat_keys):
-            sorter = np.argsort(keys)
-            at = np.minimum(np.searchsorted(keys, repeat_keys, sorter=sorter), len(keys) - 1)
-            match = keys[sorter[at]] == repeat_keys
-            candidate, back = sorter[at[match]], back[match]
+            at = np.minimum(np.searchsorted(ascending, repeat_keys), len(keys) - 1)
+            match = ascending[at] == repeat_keys
+            candidate, back = order[at[match]], back[match]
             near = back < 2
             features[candidate[near], layout.is_last + back[near]] = 1.0
             np.add.at(features, (candidate, layout.repeats), 1.0)
         return features
+
+    def _window_probabilities(
+        self,
+        window: KeyedSparse,
+        user: np.ndarray,
+        rows: np.ndarray,
+        n: int,
+        order: np.ndarray,
+    ) -> np.ndarray:
+        """The `layout.transitions` columns (float32) of the candidates `(user, rows)`,
+        given in ascending key order, `order` mapping them back to candidate order; the
+        window's keys are (user * window + d) * n + row, ascending in that order for
+        each d."""
+        width = self.layout.window
+        p = np.empty((len(rows), width))
+        first = user * width
+        for d in range(width):
+            p[:, d] = in_order(window, (first + d) * n + rows, order)
+        return p.astype(np.float32)

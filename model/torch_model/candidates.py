@@ -89,6 +89,15 @@ class KeyedSparse:
         return found
 
 
+def in_order(sparse: KeyedSparse, ascending: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """`sparse.lookup(keys)` for the keys whose ascending sort is `ascending`
+    (`keys[order]`), in the keys' own order. Ascending keys are looked up several times
+    faster: each binary search starts where the previous one ended."""
+    values = np.empty(len(ascending))
+    values[order] = sparse.lookup(ascending)
+    return values
+
+
 def summed(
     parts: list[Successors], offsets: list[int], scales: list[float] | None = None
 ) -> KeyedSparse:
