@@ -108,9 +108,10 @@ class TransitionMemory:
         self._totals[source] = self._totals.get(source, 0.0) + weight
         if len(successors) > 2 * self.max_neighbours:
             # Amortised O(1) per insert; the sort is stable, so ties keep their order.
+            # A new dict, not the old one cleared: readers of `weights` may rely on a
+            # dict's keys only ever growing.
             kept = sorted(successors.items(), key=lambda kv: -kv[1])[: self.max_neighbours]
-            successors.clear()
-            successors.update(kept)
+            self._next[source] = dict(kept)
 
     def successors(self, item_id: str) -> dict[str, float]:
         """Estimated P(next = j | clicked item_id) for the kept successors j (a copy)."""
@@ -120,7 +121,8 @@ class TransitionMemory:
     def weights(self, item_id: str) -> tuple[Mapping[str, float], float]:
         """The kept successors of `item_id` with their raw weights, and the total
         weight ever added from it (P(j | item_id) is weight / total). The mapping is
-        the memory's own, not a copy: read it before the next `observe`."""
+        the memory's own, not a copy: its weights change with each `observe`, and its
+        keys only grow, in insertion order, until a prune or a load replaces it."""
         return self._next.get(item_id, {}), self._totals.get(item_id, 0.0)
 
     def votes(self, recent: Sequence[str]) -> dict[str, list[float]]:

@@ -161,7 +161,7 @@ class CandidateBlocks:
                 if len(successors.rows):
                     window_parts.append(successors)
                     window_offsets.append((u * width + d) * n)
-            parts.extend(successors.ordered for successors in window)
+            parts.extend(successors.rows for successors in window)
             repeats = [rows_of.get(item, -1) for item in recent[-REPEAT_SPAN:]]
             parts.append(np.array(repeats, dtype=np.int64))
             for back, row in enumerate(reversed(repeats)):

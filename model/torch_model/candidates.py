@@ -10,7 +10,8 @@ each exactly as a block of one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,26 +27,36 @@ NO_ROWS = np.empty(0, dtype=np.int64)
 
 @dataclass(frozen=True, slots=True)
 class Successors:
-    """One item's successors in a memory, over the rows the encoder knows: `rows`
-    ascending with `weights` (P(row | item)) for lookups, and `ordered`, the same rows
-    in the memory's own order, which is the order candidates are gathered in."""
+    """One item's successors in a memory, over the rows the encoder knows: `rows` in
+    the memory's own order, which is the order candidates are gathered in, with
+    `weights`, P(row | item). A row occurs once, so sums over several items' successors
+    do not depend on the order within one."""
 
     rows: np.ndarray
     weights: np.ndarray
-    ordered: np.ndarray
 
 
-NO_SUCCESSORS = Successors(NO_ROWS, np.empty(0), NO_ROWS)
+NO_SUCCESSORS = Successors(NO_ROWS, np.empty(0))
 
 
 class SuccessorCache:
     """Each item's `Successors` in `memory` over `encoder`'s rows, built on demand and
-    kept until `forget`: derived data, never state."""
+    kept until `forget`: derived data, never state.
+
+    A click changes every weight of the items it counts from but rarely their ids, so
+    each item's ids mapped to rows are kept across `forget` and only the ids added since
+    are mapped. That holds while the memory's dict of the item is the same object (its
+    keys then only grow, in insertion order; a prune or a load makes a new dict) and
+    the encoder's row map is the same object (rows are then only added)."""
 
     def __init__(self, memory: TransitionMemory, encoder: GruEncoder) -> None:
         self.memory = memory
         self.encoder = encoder
         self._cache: dict[str, Successors] = {}
+        # Per item: the memory's dict its rows were mapped from, and one row per key
+        # of it, in its order (-1: an id the encoder did not know then).
+        self._mapped: dict[str, tuple[Mapping[str, float], np.ndarray]] = {}
+        self._mapped_with = encoder.rows
 
     def get(self, item: str) -> Successors:
         cached = self._cache.get(item)
@@ -53,24 +64,50 @@ class SuccessorCache:
             cached = self._cache[item] = self._build(item)
         return cached
 
+    def forget(self, items: Iterable[str]) -> None:
+        for item in items:
+            self._cache.pop(item, None)
+
     def _build(self, item: str) -> Successors:
         weights, total = self.memory.weights(item)
         if not weights:
             return NO_SUCCESSORS
-        rows_of = self.encoder.rows
-        rows = np.array([rows_of.get(j, -1) for j in weights], dtype=np.int64)
-        known = rows >= 0
-        if not known.any():
-            return NO_SUCCESSORS
+        rows = self._rows(item, weights)
         # weight / total in float64, as `TransitionMemory.successors` divides.
         probabilities = np.fromiter(weights.values(), np.float64, len(weights)) / total
-        ordered, probabilities = rows[known], probabilities[known]
-        order = np.argsort(ordered)
-        return Successors(ordered[order], probabilities[order], ordered)
+        known = rows >= 0
+        if known.all():
+            return Successors(rows, probabilities)
+        if not known.any():
+            return NO_SUCCESSORS
+        return Successors(rows[known], probabilities[known])
 
-    def forget(self, items: Iterable[str]) -> None:
-        for item in items:
-            self._cache.pop(item, None)
+    def _rows(self, item: str, weights: Mapping[str, float]) -> np.ndarray:
+        """The encoder row of each key of `weights`, in its order; -1 for unknown ids."""
+        rows_of = self.encoder.rows
+        if rows_of is not self._mapped_with:
+            self._mapped.clear()
+            self._mapped_with = rows_of
+        mapped = self._mapped.get(item)
+        if mapped is None or mapped[0] is not weights:
+            rows = _rows_of(weights, rows_of)
+        else:
+            done = mapped[1]
+            rows = done
+            if len(weights) > len(done):
+                added = _rows_of(itertools.islice(weights, len(done), None), rows_of)
+                rows = np.concatenate([done, added])
+            unknown = np.flatnonzero(rows < 0)
+            if len(unknown):  # ids the encoder may have learned since
+                keys = list(weights)
+                rows = rows.copy()
+                rows[unknown] = [rows_of.get(keys[at], -1) for at in unknown.tolist()]
+        self._mapped[item] = (weights, rows)
+        return rows
+
+
+def _rows_of(ids: Iterable[str], rows_of: Mapping[str, int]) -> np.ndarray:
+    return np.array([rows_of.get(j, -1) for j in ids], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)

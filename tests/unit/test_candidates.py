@@ -1,0 +1,53 @@
+"""The candidate blocks' array helpers against the plain computations they replace."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from model.torch_model.candidates import KeyedSparse, SuccessorCache, in_order
+from model.torch_model.encoder import GruEncoder
+from model.transitions import TransitionMemory
+
+
+def _encoder() -> GruEncoder:
+    return GruEncoder(dim=4, seed=0, lr=0.1, negatives=2, init_std=0.1, context_lr=0.01)
+
+
+def _expected(memory: TransitionMemory, encoder: GruEncoder, item: str) -> list[tuple[int, float]]:
+    """What the cache must hold for `item`: the known successors in the memory's order."""
+    return [(encoder.rows[j], p) for j, p in memory.successors(item).items() if j in encoder.rows]
+
+
+def test_the_cache_follows_the_memory_through_forgets_prunes_and_new_rows() -> None:
+    # Few neighbours, so dicts are pruned often; ids join the encoder late, so some
+    # successors are unknown when first mapped and known when mapped again.
+    memory = TransitionMemory(window=3, max_neighbours=4)
+    encoder = _encoder()
+    cache = SuccessorCache(memory, encoder)
+    rng = random.Random(7)
+    recent: list[str] = []
+    items = [f"i{n}" for n in range(30)]
+    for step in range(600):
+        item = rng.choice(items)
+        memory.observe(recent, item, same_session=True)
+        cache.forget((*recent[-3:], item))
+        if step % 3 == 0 and item not in encoder.rows:
+            encoder.row(item)
+            # A cached item is only rebuilt once forgotten; the ids mapped are kept.
+            cache.forget(items)
+        recent = (recent + [item])[-10:]
+        for probe in rng.sample(items, 5):
+            successors = cache.get(probe)
+            got = list(zip(successors.rows.tolist(), successors.weights.tolist(), strict=True))
+            assert got == _expected(memory, encoder, probe)
+
+
+def test_in_order_is_a_lookup_in_the_keys_own_order() -> None:
+    rng = np.random.default_rng(3)
+    sparse_keys = np.unique(rng.integers(0, 1000, 300))
+    sparse = KeyedSparse(sparse_keys, rng.random(len(sparse_keys)))
+    keys = rng.permutation(1000)[:200]
+    order = np.argsort(keys)
+    assert np.array_equal(in_order(sparse, keys[order], order), sparse.lookup(keys))
