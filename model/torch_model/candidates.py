@@ -158,18 +158,33 @@ def best_per_user(sparse: KeyedSparse, n: int, users: int, k: int) -> list[np.nd
     ties by row."""
     if k <= 0 or not len(sparse.keys):
         return [NO_ROWS] * users
-    user = sparse.keys // n
-    # lexsort is stable and sorts by its last key first: user, then -value, then key
-    # (the row, within a user).
-    order = np.lexsort((sparse.keys, -sparse.values, user))
+    # The others would rank after every positive value, so dropping them first
+    # changes no rank.
+    positive = sparse.values > 0
+    keys, values = sparse.keys[positive], sparse.values[positive]
+    user = keys // n
+    order = _by_user_then_value(user, values, users)
     user_sorted = user[order]
     starts = np.searchsorted(user_sorted, np.arange(users + 1))
     rank = np.arange(len(order)) - starts[user_sorted]
-    keep = order[(rank < k) & (sparse.values[order] > 0)]
+    keep = order[rank < k]
     kept_user = user[keep]
     bounds = np.searchsorted(kept_user, np.arange(users + 1))
-    rows = sparse.keys[keep] - kept_user * n
+    rows = keys[keep] - kept_user * n
     return [rows[bounds[u] : bounds[u + 1]] for u in range(users)]
+
+
+def _by_user_then_value(user: np.ndarray, values: np.ndarray, users: int) -> np.ndarray:
+    """The order by user, then value (largest first), then position, of entries given
+    in ascending key order: a stable sort by value, then a stable sort by user, which
+    keeps that order within each user (one lexsort's passes, less the one by key). User
+    numbers that fit in 16 bits sort by radix, in linear time."""
+    by_value = np.argsort(-values, kind="stable")
+    user_by_value = user[by_value]
+    if users <= 1 << 16:
+        user_by_value = user_by_value.astype(np.uint16)
+    by_user: np.ndarray = by_value[np.argsort(user_by_value, kind="stable")]
+    return by_user
 
 
 def first_in_order(user: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

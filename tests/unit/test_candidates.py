@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from model.torch_model.candidates import KeyedSparse, SuccessorCache, in_order
+from model.torch_model.candidates import KeyedSparse, SuccessorCache, best_per_user, in_order
 from model.torch_model.encoder import GruEncoder
 from model.transitions import TransitionMemory
 
@@ -51,3 +51,18 @@ def test_in_order_is_a_lookup_in_the_keys_own_order() -> None:
     keys = rng.permutation(1000)[:200]
     order = np.argsort(keys)
     assert np.array_equal(in_order(sparse, keys[order], order), sparse.lookup(keys))
+
+
+def test_best_per_user_is_each_users_sort_by_value_then_row() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        users, n, k = int(rng.integers(1, 12)), 40, int(rng.integers(1, 8))
+        keys = np.unique(rng.integers(0, users * n, int(rng.integers(1, 300))))
+        # Many ties, and values that must never be proposed.
+        values = rng.choice([-1.0, 0.0, 1e-300, 0.25, 0.5, 1.0], len(keys))
+        best = best_per_user(KeyedSparse(keys, values), n, users, k)
+        for u in range(users):
+            pairs = zip(keys.tolist(), values.tolist(), strict=True)
+            mine = [(-v, key - u * n) for key, v in pairs if key // n == u]
+            expected = [row for minus, row in sorted(mine) if minus < 0][:k]
+            assert best[u].tolist() == expected
