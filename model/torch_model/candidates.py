@@ -53,9 +53,10 @@ class SuccessorCache:
         self.memory = memory
         self.encoder = encoder
         self._cache: dict[str, Successors] = {}
-        # Per item: the memory's dict its rows were mapped from, and one row per key
-        # of it, in its order (-1: an id the encoder did not know then).
-        self._mapped: dict[str, tuple[Mapping[str, float], np.ndarray]] = {}
+        # Per item: the memory's dict its rows were mapped from, one row per key of it
+        # in its order (-1: an id the encoder did not know then), and whether every
+        # id was known.
+        self._mapped: dict[str, tuple[Mapping[str, float], np.ndarray, bool]] = {}
         self._mapped_with = encoder.rows
 
     def get(self, item: str) -> Successors:
@@ -72,42 +73,49 @@ class SuccessorCache:
         weights, total = self.memory.weights(item)
         if not weights:
             return NO_SUCCESSORS
-        rows = self._rows(item, weights)
+        rows, every_known = self._rows(item, weights)
         # weight / total in float64, as `TransitionMemory.successors` divides.
         probabilities = np.fromiter(weights.values(), np.float64, len(weights)) / total
-        known = rows >= 0
-        if known.all():
+        if every_known:
             return Successors(rows, probabilities)
+        known = rows >= 0
         if not known.any():
             return NO_SUCCESSORS
         return Successors(rows[known], probabilities[known])
 
-    def _rows(self, item: str, weights: Mapping[str, float]) -> np.ndarray:
-        """The encoder row of each key of `weights`, in its order; -1 for unknown ids."""
+    def _rows(self, item: str, weights: Mapping[str, float]) -> tuple[np.ndarray, bool]:
+        """The encoder row of each key of `weights`, in its order (-1 for unknown ids),
+        and whether every id is known."""
         rows_of = self.encoder.rows
         if rows_of is not self._mapped_with:
             self._mapped.clear()
             self._mapped_with = rows_of
         mapped = self._mapped.get(item)
         if mapped is None or mapped[0] is not weights:
-            rows = _rows_of(weights, rows_of)
+            added = [rows_of.get(j, -1) for j in weights]
+            rows, every_known = np.array(added, dtype=np.int64), -1 not in added
         else:
-            done = mapped[1]
-            rows = done
-            if len(weights) > len(done):
-                added = _rows_of(itertools.islice(weights, len(done), None), rows_of)
-                rows = np.concatenate([done, added])
-            unknown = np.flatnonzero(rows < 0)
-            if len(unknown):  # ids the encoder may have learned since
-                keys = list(weights)
-                rows = rows.copy()
-                rows[unknown] = [rows_of.get(keys[at], -1) for at in unknown.tolist()]
-        self._mapped[item] = (weights, rows)
-        return rows
+            _, rows, every_known = mapped
+            if len(weights) > len(rows):
+                added = [rows_of.get(j, -1) for j in itertools.islice(weights, len(rows), None)]
+                rows = np.concatenate([rows, np.array(added, dtype=np.int64)])
+                every_known = every_known and -1 not in added
+            if not every_known:  # ids the encoder may have learned since
+                rows, every_known = _remapped(rows, list(weights), rows_of)
+        self._mapped[item] = (weights, rows, every_known)
+        return rows, every_known
 
 
-def _rows_of(ids: Iterable[str], rows_of: Mapping[str, int]) -> np.ndarray:
-    return np.array([rows_of.get(j, -1) for j in ids], dtype=np.int64)
+def _remapped(
+    rows: np.ndarray, ids: list[str], rows_of: Mapping[str, int]
+) -> tuple[np.ndarray, bool]:
+    """`rows` (for `ids`) with its unknown ids looked up again, and whether every one
+    is now known."""
+    unknown = np.flatnonzero(rows < 0)
+    found = [rows_of.get(ids[at], -1) for at in unknown.tolist()]
+    rows = rows.copy()
+    rows[unknown] = found
+    return rows, -1 not in found
 
 
 @dataclass(frozen=True, slots=True)
