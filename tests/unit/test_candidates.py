@@ -6,7 +6,13 @@ import random
 
 import numpy as np
 
-from model.torch_model.candidates import KeyedSparse, SuccessorCache, best_per_user, in_order
+from model.torch_model.candidates import (
+    KeyedSparse,
+    SuccessorCache,
+    best_per_user,
+    first_in_order,
+    in_order,
+)
 from model.torch_model.encoder import GruEncoder
 from model.transitions import TransitionMemory
 
@@ -66,3 +72,19 @@ def test_best_per_user_is_each_users_sort_by_value_then_row() -> None:
             mine = [(-v, key - u * n) for key, v in pairs if key // n == u]
             expected = [row for minus, row in sorted(mine) if minus < 0][:k]
             assert best[u].tolist() == expected
+
+
+def test_first_in_order_keeps_each_pair_where_it_first_occurs() -> None:
+    rng = np.random.default_rng(9)
+    # A huge n takes the path for keys too large to combine with positions.
+    for size, n in [(0, 12), (1, 12), (2, 12), (50, 12), (400, 12), (50, 1 << 58)]:
+        user = np.sort(rng.integers(0, 5, size))
+        rows = rng.integers(-1, 12, size)
+        kept_user, kept_rows = first_in_order(user, rows, n)
+        seen: set[tuple[int, int]] = set()
+        expected = []
+        for pair in zip(user.tolist(), rows.tolist(), strict=True):
+            if pair[1] >= 0 and pair not in seen:
+                seen.add(pair)
+                expected.append(pair)
+        assert list(zip(kept_user.tolist(), kept_rows.tolist(), strict=True)) == expected
