@@ -157,8 +157,15 @@ def summed(
     weights = np.concatenate([part.weights for part in parts])
     if scales is not None:
         weights *= np.repeat(np.array(scales), lengths)
-    unique, slots = np.unique(keys, return_inverse=True)
-    return KeyedSparse(unique, np.bincount(slots, weights, minlength=len(unique)))
+    by_key = _by_key(keys)
+    if by_key is None:
+        unique, slots = np.unique(keys, return_inverse=True)
+        return KeyedSparse(unique, np.bincount(slots, weights, minlength=len(unique)))
+    sorted_keys, positions, starts = by_key
+    # Within a key the positions ascend, so each key's weights are still added in
+    # input order.
+    slots = np.cumsum(starts) - 1
+    return KeyedSparse(sorted_keys[starts], np.bincount(slots, weights[positions]))
 
 
 def best_per_user(sparse: KeyedSparse, n: int, users: int, k: int) -> list[np.ndarray]:
@@ -205,24 +212,32 @@ def first_in_order(user: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarr
 
 
 def _first_positions(keys: np.ndarray) -> np.ndarray:
-    """The position of each distinct non-negative key's first occurrence, ascending.
+    """The position of each distinct non-negative key's first occurrence, ascending."""
+    by_key = _by_key(keys)
+    if by_key is None:
+        _, first = np.unique(keys, return_index=True)
+    else:
+        _, positions, starts = by_key
+        first = positions[starts]
+    first.sort()
+    return first
+
+
+def _by_key(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Non-negative `keys` sorted, the position each came from, and where each distinct
+    key starts; ties by position, as a stable argsort orders them. None when the keys
+    are too large for the method (the caller takes np.unique's).
 
     Sorts key * len + position, which are distinct, so a plain (unstable) sort of
-    values orders each key's occurrences by position: several times cheaper than the
-    stable argsort np.unique(return_index=True) takes."""
+    values does it: several times cheaper than a stable argsort."""
     size = len(keys)
-    if not size:
-        return NO_ROWS
-    if (int(keys.max()) + 1) * size >= 1 << 62:  # the composite would overflow
-        _, first = np.unique(keys, return_index=True)
-        first.sort()
-        return first
+    if not size or (int(keys.max()) + 1) * size >= 1 << 62:  # would overflow int64
+        return None
     composite = keys * size + np.arange(size)
     composite.sort()
     sorted_keys = composite // size
+    positions = composite - sorted_keys * size
     starts = np.empty(size, dtype=bool)
     starts[0] = True
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
-    first = composite[starts] % size
-    first.sort()
-    return first
+    return sorted_keys, positions, starts

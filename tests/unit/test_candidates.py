@@ -9,9 +9,11 @@ import numpy as np
 from model.torch_model.candidates import (
     KeyedSparse,
     SuccessorCache,
+    Successors,
     best_per_user,
     first_in_order,
     in_order,
+    summed,
 )
 from model.torch_model.encoder import GruEncoder
 from model.transitions import TransitionMemory
@@ -88,3 +90,20 @@ def test_first_in_order_keeps_each_pair_where_it_first_occurs() -> None:
                 seen.add(pair)
                 expected.append(pair)
         assert list(zip(kept_user.tolist(), kept_rows.tolist(), strict=True)) == expected
+
+
+def test_summed_adds_each_keys_weights_in_the_order_of_the_parts() -> None:
+    rng = np.random.default_rng(11)
+    parts = []
+    for _ in range(30):
+        rows = rng.permutation(20)[: int(rng.integers(1, 20))]
+        parts.append(Successors(rows, rng.random(len(rows))))
+    offsets = [int(offset) for offset in rng.integers(0, 3, len(parts)) * 20]
+    scales = rng.random(len(parts)).tolist()
+    expected: dict[int, float] = {}
+    for part, offset, scale in zip(parts, offsets, scales, strict=True):
+        for row, weight in zip(part.rows.tolist(), part.weights.tolist(), strict=True):
+            expected[offset + row] = expected.get(offset + row, 0.0) + weight * scale
+    got = summed(parts, offsets, scales)
+    assert got.keys.tolist() == sorted(expected)
+    assert got.values.tolist() == [expected[key] for key in sorted(expected)]
