@@ -191,12 +191,29 @@ def best_per_user(sparse: KeyedSparse, n: int, users: int, k: int) -> list[np.nd
 
 def _by_user_then_value(user: np.ndarray, values: np.ndarray, users: int) -> np.ndarray:
     """The order by user, then value (largest first), then position, of entries given
-    in ascending key order: a stable sort by value, then a stable sort by user, which
-    keeps that order within each user (one lexsort's passes, less the one by key). User
-    numbers that fit in 16 bits sort by radix, in linear time."""
+    in ascending key order (so position breaks ties by row within a user).
+
+    Each value is replaced by its rank among the distinct values, so one plain sort of
+    the distinct int64s (user, rank from the top, position) gives the order: an
+    unstable sort of ranks plus one of values, several times cheaper than stable sorts
+    of floats."""
+    size = len(values)
+    _, rank = np.unique(values, return_inverse=True)  # 0 for the smallest value
+    distinct = int(rank.max()) + 1 if size else 1
+    if users * distinct * size >= 1 << 62:  # would overflow int64
+        return _by_user_then_value_stable(user, values, users)
+    composite = (user * distinct + (distinct - 1 - rank)) * size + np.arange(size)
+    composite.sort()
+    positions: np.ndarray = composite % size
+    return positions
+
+
+def _by_user_then_value_stable(user: np.ndarray, values: np.ndarray, users: int) -> np.ndarray:
+    """`_by_user_then_value` by a stable sort by value, then a stable sort by user,
+    which keeps that order within each user."""
     by_value = np.argsort(-values, kind="stable")
     user_by_value = user[by_value]
-    if users <= 1 << 16:
+    if users <= 1 << 16:  # sorted by radix, in linear time
         user_by_value = user_by_value.astype(np.uint16)
     by_user: np.ndarray = by_value[np.argsort(user_by_value, kind="stable")]
     return by_user

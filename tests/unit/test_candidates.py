@@ -10,6 +10,8 @@ from model.torch_model.candidates import (
     KeyedSparse,
     SuccessorCache,
     Successors,
+    _by_user_then_value,
+    _by_user_then_value_stable,
     best_per_user,
     first_in_order,
     in_order,
@@ -107,3 +109,14 @@ def test_summed_adds_each_keys_weights_in_the_order_of_the_parts() -> None:
     got = summed(parts, offsets, scales)
     assert got.keys.tolist() == sorted(expected)
     assert got.values.tolist() == [expected[key] for key in sorted(expected)]
+
+
+def test_both_orders_by_user_then_value_agree() -> None:
+    # The stable-sort order is the fallback for blocks too large to rank in int64.
+    rng = np.random.default_rng(13)
+    for size in (1, 2, 300):
+        users = 4
+        user = np.sort(rng.integers(0, users, size))
+        values = rng.choice([1e-300, 0.25, 0.5, 1.0, 3.0], size)
+        fast = _by_user_then_value(user, values, users)
+        assert np.array_equal(fast, _by_user_then_value_stable(user, values, users))
