@@ -147,7 +147,8 @@ class GruEncoder:
         if len(state) != self.state_size:
             zeros = torch.zeros(dim)
             return zeros, zeros, (0, 0)
-        both = torch.from_numpy(np.array(state[: 2 * dim], dtype=np.float32))
+        # fromiter reads the first 2 * dim floats in place: no tuple slice.
+        both = torch.from_numpy(np.fromiter(state, np.float32, 2 * dim))
         return both[:dim], both[dim:], (int(state[2 * dim]), int(state[2 * dim + 1]))
 
     def query(self, state: tuple[float, ...]) -> np.ndarray | None:
@@ -158,7 +159,7 @@ class GruEncoder:
 
     def pack(self, h: torch.Tensor, h_next: torch.Tensor, inputs: ClickInputs) -> tuple[float, ...]:
         """The context state after a click: (h, h_next, the click's inputs)."""
-        return (*torch.cat([h, h_next]).tolist(), *map(float, inputs))
+        return (*h.tolist(), *h_next.tolist(), *map(float, inputs))
 
     def read(self, row: int, inputs: ClickInputs, h: torch.Tensor) -> torch.Tensor:
         """GRU(emb[row] + gap + kind, h) without gradients: the state after a click."""
