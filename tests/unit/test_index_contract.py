@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from model.base import ItemIndex, Scored
@@ -56,8 +56,13 @@ def spilling_faiss(dim: int) -> FaissIndex:
 
 
 # The approximate mode is held to recall, not exactness; on these small, low-dimensional
-# sets HNSW finds nearly everything, so a low bar still catches a broken merge.
+# sets HNSW finds nearly everything, so a low bar still catches a broken merge. Not in
+# one dimension: there the graph's neighbour heuristic over inner products can leave the
+# best item unreachable (46 items, dim 1, seed 205524 after a re-upsert: item-10 is
+# never returned, even at k=5; 1 case in 800 random ones at dim 1, none of 800 each at
+# dims 2-4). Our vectors have dozens of dimensions.
 MIN_RECALL = 0.9
+MIN_RECALL_DIM = 2
 
 
 def is_exact(make_index: Factory) -> bool:
@@ -138,7 +143,8 @@ def check_results(
     for s in results:
         assert s.score == pytest.approx(true_scores[s.item_id], rel=1e-4, abs=1e-4)
     if not exact:
-        assert recall(results, expected) >= MIN_RECALL
+        if len(query) >= MIN_RECALL_DIM:
+            assert recall(results, expected) >= MIN_RECALL
         return
     # The returned scores are the top scores of the reference (ties may swap ids).
     np.testing.assert_allclose(scores, [score for _, score in expected], rtol=1e-4, atol=1e-4)
@@ -359,6 +365,7 @@ def test_search_contract_property(
 
 @settings(max_examples=40, deadline=None)
 @given(scenarios(), st.integers(0, 2**32 - 1))
+@example((46, 1, 205524, False, 1, []), 0)  # the one-dimensional miss MIN_RECALL_DIM names
 def test_upsert_twice_property(
     make_index: Factory, scenario: tuple[int, int, int, bool, int, list[int]], seed2: int
 ) -> None:
