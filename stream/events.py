@@ -89,6 +89,9 @@ class Recommendation:
     source_event_id: str
     event_time: float
     emitted_at: float
+    #: The A/B variant that served the list (STREAMREC_VARIANTS); None outside an
+    #: experiment, when the event has no `variant` field.
+    variant: str | None = None
 
     def to_json(self) -> bytes:
         return encode_recommendation(
@@ -98,6 +101,7 @@ class Recommendation:
             self.source_event_id,
             self.event_time,
             self.emitted_at,
+            self.variant,
         )
 
     @classmethod
@@ -116,6 +120,7 @@ class Recommendation:
                 source_event_id=_require_str(data, "source_event_id"),
                 event_time=float(data["event_time"]),
                 emitted_at=float(data["emitted_at"]),
+                variant=None if data.get("variant") is None else _require_str(data, "variant"),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a recommendation event: {exc!r}") from exc
@@ -138,19 +143,22 @@ def encode_recommendation(
     source_event_id: str,
     event_time: float,
     emitted_at: float,
+    variant: str | None = None,
 ) -> bytes:
     """A recommendation event's value, byte for byte what `Recommendation.to_json`
-    writes, straight from the model's ranked items (no event object built)."""
-    return orjson.dumps(
-        {
-            "user_id": user_id,
-            "items": [{"item_id": i.item_id, "score": i.score} for i in items],
-            "model_version": model_version,
-            "source_event_id": source_event_id,
-            "event_time": event_time,
-            "emitted_at": emitted_at,
-        }
-    )
+    writes, straight from the model's ranked items (no event object built). `variant`
+    is written only when given (an experiment), so events outside one are unchanged."""
+    event = {
+        "user_id": user_id,
+        "items": [{"item_id": i.item_id, "score": i.score} for i in items],
+        "model_version": model_version,
+        "source_event_id": source_event_id,
+        "event_time": event_time,
+        "emitted_at": emitted_at,
+    }
+    if variant is not None:
+        event["variant"] = variant
+    return orjson.dumps(event)
 
 
 def _require_str(data: Mapping[str, Any], key: str) -> str:

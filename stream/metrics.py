@@ -134,6 +134,59 @@ class WorkerMetrics:
             registry=r,
         )
 
+    def _declare_variants(self, r: CollectorRegistry) -> None:
+        """The online quality and latency of each A/B variant (STREAMREC_VARIANTS): the
+        `variant` label takes the configured variants' names only."""
+        self.variant_recommendations = Counter(
+            "streamrec_variant_recommendations",
+            "Recommendation events served by each variant.",
+            ["variant"],
+            registry=r,
+        )
+        self.variant_predictions = Counter(
+            "streamrec_variant_predictions",
+            "Clicks scored against the previous recommendation, by the variant that served it.",
+            ["variant"],
+            registry=r,
+        )
+        self.variant_hits = Counter(
+            "streamrec_variant_hits",
+            "Scored clicks that hit the previous recommendation, by variant.",
+            ["variant"],
+            registry=r,
+        )
+        self.variant_reciprocal_rank = Counter(
+            "streamrec_variant_reciprocal_rank",
+            "Sum of 1/rank of scored clicks (0 for a miss), by variant.",
+            ["variant"],
+            registry=r,
+        )
+        self.variant_hit_rate = Gauge(
+            "streamrec_variant_hit_rate",
+            "Hit rate @ top_k over each variant's last window of scored clicks.",
+            ["variant"],
+            registry=r,
+        )
+        self.variant_mrr = Gauge(
+            "streamrec_variant_mrr",
+            "MRR @ top_k over each variant's last window of scored clicks.",
+            ["variant"],
+            registry=r,
+        )
+        self.variant_coverage = Gauge(
+            "streamrec_variant_coverage",
+            "Share of clicked items shown in each variant's last window of recommendations.",
+            ["variant"],
+            registry=r,
+        )
+        self.variant_latency = Histogram(
+            "streamrec_variant_click_to_recommendation_seconds",
+            "Click record timestamp to recommendation send time, by variant.",
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def _declare_quality(self, r: CollectorRegistry) -> None:
         """Online quality and the model's learning."""
         # Online quality (stream/worker/quality.py): each click scored against the user's
@@ -166,6 +219,7 @@ class WorkerMetrics:
             "Share of clicked items shown in the last window of recommendations.",
             registry=r,
         )
+        self._declare_variants(r)
         self.vector_freshness = Histogram(
             "streamrec_vector_freshness_seconds",
             "Click record timestamp to the clicked item's new vector being visible, by store.",

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from model.base import EXCLUSION_POLICIES, HISTORY_MAX, MODEL_NAMES
+from model.variants import parse_variants, variant_name
 
 ENV_PREFIX = "STREAMREC_"
 MODELS = MODEL_NAMES  # the recommenders a worker can run, named by the model layer
@@ -192,6 +193,21 @@ class Settings:
         default="",
         metadata={"help": "expected SHA-256 of the checkpoint file (empty: its .sha256 sidecar)"},
     )
+    variants: str = field(
+        default="",
+        metadata={
+            "help": "A/B variants by user, MODEL_OR_CHECKPOINT:WEIGHT,... (e.g. "
+            "torch:90,covisit:10): every variant learns from every click, each user is "
+            "served by one (empty: STREAMREC_MODEL or STREAMREC_CHECKPOINT alone)"
+        },
+    )
+    experiment: str = field(
+        default="default",
+        metadata={
+            "help": "salt of the variants' user split: the same salt gives every user the "
+            "same variant on every worker and restart; a new one reshuffles them"
+        },
+    )
     max_event_bytes: int = field(
         default=65536, metadata={"help": "larger click values go to the DLQ as too_large"}
     )
@@ -255,6 +271,8 @@ class Settings:
                 raise SettingsError(
                     f"{_variable(name)} must be at least 1, not {getattr(self, name)}"
                 )
+        if self.variants:
+            self._check_variants()
         for name in ("max_users", "user_idle_s", "memory_cap_mb"):
             if getattr(self, name) < 0:
                 raise SettingsError(
@@ -263,6 +281,33 @@ class Settings:
         if not 0 < self.web_port < 65536:
             raise SettingsError(f"{_variable('web_port')} must be a TCP port, not {self.web_port}")
         self._check_security()
+
+    def _check_variants(self) -> None:
+        """STREAMREC_VARIANTS parses, names models or checkpoint files that exist, and
+        is not combined with STREAMREC_CHECKPOINT."""
+        variable = _variable("variants")
+        if self.checkpoint:
+            raise SettingsError(
+                f"set {variable} or {_variable('checkpoint')}, not both: a checkpoint can "
+                "be one of the variants"
+            )
+        try:
+            parsed = parse_variants(self.variants)
+        except ValueError as exc:
+            raise SettingsError(f"{variable}: {exc}") from None
+        names = []
+        for what, _ in parsed:
+            if what not in MODELS and not os.path.isfile(what):
+                raise SettingsError(
+                    f"{variable}: {what!r} is neither a model ({', '.join(MODELS)}) nor a "
+                    "checkpoint file"
+                )
+            names.append(variant_name(what))
+        if len(set(names)) < len(names):
+            raise SettingsError(
+                f"{variable}: two variants are named alike ({', '.join(names)}); a "
+                "checkpoint's variant is named by its file name without the extension"
+            )
 
     def _check_security(self) -> None:
         """Reject combinations that would connect with less protection than asked for

@@ -99,11 +99,22 @@ class BatchApplier:
         metrics.recommendations_emitted.inc(n)
         self.recent.add_encoded(outcome.values)
         now = time.time()
-        observe_values(
-            metrics.click_to_recommendation,
-            [max(0.0, now - a.clicked_at) for a in outcome.applied if a.clicked_at is not None],
-        )
+        latencies = [
+            max(0.0, now - a.clicked_at) for a in outcome.applied if a.clicked_at is not None
+        ]
+        observe_values(metrics.click_to_recommendation, latencies)
+        if outcome.variants and latencies:
+            self._measure_variants(outcome, now)
         metrics.index_items.set(len(self.index))
+
+    def _measure_variants(self, outcome: BatchOutcome, now: float) -> None:
+        """Click-to-recommendation latency by the variant that served each click."""
+        by_variant: dict[str, list[float]] = {}
+        for accepted, variant in zip(outcome.applied, outcome.variants, strict=True):
+            if accepted.clicked_at is not None:
+                by_variant.setdefault(variant, []).append(max(0.0, now - accepted.clicked_at))
+        for variant, latencies in by_variant.items():
+            observe_values(self.metrics.variant_latency.labels(variant=variant), latencies)
 
 
 __all__ = ["BatchApplier", "SendDeltas", "SendRecommendation"]

@@ -15,6 +15,7 @@ one click at a time, learn then rank
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from model.base import (
     remembered,
     waves,
 )
+from model.variants import Variants
 from stream.events import Click, Recommendation, RecommendedItem, encode_recommendation
 from stream.items.ledger import DeltaTracker
 from stream.metrics import WorkerMetrics, observe_many, observe_values
@@ -73,6 +75,8 @@ class BatchOutcome:
     ranked: list[list[Scored]] = field(default_factory=list)
     records: dict[bytes, UserRecord] = field(default_factory=dict)
     emitted_at: float = 0.0
+    #: Under an A/B experiment, the variant that served `applied[i]`; else empty.
+    variants: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -177,6 +181,15 @@ class ClickProcessor:
         self.dedup_window = dedup_window
         self.batched = batched  # one model call per batch (STREAMREC_MODEL_STEP=batch)
         self.quality = OnlineQuality(metrics)
+        # An A/B experiment (STREAMREC_VARIANTS): each click's list is served, tagged and
+        # scored by the user's variant.
+        self.experiment = recommender if isinstance(recommender, Variants) else None
+        self.variant_quality: dict[str, OnlineQuality] = {}
+        if self.experiment is not None:
+            for arm in self.experiment.arms:
+                self.variant_quality[arm.name] = OnlineQuality(metrics, variant=arm.name)
+                metrics.variant_recommendations.labels(variant=arm.name)
+                metrics.variant_latency.labels(variant=arm.name)
         self._loss_average: float | None = None
 
     def new_record(self) -> UserRecord:
@@ -207,6 +220,11 @@ class ClickProcessor:
             event_time=click.timestamp,
             emitted_at=outcome.emitted_at,
         )
+        if self.experiment is not None:
+            arm = self.experiment.served(outcome.records[accepted.user_key].context)
+            recommendation = dataclasses.replace(
+                recommendation, model_version=arm.model.version, variant=arm.name
+            )
         return Outcome(outcome.records[accepted.user_key], recommendation)
 
     def process_batch(
@@ -292,7 +310,7 @@ class ClickProcessor:
         observe_many(stage.labels(stage="search"), learned.search_seconds / n, n)
         self._forward(applied, updates)
 
-        version = self.recommender.version
+        version, variant = self.recommender.version, None
         outcome = BatchOutcome(applied=applied, ranked=ranked, emitted_at=time.time())
         shown_by_user = {key: record.last_recommended for key, record in before.items()}
         scored: list[tuple[Sequence[str], str]] = []
@@ -306,6 +324,10 @@ class ClickProcessor:
             shown_all.append(shown)
             applied_by_user[key] = applied_by_user.get(key, 0) + 1
             newest[key] = update
+            if self.experiment is not None:
+                arm = self.experiment.served(update.context)
+                version, variant = arm.model.version, arm.name
+                outcome.variants.append(variant)
             outcome.values.append(
                 encode_recommendation(
                     click.user_id,
@@ -314,10 +336,13 @@ class ClickProcessor:
                     accepted.event_id,
                     click.timestamp,
                     outcome.emitted_at,
+                    variant,
                 )
             )
         self.quality.score_clicks(scored)
         self.quality.record_shown_many(shown_all)
+        if outcome.variants:
+            self._score_variants(outcome.variants, scored, shown_all)
         outcome.records = {
             key: UserRecord(
                 update.context,
@@ -329,6 +354,21 @@ class ClickProcessor:
             for key, update in newest.items()
         }
         return outcome
+
+    def _score_variants(
+        self,
+        variants: list[str],
+        scored: list[tuple[Sequence[str], str]],
+        shown: list[tuple[str, ...]],
+    ) -> None:
+        """Each variant's share of the batch's live quality: a click is scored under the
+        variant of its user (who saw that variant's previous list: the split is by user)."""
+        for name, quality in self.variant_quality.items():
+            mine = [i for i, variant in enumerate(variants) if variant == name]
+            if mine:
+                quality.score_clicks(scored[i] for i in mine)
+                quality.record_shown_many(shown[i] for i in mine)
+                self.metrics.variant_recommendations.labels(variant=name).inc(len(mine))
 
     def _histories(
         self,
@@ -391,12 +431,18 @@ class ClickProcessor:
         record = record or self.new_record()
         context = record.context
         leave_out = excluded(self.exclude, context, frozenset(record.history))
+        version, variant = self.recommender.version, None
+        if self.experiment is not None:
+            context = self.experiment.enter(user_id, context)
+            arm = self.experiment.served(context)
+            version, variant = arm.model.version, arm.name
         items = self.recommender.recommend(context, k, exclude=leave_out)
         return Recommendation(
             user_id=user_id,
             items=tuple(RecommendedItem(s.item_id, s.score) for s in items),
-            model_version=self.recommender.version,
+            model_version=version,
             source_event_id=record.event_ids[-1] if record.event_ids else "",
             event_time=context.last_timestamp,
             emitted_at=time.time(),
+            variant=variant,
         )

@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 from typing import TextIO, cast
 
-from model.base import Recommender
+from model.base import MODEL_NAMES, Recommender
 from model.checkpoint import load_checkpoint
 from model.registry import build_recommender
+from model.variants import Arm, parse_variants, variant_name, variants
 from serving.faiss_index import FaissIndex
 from stream.kafka.internals import Sigusr1Worker
 from stream.kafka.topics import ensure_topics, worker_topics
@@ -29,31 +30,7 @@ def build_worker(settings: Settings) -> Worker:
     Raises CheckpointError / BrokerUnreachable / RedisUnreachable / ValueError, each with
     a one-line message; the services within STREAMREC_CONNECT_TIMEOUT_S each.
     """
-    index = FaissIndex(settings.dim)
-    recommender: Recommender
-    if settings.checkpoint:
-        # The checkpoint names its model and version; STREAMREC_MODEL is not consulted.
-        # Loading checks the file's hash before parsing it (safetensors, never pickle).
-        recommender, _ = load_checkpoint(
-            settings.checkpoint,
-            index=index,
-            dim=settings.dim,
-            expected_sha256=settings.checkpoint_sha256 or None,
-        )
-        if len(index) >= index.exact_below:
-            # Build the approximate index before taking clicks: until it exists every
-            # search is exact, ~100 queries/s at 1M items.
-            log.warning("building the ANN index over %d items ...", len(index))
-            index.rebuild(wait=True)
-    else:
-        recommender = build_recommender(
-            settings.model,
-            dim=settings.dim,
-            seed=settings.seed,
-            index=index,
-            half_life_s=settings.half_life_s,
-            session_gap_s=settings.session_gap_s,
-        )
+    recommender, index = build_model(settings)
     check_services(settings)  # again, if the CLI did: milliseconds when both answer
     ensure_topics(
         settings.bootstrap_servers,
@@ -63,6 +40,53 @@ def build_worker(settings: Settings) -> Worker:
     )
     Path(settings.data_dir, settings.app_id).mkdir(parents=True, exist_ok=True)
     return create_worker(settings, recommender, index)
+
+
+def build_model(settings: Settings) -> tuple[Recommender, FaissIndex]:
+    """The worker's model and the FAISS index it searches: STREAMREC_VARIANTS' arms,
+    else STREAMREC_CHECKPOINT's model, else a fresh STREAMREC_MODEL. Under variants each
+    arm has an index of its own and the worker shares the primary arm's
+    (model/variants.py). CheckpointError for a bad checkpoint."""
+    if not settings.variants:
+        return _build_arm(settings, settings.checkpoint or settings.model)
+    arms, indexes = [], []
+    for what, weight in parse_variants(settings.variants):
+        model, index = _build_arm(settings, what)
+        arms.append(Arm(variant_name(what), model, weight))
+        indexes.append(index)
+    experiment = variants(arms, salt=settings.experiment)
+    return experiment, indexes[experiment.primary]
+
+
+def _build_arm(settings: Settings, what: str) -> tuple[Recommender, FaissIndex]:
+    """A fresh model named `what`, or the checkpoint file `what`, over its own index."""
+    index = FaissIndex(settings.dim)
+    if what in MODEL_NAMES:
+        model = build_recommender(
+            what,
+            dim=settings.dim,
+            seed=settings.seed,
+            index=index,
+            half_life_s=settings.half_life_s,
+            session_gap_s=settings.session_gap_s,
+        )
+        return model, index
+    # The checkpoint names its model and version; STREAMREC_MODEL is not consulted.
+    # Loading checks the file's hash before parsing it (safetensors, never pickle).
+    model, _ = load_checkpoint(
+        what,
+        index=index,
+        dim=settings.dim,
+        expected_sha256=(settings.checkpoint_sha256 or None)
+        if what == settings.checkpoint
+        else None,
+    )
+    if len(index) >= index.exact_below:
+        # Build the approximate index before taking clicks: until it exists every
+        # search is exact, ~100 queries/s at 1M items.
+        log.warning("building the ANN index over %d items ...", len(index))
+        index.rebuild(wait=True)
+    return model, index
 
 
 def freeze_startup_heap() -> None:

@@ -19,9 +19,27 @@ from stream.metrics import WorkerMetrics
 class OnlineQuality:
     """Sliding-window hit rate, MRR and coverage; O(k) per observation."""
 
-    def __init__(self, metrics: WorkerMetrics, window: int = 1000) -> None:
-        self.metrics = metrics
+    def __init__(
+        self, metrics: WorkerMetrics, window: int = 1000, variant: str | None = None
+    ) -> None:
+        """`variant`: publish to that A/B variant's labelled metrics instead of the
+        worker's own."""
         self.window = window
+        if variant is None:
+            self._predictions_total, self._hits_total = (
+                metrics.online_predictions,
+                metrics.online_hits,
+            )
+            self._reciprocal_rank_total = metrics.online_reciprocal_rank
+            self._hit_rate_gauge, self._mrr_gauge = metrics.online_hit_rate, metrics.online_mrr
+            self._coverage_gauge = metrics.online_coverage
+        else:
+            self._predictions_total = metrics.variant_predictions.labels(variant=variant)
+            self._hits_total = metrics.variant_hits.labels(variant=variant)
+            self._reciprocal_rank_total = metrics.variant_reciprocal_rank.labels(variant=variant)
+            self._hit_rate_gauge = metrics.variant_hit_rate.labels(variant=variant)
+            self._mrr_gauge = metrics.variant_mrr.labels(variant=variant)
+            self._coverage_gauge = metrics.variant_coverage.labels(variant=variant)
         self._reciprocal_ranks: deque[float] = deque()
         self._hits = 0
         self._rr_sum = 0.0
@@ -83,23 +101,23 @@ class OnlineQuality:
         return reciprocal_rank
 
     def _publish(self, predictions: int, hits: int, rr_sum: float) -> None:
-        self.metrics.online_predictions.inc(predictions)
+        self._predictions_total.inc(predictions)
         if hits:
-            self.metrics.online_hits.inc(hits)
-            self.metrics.online_reciprocal_rank.inc(rr_sum)
-        self.metrics.online_hit_rate.set(self.hit_rate)
-        self.metrics.online_mrr.set(self.mrr)
+            self._hits_total.inc(hits)
+            self._reciprocal_rank_total.inc(rr_sum)
+        self._hit_rate_gauge.set(self.hit_rate)
+        self._mrr_gauge.set(self.mrr)
 
     def record_shown(self, items: Sequence[str]) -> None:
         """Remember a recommendation for the coverage window."""
         self._remember(tuple(items))
-        self.metrics.online_coverage.set(self.coverage)
+        self._coverage_gauge.set(self.coverage)
 
     def record_shown_many(self, shown: Iterable[tuple[str, ...]]) -> None:
         """`record_shown` for each recommendation in order, the gauge set once."""
         for items in shown:
             self._remember(items)
-        self.metrics.online_coverage.set(self.coverage)
+        self._coverage_gauge.set(self.coverage)
 
     def _remember(self, shown: tuple[str, ...]) -> None:
         self._shown.append(shown)

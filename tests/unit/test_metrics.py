@@ -74,7 +74,25 @@ def test_nan_and_empty_batches_count_in_no_bucket() -> None:
 
 
 # Label sets known only at run time: the worker sets them on start and on assignment.
-SET_AT_RUN_TIME = {"streamrec_model_info", "streamrec_consumer_lag"}
+# Label sets known only at run time: the model, the consumed topics, and the A/B
+# variants the settings name (the click path creates each variant's at start).
+SET_AT_RUN_TIME = {
+    "streamrec_model_info",
+    "streamrec_consumer_lag",
+    *(
+        f"streamrec_variant_{name}"
+        for name in (
+            "recommendations",
+            "predictions",
+            "hits",
+            "reciprocal_rank",
+            "hit_rate",
+            "mrr",
+            "coverage",
+            "click_to_recommendation_seconds",
+        )
+    ),
+}
 
 
 def test_every_bounded_label_set_is_pre_created_so_dashboards_show_zeros() -> None:
