@@ -187,7 +187,9 @@ class ClickProcessor:
         self.variant_quality: dict[str, OnlineQuality] = {}
         if self.experiment is not None:
             for arm in self.experiment.arms:
-                self.variant_quality[arm.name] = OnlineQuality(metrics, variant=arm.name)
+                self.variant_quality[arm.name] = OnlineQuality(
+                    metrics, variant=arm.name, catalogue=self.quality.catalogue
+                )
                 metrics.variant_recommendations.labels(variant=arm.name)
                 metrics.variant_latency.labels(variant=arm.name)
         self._loss_average: float | None = None

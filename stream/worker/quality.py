@@ -20,10 +20,16 @@ class OnlineQuality:
     """Sliding-window hit rate, MRR and coverage; O(k) per observation."""
 
     def __init__(
-        self, metrics: WorkerMetrics, window: int = 1000, variant: str | None = None
+        self,
+        metrics: WorkerMetrics,
+        window: int = 1000,
+        variant: str | None = None,
+        catalogue: set[str] | None = None,
     ) -> None:
         """`variant`: publish to that A/B variant's labelled metrics instead of the
-        worker's own."""
+        worker's own. `catalogue`: the clicked items coverage is a share of, shared with
+        another window (a variant's coverage is of every clicked item, not only of the
+        items its own users clicked)."""
         self.window = window
         if variant is None:
             self._predictions_total, self._hits_total = (
@@ -45,7 +51,7 @@ class OnlineQuality:
         self._rr_sum = 0.0
         self._shown: deque[tuple[str, ...]] = deque()
         self._shown_counts: Counter[str] = Counter()
-        self._catalogue: set[str] = set()
+        self._catalogue: set[str] = set() if catalogue is None else catalogue
 
     @property
     def hit_rate(self) -> float:
@@ -56,6 +62,11 @@ class OnlineQuality:
     def mrr(self) -> float:
         n = len(self._reciprocal_ranks)
         return self._rr_sum / n if n else 0.0
+
+    @property
+    def catalogue(self) -> set[str]:
+        """The clicked items so far (shared, not copied)."""
+        return self._catalogue
 
     @property
     def coverage(self) -> float:

@@ -251,3 +251,42 @@ def test_the_page_parses_the_exposition_and_estimates_quantiles_like_prometheus(
     """)
     assert got[:4] == pytest.approx([0.0175, 0.04925, 0.1, 0.1])
     assert got[4] is None, "no observations, no quantile"
+
+
+VARIANT_ROWS = """
+return [...document.querySelectorAll('[data-testid^="variant-"]')]
+  .filter(tr => tr.tagName === "TR")
+  .map(tr => [tr.dataset.testid.slice("variant-".length),
+              ...[...tr.querySelectorAll("td")].map(td => td.dataset.value)]);
+"""
+
+
+def test_the_live_page_shows_a_row_per_variant(worker_factory: Any, browser: Any) -> None:
+    worker = worker_factory(variants="popularity:1,covisit:3", experiment="page")
+    settings = worker.settings
+    events = clicks(300, uuid.uuid4().hex[:6], seed=13)
+    send(settings, events)
+    wait_until(
+        lambda: scrape(worker.metrics_url),
+        lambda m: m.get("streamrec_recommendations_emitted_total") == len(events),
+    )
+    browser.get(f"http://127.0.0.1:{settings.web_port}/dashboard")
+    rows = wait_until(
+        lambda: {"rows": browser.execute_script(VARIANT_ROWS)},
+        lambda s: sum(float(row[2]) for row in s["rows"] if row[2]) == len(events),
+        timeout_s=15,
+    )["rows"]
+    browser.set_window_size(1280, 1400)
+    browser.save_screenshot(str(SCREENSHOT.with_name("dashboard-variants.png")))
+    metrics = scrape(worker.metrics_url)
+    assert sorted(row[0] for row in rows) == ["covisit", "popularity"]
+    for name, _, served, scored, hit_rate, mrr, coverage, _ in rows:
+        label = f'{{variant="{name}"}}'
+        assert float(served) == metrics[f"streamrec_variant_recommendations_total{label}"]
+        predictions = metrics[f"streamrec_variant_predictions_total{label}"]
+        assert float(scored) == predictions > 0
+        hits = metrics[f"streamrec_variant_hits_total{label}"]
+        assert float(hit_rate) == pytest.approx(hits / predictions)
+        reciprocal = metrics[f"streamrec_variant_reciprocal_rank_total{label}"]
+        assert float(mrr) == pytest.approx(reciprocal / predictions)
+        assert float(coverage) == pytest.approx(metrics[f"streamrec_variant_coverage{label}"])

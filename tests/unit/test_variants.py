@@ -131,14 +131,14 @@ def test_settings_refuse_variants_that_cannot_run(tmp_path):
         Settings(variants=f"{a}:1,{b}:1")
 
 
-def click_batch(events: list[Interaction]) -> list[Accepted]:
+def click_batch(events: list[Interaction], first: int) -> list[Accepted]:
     from stream.events import Click
 
     return [
         Accepted(
             Click(e.user_id, e.item_id, e.timestamp), e.user_id.encode(), f"e{n}", clicked_at=None
         )
-        for n, e in enumerate(events)
+        for n, e in enumerate(events, start=first)
     ]
 
 
@@ -151,8 +151,11 @@ def test_the_worker_tags_and_scores_each_click_by_its_users_variant():
     events = generate_events(400, seed=9)
     records: dict[bytes, object] = {}
     tagged: Counter[str] = Counter()
+    shown: dict[str, set[str]] = {"popularity": set(), "covisit": set()}
     for start in range(0, len(events), 50):
-        outcome = processor.process_batch(click_batch(events[start : start + 50]), records.get)
+        outcome = processor.process_batch(
+            click_batch(events[start : start + 50], start), records.get
+        )
         records.update(outcome.records)
         for value, accepted in zip(outcome.values, outcome.applied, strict=True):
             event = orjson.loads(value)
@@ -160,6 +163,7 @@ def test_the_worker_tags_and_scores_each_click_by_its_users_variant():
             assert event["variant"] == arm.name
             assert event["model_version"] == arm.model.version
             tagged[arm.name] += 1
+            shown[arm.name].update(item["item_id"] for item in event["items"])
     registry = metrics.registry
     for name in ("popularity", "covisit"):
         assert registry.get_sample_value(
@@ -171,6 +175,11 @@ def test_the_worker_tags_and_scores_each_click_by_its_users_variant():
     ]
     assert sum(predictions) == registry.get_sample_value("streamrec_online_predictions_total")
     assert all(predictions)
+    # Coverage is a share of every clicked item (the window of 1000 holds every list).
+    clicked = {e.item_id for e in events}
+    for name, items in shown.items():
+        coverage = registry.get_sample_value("streamrec_variant_coverage", {"variant": name})
+        assert coverage == pytest.approx(len(items) / len(clicked))
     # The pull API answers a user it never saw with that user's variant.
     newcomer = next(f"new-{n}" for n in range(100) if arm_index(f"new-{n}", "test", [1, 3]) == 0)
     answer = processor.answer(newcomer, None, 5)
