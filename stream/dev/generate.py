@@ -75,6 +75,48 @@ def synthetic_clicks(
         }
 
 
+def planted_context_clicks(
+    n: int,
+    *,
+    users: int = 300,
+    themes: int = 40,
+    hub: int = 6,
+    seed: int = 0,
+    run: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """`n` click payloads whose last click per episode only a model of the user's
+    context can predict (the A/B demo's stream, `streamrec dev --variants`).
+
+    Each user repeats episodes of `hub + 2` clicks: a theme item `t<k>` (k uniform over
+    `themes`), the same `hub` items every episode (`h1` .. `h<hub>`), then the theme's
+    target `b<k>`. The target depends only on the click `hub + 1` steps back, so an
+    item-to-item model whose window is shorter than `hub` (covisit's is 5) sees the
+    same recent items before every target and can at best spread its list over all the
+    targets; a model that carries the user's context (the torch model's GRU state) can
+    know which one comes. Theme clicks are unpredictable for every model and hub
+    clicks predictable for all. Event ids as `synthetic_clicks` gives them."""
+    run = str(seed) if run is None else run
+    rng = random.Random(seed)
+    episode: dict[int, tuple[int, int]] = {}  # user -> (position in the episode, theme)
+    for i in range(n):
+        user = rng.randrange(users)
+        position, theme = episode.get(user, (0, 0))
+        if position == 0:
+            theme = rng.randrange(themes)
+            item = f"t{theme}"
+        elif position <= hub:
+            item = f"h{position}"
+        else:
+            item = f"b{theme}"
+        episode[user] = ((position + 1) % (hub + 2), theme)
+        yield {
+            "user_id": f"u{user}",
+            "item_id": item,
+            "event_type": "click",
+            "event_id": f"gen-{run}-{i}",
+        }
+
+
 def malformed_records(max_event_bytes: int) -> list[tuple[bytes, str]]:
     """(value, expected DLQ reason) for each kind of bad record the demo mixes in."""
     good = {"user_id": "u1", "item_id": "i1"}

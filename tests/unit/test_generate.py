@@ -135,3 +135,27 @@ def test_generated_payloads_decode_as_clicks() -> None:
         result = decode_click(orjson.dumps(payload), record_timestamp=1.7e9, max_bytes=65536)
         assert isinstance(result, Click), result
         assert result.event_id == payload["event_id"]
+
+
+def test_the_planted_context_stream_ties_each_target_to_its_theme_alone() -> None:
+    from collections import defaultdict
+
+    from stream.dev.generate import planted_context_clicks
+
+    events = list(planted_context_clicks(4000, users=50, themes=10, hub=6, seed=3))
+    assert len({e["event_id"] for e in events}) == len(events)
+    by_user: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        by_user[event["user_id"]].append(event["item_id"])
+    before_target: set[tuple[str, ...]] = set()
+    targets = 0
+    for items in by_user.values():
+        for at, item in enumerate(items):
+            if item.startswith("b"):
+                targets += 1
+                # The theme 7 clicks back names the target; the 5 clicks before it
+                # (covisit's window) are the same hub items for every target.
+                assert items[at - 7] == "t" + item[1:]
+                before_target.add(tuple(items[at - 5 : at]))
+    assert targets > 300
+    assert before_target == {("h2", "h3", "h4", "h5", "h6")}
