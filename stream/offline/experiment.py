@@ -209,34 +209,36 @@ def arm_order(tally: Tally, baseline: str | None) -> list[str]:
 
 
 def format_text(report: dict[str, Any]) -> str:
-    """The report as two tables: the arms, then the differences against the baseline."""
+    """The report as two tables, the arms then their differences against the baseline,
+    with the test used and anything left out below."""
     at = f"@{report['k']}" if report["k"] else ""
     hr, mrr = f"HR{at}", f"MRR{at}"
-    cut = f"K={report['k']}" if report["k"] else "whole lists"
+    cut = f"lists cut to K={report['k']}" if report["k"] else "whole lists, as live"
     lines = [
-        f"{hr} and {mrr} ({cut}), 95% intervals; {report['test']}",
+        f"{hr} and {mrr} per variant ({cut}), with 95% intervals",
         "",
-        f"{'variant':<16} {'users':>8} {'clicks':>9}  {hr:<25} {mrr:<25}",
+        f"{'variant':<16}{'users':>9}{'clicks scored':>15}  {hr:<27}{mrr}",
     ]
     for name, arm in report["variants"].items():
         lines.append(
-            f"{display(name):<16} {arm['users']:>8,} {arm['clicks_scored']:>9,}  "
-            f"{_with_ci(arm['hr'], arm['hr_ci']):<25} {_with_ci(arm['mrr'], arm['mrr_ci']):<25}"
+            f"{display(name):<16}{arm['users']:>9,}{arm['clicks_scored']:>15,}  "
+            f"{_with_ci(arm['hr'], arm['hr_ci']):<27}{_with_ci(arm['mrr'], arm['mrr_ci'])}"
         )
     if report["differences"]:
         against = display(next(iter(report["differences"].values()))["against"])
         lines += ["", f"difference against {against} (the baseline)"]
-        lines.append(f"{'variant':<16} {hr:<29} {'p':>7}  {mrr:<29} {'p':>7}")
+        lines.append(f"{'variant':<16}{hr:<29}{'p':<9}{mrr:<29}p")
         for name, diff in report["differences"].items():
             lines.append(
-                f"{display(name):<16} {_with_ci(diff['hr_diff'], diff['hr_ci'], '+'):<29} "
-                f"{diff['hr_p']:>7.4f}  {_with_ci(diff['mrr_diff'], diff['mrr_ci'], '+'):<29} "
-                f"{diff['mrr_p']:>7.4f}"
+                f"{display(name):<16}{_with_ci(diff['hr_diff'], diff['hr_ci'], '+'):<29}"
+                f"{diff['hr_p']:<9.4f}{_with_ci(diff['mrr_diff'], diff['mrr_ci'], '+'):<29}"
+                f"{diff['mrr_p']:.4f}"
             )
+    lines += ["", f"test: {report['test']}"]
     notes = {"users_in_several_arms": report["users_in_several_arms"], **report["left_out"]}
     left = ", ".join(f"{name.replace('_', ' ')} {n:,}" for name, n in notes.items() if n)
     if left:
-        lines += ["", f"note: {left}"]
+        lines.append(f"left out or worth knowing: {left}")
     return "\n".join(lines)
 
 
