@@ -28,7 +28,8 @@ import numpy as np
 
 CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
-# Resample counts held at once (replicates x users): about 160 MB of int64 at most.
+# Cells (replicates x users) drawn at once: the draws and the counts are int64 arrays
+# of this size each, so the peak is about 16 bytes a cell.
 _CHUNK_CELLS = 20_000_000
 
 

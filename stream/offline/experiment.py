@@ -44,7 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     returns the `report` parser."""
     experiment: argparse.ArgumentParser = subparsers.add_parser(
         "experiment",
-        help="A/B experiments across variants: `experiment report`",
+        help="compare the variants of an A/B experiment (experiment report)",
         description="Experiments across the variants of STREAMREC_VARIANTS.",
     )
     actions = experiment.add_subparsers(dest="action", metavar="ACTION", required=True)
