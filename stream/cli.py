@@ -1,4 +1,4 @@
-"""The `streamrec` command: worker, produce, consume, dev.
+"""The `streamrec` command: worker, produce, consume, dev, train, evaluate, experiment.
 
 Every error a user can cause ends in one line on stderr naming the problem and exit
 code 2 (usage) or 1 (runtime), never a traceback.
@@ -16,6 +16,7 @@ import orjson
 from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
 from stream.kafka.topics import BrokerUnreachable, require_topic
 from stream.offline import evaluate as evaluate_cmd
+from stream.offline import experiment as experiment_cmd
 from stream.offline import train as train_cmd
 from stream.preflight import RedisUnreachable, check_broker, check_services
 from stream.security import KafkaSecurity
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--quiet", action="store_true", help="no progress output, summary only")
     train_cmd.add_parser(commands)
     evaluate_cmd.add_parser(commands)
+    experiment_cmd.add_parser(commands)
     return parser
 
 
@@ -241,6 +243,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dev": cmd_dev,
     "train": train_cmd.run,
     "evaluate": evaluate_cmd.run,
+    "experiment": experiment_cmd.run,
 }
 
 
@@ -264,6 +267,7 @@ def _is_user_error(exc: Exception) -> bool:
     # Light modules only: importing the worker (torch) here cost seconds per error.
     from stream.dev.services import ServiceError
     from stream.offline.datasets import DatasetError
+    from stream.offline.experiment_topics import ReadStalled
 
     return isinstance(
         exc,
@@ -274,6 +278,7 @@ def _is_user_error(exc: Exception) -> bool:
             BrokerUnreachable,
             RedisUnreachable,
             MissingExtra,
+            ReadStalled,
             ValueError,
         ),
     )
