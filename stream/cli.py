@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the stack up after the summary, to watch the live dashboard",
     )
+    dev.add_argument(
+        "--variants",
+        default="",
+        metavar="MODEL:WEIGHT,...",
+        help="run an A/B experiment (e.g. torch:50,covisit:50) on a planted stream whose "
+        "targets only a model of the user's context can predict, ending with the "
+        "experiment report; --model is then ignored",
+    )
     dev.add_argument("--quiet", action="store_true", help="no progress output, summary only")
     train_cmd.add_parser(commands)
     evaluate_cmd.add_parser(commands)
@@ -219,6 +227,8 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     require_dev("the embedded stack", EMBEDDED_SERVICES)
+    if args.variants:
+        Settings.from_env({}, variants=args.variants)  # a bad value fails before any start
     from stream.dev.demo import print_table, run_dev
 
     summary = run_dev(
@@ -229,6 +239,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         items=args.items,
         hold=args.hold,
         progress=not args.quiet,
+        variants=args.variants,
     )
     if not args.quiet:
         print_table(summary)

@@ -16,13 +16,14 @@ from typing import Any
 
 import orjson
 
-from stream.dev.generate import malformed_records, synthetic_clicks
+from stream.dev.generate import malformed_records, planted_context_clicks, synthetic_clicks
 from stream.dev.harness import scrape_metric, start_worker, wait_for
 from stream.dev.services import DevStack, free_port, start_stack, stop
 from stream.events import Recommendation
 from stream.kafka.consumer import make_consumer
 from stream.kafka.producer import replay
 from stream.kafka.topics import ensure_topics, worker_topics
+from stream.offline.experiment import format_text, report_from_topics
 from stream.security import KafkaSecurity
 from stream.settings import Settings
 
@@ -36,10 +37,16 @@ def demo_stream(
     bad_every: int,
     repeat_every: int,
     max_bytes: int,
+    planted: bool = False,
 ) -> Iterator[dict[str, Any] | bytes]:
-    """`events` records: synthetic clicks, every `bad_every`-th a malformed record and
-    every `repeat_every`-th a repeat of the previous click (same event_id)."""
-    clicks = synthetic_clicks(events, users=users, items=items, seed=seed)
+    """`events` records: synthetic clicks (`planted`: the context-only stream of
+    `planted_context_clicks`, for the A/B demo), every `bad_every`-th a malformed record
+    and every `repeat_every`-th a repeat of the previous click (same event_id)."""
+    clicks = (
+        planted_context_clicks(events, users=users, seed=seed)
+        if planted
+        else synthetic_clicks(events, users=users, items=items, seed=seed)
+    )
     bad = malformed_records(max_bytes)
     previous: dict[str, Any] | None = None
     for i in range(events):
@@ -112,8 +119,16 @@ def run_dev(
     hold: bool = False,
     drain_timeout_s: float = 60.0,
     progress: bool = True,
+    variants: str = "",
+    experiment: str = "demo",
 ) -> dict[str, Any]:
-    """Run the demo; returns the summary (also what `streamrec dev` prints)."""
+    """Run the demo; returns the summary (also what `streamrec dev` prints).
+
+    `variants` (STREAMREC_VARIANTS) runs an A/B experiment instead of `model`, on the
+    planted stream whose targets only a model of the user's context predicts
+    (`planted_context_clicks`), served without exclusions (every episode revisits the
+    same hub items, which `seen` would hide), and ends with the experiment report of
+    the topics (`streamrec experiment report`), under the summary's `experiment`."""
     stack: DevStack | None = None
     worker = None
     try:
@@ -127,6 +142,11 @@ def run_dev(
             model=model,
             seed=seed,
             data_dir=str(stack.workdir / "worker"),
+            **(
+                {"variants": variants, "experiment": experiment, "exclude": "none"}
+                if variants
+                else {}
+            ),
         )
         ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
         say(
@@ -145,6 +165,7 @@ def run_dev(
             bad_every=bad_every,
             repeat_every=repeat_every,
             max_bytes=settings.max_event_bytes,
+            planted=bool(variants),
         )
         sent = replay(
             records,
@@ -169,7 +190,7 @@ def run_dev(
             for event_id, sent_ms in sent.sent_at_ms.items()
             if event_id in outputs.recommendation_ms
         ]
-        summary = {
+        summary: dict[str, Any] = {
             "events_produced": sent.sent,
             "events_rejected": outputs.rejected,
             "duplicates_sent": repeats,
@@ -181,8 +202,11 @@ def run_dev(
             "latency_ms_p99": percentile(latencies, 99),
             "latency_ms_max": max(latencies) if latencies else None,
             "produce_events_per_s": round(sent.sent / sent.seconds, 1) if sent.seconds else None,
-            "model": model,
+            "model": variants or model,
         }
+        if variants:
+            say(progress, "reading the topics for the experiment report ...")
+            summary["experiment"] = report_from_topics(settings, progress=progress)
         if hold:
             print_table(summary)
             print(orjson.dumps(summary).decode(), flush=True)
@@ -205,7 +229,10 @@ def print_table(summary: dict[str, Any]) -> None:
     """The summary as an aligned two-column table on stderr, for people."""
     width = max(len(key) for key in summary)
     for key, value in summary.items():
-        print(f"  {key:<{width}}  {value}", file=sys.stderr)
+        if key != "experiment":
+            print(f"  {key:<{width}}  {value}", file=sys.stderr)
+    if "experiment" in summary:
+        print("\n" + format_text(summary["experiment"]), file=sys.stderr)
     sys.stderr.flush()
 
 

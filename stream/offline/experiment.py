@@ -25,9 +25,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stream.kafka.topics import require_topic
 from stream.offline.bootstrap import DEFAULT_RESAMPLES, ArmEstimate, compare, estimate_arm
 from stream.offline.experiment_scoring import Tally, score_clicks
 from stream.offline.experiment_topics import read_clicks, read_served
+from stream.preflight import check_broker
+from stream.security import KafkaSecurity
+from stream.settings import Settings
 
 WHY_BOOTSTRAP = (
     "Intervals and p-values come from a bootstrap over users: each arm's users are drawn "
@@ -90,11 +94,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Read, score and print. Blocks until both topics are read to their ends."""
-    from stream.kafka.topics import require_topic
-    from stream.preflight import check_broker
-    from stream.security import KafkaSecurity
-    from stream.settings import Settings
-
     settings = Settings.from_env(
         bootstrap_servers=args.bootstrap_servers,
         clicks_topic=args.clicks_topic,
@@ -105,7 +104,36 @@ def run(args: argparse.Namespace) -> int:
     check_broker(servers, security=security, timeout_s=settings.connect_timeout_s)
     for topic in (settings.recommendations_topic, settings.clicks_topic):
         require_topic(servers, topic, security=security)
-    progress = sys.stderr.isatty()
+    baseline = "" if args.baseline == "(none)" else args.baseline
+    report = report_from_topics(
+        settings,
+        k=args.k,
+        since=args.since,
+        until=args.until,
+        baseline=baseline,
+        resamples=args.resamples,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    print(orjson.dumps(report).decode() if args.json else format_text(report), flush=True)
+    return 0
+
+
+def report_from_topics(
+    settings: Settings,
+    *,
+    k: int | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    baseline: str | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """`build_report` over the clicks and recommendations topics of `settings`, each
+    read from the beginning to its end at the start of the read."""
+    security = KafkaSecurity.from_settings(settings)
+    servers = settings.bootstrap_servers
     # Clicks first: a recommendation's click is in the topic before it is.
     clicked = read_clicks(
         servers,
@@ -118,19 +146,9 @@ def run(args: argparse.Namespace) -> int:
         servers, settings.recommendations_topic, security=security, progress=progress
     )
     tally = score_clicks(
-        served,
-        clicked,
-        k=args.k,
-        since=args.since,
-        until=args.until,
-        dedup_window=settings.dedup_window,
+        served, clicked, k=k, since=since, until=until, dedup_window=settings.dedup_window
     )
-    baseline = "" if args.baseline == "(none)" else args.baseline
-    report = build_report(
-        tally, k=args.k, baseline=baseline, resamples=args.resamples, seed=args.seed
-    )
-    print(orjson.dumps(report).decode() if args.json else format_text(report), flush=True)
-    return 0
+    return build_report(tally, k=k, baseline=baseline, resamples=resamples, seed=seed)
 
 
 def build_report(
