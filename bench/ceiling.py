@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.base import Interaction, UserContext
+from model.base import Interaction, Recommender, UserContext
 from model.checkpoint import load_checkpoint
+from model.registry import build_recommender
+from model.variants import Arm, variants
 from serving.faiss_index import FaissIndex
 from stream.events import Click
 from stream.items.ledger import DeltaTracker
@@ -31,12 +33,29 @@ from stream.worker.process import freeze_startup_heap
 
 
 def ceiling_events_per_s(
-    checkpoint: Path, events: list[dict[str, Any]], dim: int = 64, top_k: int = 10
+    checkpoint: Path,
+    events: list[dict[str, Any]],
+    dim: int = 64,
+    top_k: int = 10,
+    second_variant: str | None = None,
 ) -> dict[str, float]:
+    """`second_variant`: run an A/B experiment of the checkpoint's model against a
+    second arm at 50:50 (STREAMREC_VARIANTS): `torch`, the same checkpoint again over
+    an index of its own (two torch checkpoints), or a fresh baseline by name."""
     index = FaissIndex(dim)
+    model: Recommender
     model, _ = load_checkpoint(checkpoint, index=index, dim=dim)
-    if len(index) >= index.exact_below:
-        index.rebuild(wait=True)  # as the worker does before taking clicks
+    indexes = [index]
+    if second_variant is not None:
+        if second_variant == "torch":
+            indexes.append(FaissIndex(dim))
+            other, _ = load_checkpoint(checkpoint, index=indexes[-1], dim=dim)
+        else:
+            other = build_recommender(second_variant)
+        model = variants([Arm("first", model, 1), Arm("second", other, 1)], salt="bench")
+    for each in indexes:
+        if len(each) >= each.exact_below:
+            each.rebuild(wait=True)  # as the worker does before taking clicks
     freeze_startup_heap()  # as the worker does once it is built
     tracker = DeltaTracker()
     defaults = Settings()
@@ -75,9 +94,8 @@ def ceiling_events_per_s(
             users[key] = record.to_bytes()
         encode_deltas(tracker.drain())  # the worker sends a batch's deltas
     seconds = time.perf_counter() - started
-    close = getattr(index, "close", None)
-    if close:
-        close()
+    for each in indexes:
+        each.close()
     return {
         "events": len(accepted),
         "batch_size": defaults.batch_size,

@@ -116,6 +116,8 @@ def run(quick: bool, out_dir: Path) -> Path:
                 ceiling = ceiling_events_per_s(catalogues[label], stream)
             report[f"ceiling_events_per_s_{label}"] = ceiling["events_per_s"]
             events[label] = int(min(50_000, max(1_000, seconds * ceiling["events_per_s"])))
+            if label == "100k":
+                report.update(variant_costs(catalogues[label], stream, ceiling))
 
         report.update(ann_figures(quick))
         report.update(rebuild_figures(quick))
@@ -170,6 +172,22 @@ def run(quick: bool, out_dir: Path) -> Path:
     return path
 
 
+def variant_costs(
+    catalogue: Path, stream: list[dict[str, Any]], alone: dict[str, float]
+) -> dict[str, float]:
+    """What a second A/B variant adds to the in-process cost of a click (every variant
+    learns every click; each user's serves): a second torch checkpoint, and covisit."""
+    costs = {}
+    for second in ("torch", "covisit"):
+        say(f"[100000 items] in-process ceiling with a second variant, {second} ...")
+        with pinned(WORKER_CORE):
+            both = ceiling_events_per_s(catalogue, stream, second_variant=second)
+        costs[f"variant_{second}_us_per_click"] = 1e6 * (
+            1 / both["events_per_s"] - 1 / alone["events_per_s"]
+        )
+    return costs
+
+
 def print_table(report: dict[str, Any]) -> None:
     rows = [
         ("e2e_events_per_s_100k", "end-to-end events/s, 100k items"),
@@ -186,6 +204,8 @@ def print_table(report: dict[str, Any]) -> None:
         ("max_rate_p99_20ms", "highest ladder rate with p99 <= 20 ms, events/s"),
         ("e2e_events_per_s_100k_2_workers", "end-to-end events/s, 100k, 2 workers"),
         ("scaling_2_over_1_100k", "2 workers / 1 worker (both on core 1)"),
+        ("variant_torch_us_per_click", "2nd variant torch: in-process us per click added"),
+        ("variant_covisit_us_per_click", "2nd variant covisit: in-process us per click added"),
         ("ann_qps_100k", "ANN queries/s, 100k items, one core"),
         ("ann_recall10_100k", "ANN recall@10, 100k items"),
         ("ann_qps_1m", "ANN queries/s, 1M items, one core"),
