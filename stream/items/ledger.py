@@ -41,6 +41,9 @@ class ItemDelta:
     latest: np.ndarray
     clicked_at: float | None = None
     before: np.ndarray | None = None
+    #: The model version (`Recommender.version`) whose vector space the delta is in:
+    #: an owner running another model drops it (a live model swap, stream/worker/swap.py).
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class CanonicalVector:
     applied: Mapping[str, int] = field(default_factory=dict)
     clicked_at: float | None = None
     events: int = 0
+    model: str = ""  # the model version whose space the vector is in, as ItemDelta's
 
 
 class DeltaTracker:
@@ -78,12 +82,16 @@ class DeltaTracker:
         source: str,
         offset: int,
         clicked_at: float | None = None,
+        model: str = "",
     ) -> None:
         """Note that the click at `source`/`offset` changed `item_id` from `before`
-        (None: it created the item) to `after`. Never blocks."""
+        (None: it created the item) to `after`, in the vector space of `model` (its
+        version). Never blocks."""
         after = np.array(after, dtype=np.float32)
         change = np.zeros_like(after) if before is None else after - before
-        self._pending.append(ItemDelta(item_id, source, offset, change, after, clicked_at, before))
+        self._pending.append(
+            ItemDelta(item_id, source, offset, change, after, clicked_at, before, model)
+        )
         self._pending_items[item_id] = self._pending_items.get(item_id, 0) + 1
 
     def drain(self) -> list[ItemDelta]:
@@ -108,13 +116,26 @@ class DeltaTracker:
         return False
 
 
-class ItemLedger:
-    """Canonical item vectors as this worker knows them; `apply` is the owner's write."""
+def same_model(a: str, b: str) -> bool:
+    """Whether two model tags name one vector space ("" is a record from before the
+    tags, taken as the current model's)."""
+    return not a or not b or a == b
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+
+class ItemLedger:
+    """Canonical item vectors as this worker knows them; `apply` is the owner's write.
+
+    `model` is the version of the model this worker runs: a delta or a broadcast vector
+    of another model's space is dropped, and an entry of another model is no base for
+    a delta (the delta's own vector is taken, with a version past the entry's), so a
+    live model swap starts every item's canonical vector afresh in the new space."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, model: str = "") -> None:
         self._clock = clock
         self._entries: dict[str, CanonicalVector] = {}
         self.duplicates = 0
+        self.model = model
+        self.other_model = 0  # deltas and broadcasts dropped as another model's
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -132,17 +153,20 @@ class ItemLedger:
         """Add one click's delta to the item's canonical vector, once: returns the new
         entry, or None when a delta from that source at or past that offset was
         already applied (a replay)."""
+        if not same_model(delta.model, self.model):
+            self.other_model += 1
+            return None
         current = self._entries.get(delta.item_id)
         applied = dict(current.applied) if current else {}
         if delta.offset <= applied.get(delta.source, -1):
             self.duplicates += 1
             return None
-        if current is None or (
-            delta.before is not None and np.array_equal(current.vector, delta.before)
-        ):
+        # Another model's entry is no base: its vector is in another space.
+        base = current if current is not None and same_model(current.model, self.model) else None
+        if base is None or (delta.before is not None and np.array_equal(base.vector, delta.before)):
             vector = np.array(delta.latest, dtype=np.float32)
         else:
-            vector = current.vector + delta.delta
+            vector = base.vector + delta.delta
         version, events = (current.version, current.events) if current else (0, 0)
         applied[delta.source] = delta.offset
         while len(applied) > MAX_SOURCES_PER_ITEM:
@@ -151,13 +175,17 @@ class ItemLedger:
         # below 2**53 (Redis compares them as Lua doubles).
         version = max(version + 1, int(self._clock() * 1_000_000))
         entry = CanonicalVector(
-            delta.item_id, vector, version, applied, delta.clicked_at, events + 1
+            delta.item_id, vector, version, applied, delta.clicked_at, events + 1, self.model
         )
         self._entries[delta.item_id] = entry
         return entry
 
     def observe(self, canonical: CanonicalVector) -> bool:
-        """Take a broadcast vector if it is newer than the one known; True if taken."""
+        """Take a broadcast vector if it is newer than the one known and of this
+        worker's model; True if taken."""
+        if not same_model(canonical.model, self.model):
+            self.other_model += 1
+            return False
         current = self._entries.get(canonical.item_id)
         if current is not None and canonical.version <= current.version:
             return False
@@ -165,4 +193,4 @@ class ItemLedger:
         return True
 
 
-__all__ = ["CanonicalVector", "DeltaTracker", "ItemDelta", "ItemLedger"]
+__all__ = ["CanonicalVector", "DeltaTracker", "ItemDelta", "ItemLedger", "same_model"]

@@ -40,6 +40,7 @@ def encode_deltas(deltas: Sequence[ItemDelta]) -> bytes:
                 "latest": _vector_out(d.latest),
                 "before": None if d.before is None else _vector_out(d.before),
                 "clicked_at": d.clicked_at,
+                "model": d.model,
             }
             for d in deltas
         ]
@@ -58,6 +59,7 @@ def decode_deltas(raw: bytes) -> list[ItemDelta]:
                 _vector_in(d["latest"]),
                 d.get("clicked_at"),
                 None if d.get("before") is None else _vector_in(d["before"]),
+                str(d.get("model", "")),
             )
             for d in orjson.loads(raw)
         ]
@@ -75,6 +77,7 @@ def encode_vectors(entries: Iterable[CanonicalVector]) -> bytes:
                 "applied": dict(e.applied),
                 "clicked_at": e.clicked_at,
                 "events": e.events,
+                "model": e.model,
             }
             for e in entries
         ]
@@ -92,6 +95,7 @@ def decode_vectors(raw: bytes) -> list[CanonicalVector]:
                 dict(e["applied"]),
                 e.get("clicked_at"),
                 int(e.get("events", 0)),
+                str(e.get("model", "")),
             )
             for e in orjson.loads(raw)
         ]

@@ -18,7 +18,13 @@ import numpy as np
 from model.base import ItemVectorModel
 from serving.faiss_index import FaissIndex
 from serving.redis_store import RedisVectorStore
-from stream.items.ledger import CanonicalVector, DeltaTracker, ItemDelta, ItemLedger
+from stream.items.ledger import (
+    CanonicalVector,
+    DeltaTracker,
+    ItemDelta,
+    ItemLedger,
+    same_model,
+)
 from stream.items.sync import VectorFollower, decode_deltas, encode_deltas, encode_vectors
 from stream.metrics import WorkerMetrics
 from stream.security import KafkaSecurity
@@ -113,6 +119,7 @@ class ItemOwner:
             if (
                 current is not None
                 and current.version == entry.version
+                and same_model(entry.model, self.ledger.model)
                 and (self.tracker.may_overwrite(entry))
             ):
                 ids.append(entry.item_id)

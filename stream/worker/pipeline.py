@@ -194,6 +194,14 @@ class ClickProcessor:
                 metrics.variant_latency.labels(variant=arm.name)
         self._loss_average: float | None = None
 
+    @property
+    def vector_version(self) -> str:
+        """The version of the model whose item vectors the click path changes (an
+        experiment's primary arm): the space the item deltas are in."""
+        if self.experiment is not None:
+            return self.experiment.arms[self.experiment.primary].model.version
+        return self.recommender.version
+
     def new_record(self) -> UserRecord:
         return UserRecord(self.recommender.new_context())
 
@@ -393,6 +401,7 @@ class ClickProcessor:
         loss to its gauge and the index's freshness to its histogram."""
         metrics = self.metrics
         metrics.model_updates.inc(len(updates))
+        space = self.vector_version
         now = time.time()
         fresh: list[float] = []
         loss_seen = False
@@ -419,6 +428,7 @@ class ClickProcessor:
                             source=accepted.source,
                             offset=accepted.offset,
                             clicked_at=accepted.clicked_at,
+                            model=space,
                         )
             if self.publisher is not None and update.user_vector is not None:
                 self.publisher.submit_user(accepted.click.user_id, update.user_vector)

@@ -93,18 +93,27 @@ def test_observe_keeps_only_newer_versions() -> None:
 
 def test_wire_round_trip_is_exact() -> None:
     tracker = DeltaTracker()
-    tracker.record("item/é", vec(0.1, -2.5), vec(0.3, 1e-7), source="u3", offset=9, clicked_at=12.5)
+    tracker.record(
+        "item/é", vec(0.1, -2.5), vec(0.3, 1e-7), source="u3", offset=9, clicked_at=12.5, model="m"
+    )
     deltas = tracker.drain()
     [back] = decode_deltas(encode_deltas(deltas))
-    assert (back.item_id, back.source, back.offset, back.clicked_at) == ("item/é", "u3", 9, 12.5)
+    assert (back.item_id, back.source, back.offset, back.clicked_at, back.model) == (
+        "item/é",
+        "u3",
+        9,
+        12.5,
+        "m",
+    )
     np.testing.assert_array_equal(back.delta, deltas[0].delta)
-    entry = CanonicalVector("x", vec(1.5, 2.25), 99, {"c1": 1}, None, 4)
+    entry = CanonicalVector("x", vec(1.5, 2.25), 99, {"c1": 1}, None, 4, "m")
     [again] = decode_vectors(encode_vectors([entry]))
-    assert (again.item_id, again.version, dict(again.applied), again.events) == (
+    assert (again.item_id, again.version, dict(again.applied), again.events, again.model) == (
         "x",
         99,
         {"c1": 1},
         4,
+        "m",
     )
     np.testing.assert_array_equal(again.vector, entry.vector)
 
@@ -165,3 +174,36 @@ def test_a_lone_writers_canonical_vector_is_its_own_bit_for_bit() -> None:
         for delta in tracker.drain():
             ledger.apply(delta)
         np.testing.assert_array_equal(ledger.get("x").vector, local)  # type: ignore[union-attr]
+
+
+def test_a_ledger_takes_only_its_models_deltas_and_broadcasts() -> None:
+    ledger = ItemLedger(model="gru:v1")
+    tracker = DeltaTracker()
+    tracker.record("x", None, vec(1), source="c0", offset=1, model="gru:v1")
+    tracker.record("x", vec(1), vec(2), source="c0", offset=2, model="gru:v0")
+    first, stale = tracker.drain()
+    assert ledger.apply(first) is not None
+    assert ledger.apply(stale) is None and ledger.other_model == 1
+    assert not ledger.observe(CanonicalVector("x", vec(7), 10**17, {}, model="gru:v0"))
+    assert ledger.get("x").model == "gru:v1"  # type: ignore[union-attr]
+    # Untagged records (written before the tags) count as the current model's.
+    assert ledger.observe(CanonicalVector("y", vec(3), 5, {}))
+
+
+def test_after_a_model_swap_an_item_starts_afresh_in_the_new_space() -> None:
+    ledger = ItemLedger(clock=lambda: 1.0, model="gru:v1")
+    tracker = DeltaTracker()
+    tracker.record("x", None, vec(1), source="c0", offset=1, model="gru:v1")
+    tracker.record("x", vec(1), vec(3), source="c0", offset=2, model="gru:v1")
+    for delta in tracker.drain():
+        ledger.apply(delta)
+    old = ledger.get("x")
+    assert old is not None and old.vector.tolist() == vec(3).tolist()
+    ledger.model = "gru:v2"
+    # The new model's first change of x: its `before` is v2's vector, not v1's, and the
+    # v1 entry is no base to add the change to: the delta's own vector is taken.
+    tracker.record("x", vec(10), vec(11), source="c0", offset=3, model="gru:v2")
+    (delta,) = tracker.drain()
+    entry = ledger.apply(delta)
+    assert entry is not None and entry.vector.tolist() == vec(11).tolist()
+    assert entry.model == "gru:v2" and entry.version > old.version
