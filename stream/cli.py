@@ -128,6 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment report; --model is then ignored",
     )
     dev.add_argument("--quiet", action="store_true", help="no progress output, summary only")
+    model = commands.add_parser(
+        "model",
+        help="swap the workers' model live: load a checkpoint, roll back, show the state",
+        description="Ask every worker of the app (STREAMREC_APP_ID) to serve a checkpoint, "
+        "through the admin topic: each loads and verifies it in the background (SHA-256 "
+        "from --sha256 or the file's .sha256 sidecar) and swaps it in between two batches; "
+        "a bad checkpoint is refused in one log line and the old model keeps serving. The "
+        "file must be readable at PATH on every worker.",
+    )
+    actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
+    load = actions.add_parser("load", help="serve a checkpoint from now on")
+    _connection_flags(load)
+    load.add_argument("checkpoint", metavar="PATH", help="checkpoint file, as the workers see it")
+    load.add_argument("--sha256", help="expected SHA-256 of the file (default: its sidecar)")
+    rollback = actions.add_parser(
+        "rollback", help="serve the model before the last load again (the startup model last)"
+    )
+    _connection_flags(rollback)
+    status = actions.add_parser("status", help="print the checkpoints asked for, newest last")
+    _connection_flags(status)
     train_cmd.add_parser(commands)
     evaluate_cmd.add_parser(commands)
     experiment_cmd.add_parser(commands)
@@ -225,6 +245,30 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    from stream.model_commands import Wanted, read_stack, write_stack
+
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
+    security = KafkaSecurity.from_settings(settings)
+    servers, topic = settings.bootstrap_servers, settings.admin_topic
+    check_broker(servers, security=security, timeout_s=settings.connect_timeout_s)
+    require_topic(servers, topic, security=security)
+    stack = read_stack(servers, topic, security=security)
+    if args.action == "status":
+        print(orjson.dumps({"checkpoints": [w.path for w in stack]}).decode())
+        return 0
+    if args.action == "rollback":
+        if not stack:
+            raise ValueError("nothing to roll back: the workers serve their startup model")
+        stack = stack[:-1]
+    else:
+        stack = [*stack, Wanted(args.checkpoint, args.sha256 or None)]
+    write_stack(servers, topic, stack, security=security)
+    serving = stack[-1].path if stack else "the startup model"
+    print(f"streamrec model {args.action}: every worker now swaps to {serving}", file=sys.stderr)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     require_dev("the embedded stack", EMBEDDED_SERVICES)
     if args.variants:
@@ -252,6 +296,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "produce": cmd_produce,
     "consume": cmd_consume,
     "dev": cmd_dev,
+    "model": cmd_model,
     "train": train_cmd.run,
     "evaluate": evaluate_cmd.run,
     "experiment": experiment_cmd.run,

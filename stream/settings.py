@@ -381,6 +381,12 @@ class Settings:
         """Internal topic of the owners' canonical item vectors, read by every worker."""
         return f"{self.app_id}-item-vectors"
 
+    @property
+    def admin_topic(self) -> str:
+        """Internal topic of `streamrec model load/rollback`, read whole by every worker
+        (stream/worker/swap.py)."""
+        return f"{self.app_id}-admin"
+
     def topics(self) -> list[str]:
         """Every topic the worker needs, all with `partitions` partitions."""
         return [
@@ -391,6 +397,7 @@ class Settings:
             self.changelog_topic,
             self.item_deltas_topic,
             self.item_vectors_topic,
+            self.admin_topic,
         ]
 
     @classmethod

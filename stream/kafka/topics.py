@@ -56,7 +56,7 @@ def worker_topics(settings: Settings) -> list[TopicSpec]:
     limit = {"max.message.bytes": str(record_limit_bytes(settings.max_event_bytes))}
     state = {"cleanup.policy": "compact", **limit}
     stream = {"cleanup.policy": "delete", "retention.ms": str(STREAM_RETENTION_MS), **limit}
-    state_topics = {settings.changelog_topic, settings.item_vectors_topic}
+    state_topics = {settings.changelog_topic, settings.item_vectors_topic, settings.admin_topic}
     return [
         TopicSpec(name, state if name in state_topics else stream) for name in settings.topics()
     ]

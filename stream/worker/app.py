@@ -26,6 +26,7 @@ memory, eviction of idle users, rebalances.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,7 @@ from stream.worker.pipeline import ClickProcessor
 from stream.worker.publisher import VectorPublisher
 from stream.worker.redis_health import RedisRepair
 from stream.worker.retention import UserRetention, resident_bytes
+from stream.worker.swap import ModelSwitch, Serving, follow_admin
 from stream.worker.users import UserTable, assigned_partitions
 from stream.worker.views import (
     RecentRecommendations,
@@ -193,6 +195,52 @@ def _pull_answer(processor: ClickProcessor, users: UserTable, user_id: str, k: i
     return processor.answer(user_id, users.current_record(user_id.encode()), k).to_json()
 
 
+def _install_model_switch(
+    app: Any,
+    settings: Settings,
+    security: KafkaSecurity,
+    processor: ClickProcessor,
+    items: ItemOwner,
+    applier: BatchApplier,
+    metrics: WorkerMetrics,
+    index: FaissIndex,
+) -> ModelSwitch:
+    """Live checkpoint swaps from the admin topic (stream/worker/swap.py)."""
+    background: set[asyncio.Task[int]] = set()
+
+    def install(serving: Serving) -> None:
+        old = processor.recommender
+        processor.swap(serving.model)
+        vector_model = serving.model if isinstance(serving.model, ItemVectorModel) else None
+        items.swap(vector_model, serving.index, processor.vector_version)
+        applier.index = serving.index
+        metrics.model_info.remove(old.name, old.version)
+        metrics.model_info.labels(model=serving.model.name, version=serving.model.version).set(1)
+        if vector_model is not None:
+            task = asyncio.ensure_future(items.write_swapped_items())
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+    switch = ModelSwitch(
+        Serving(None, processor.recommender, index),
+        install,
+        dim=settings.dim,
+        experiment=processor.experiment is not None,
+    )
+
+    async def follow_model_commands() -> None:
+        await follow_admin(
+            settings.bootstrap_servers,
+            settings.admin_topic,
+            switch,
+            client_options=security.client_options(),
+        )
+
+    app.task(follow_model_commands)
+    app.task(switch.run)
+    return switch
+
+
 def create_worker(
     settings: Settings,
     recommender: Recommender,
@@ -241,6 +289,7 @@ def create_worker(
         metrics=metrics,
         deltas_topic=topics.item_deltas,
         vectors_topic=topics.item_vectors,
+        model_version=processor.vector_version,
     )
     users = UserTable(
         topics.users,
@@ -320,7 +369,8 @@ def create_worker(
     register_pull_view(
         app, topics.users, functools.partial(_pull_answer, processor, users), settings.top_k
     )
-    register_index_views(app, index, items.canonical_version)
+    register_index_views(app, lambda: items.index, items.canonical_version)
+    _install_model_switch(app, settings, kafka_security, processor, items, applier, metrics, index)
     return Worker(app)
 
 

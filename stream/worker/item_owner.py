@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any
 
@@ -36,10 +37,15 @@ log = logging.getLogger(__name__)
 
 
 async def write_all_items(
-    store: RedisVectorStore, index: FaissIndex, ledger: ItemLedger, chunk: int = 2000
+    store: RedisVectorStore,
+    index: FaissIndex,
+    ledger: ItemLedger,
+    chunk: int = 2000,
+    version: int | None = None,
 ) -> int:
     """Write every item vector in `index` to Redis in chunks, each with its canonical
-    version (0 for one only a checkpoint gave): stale writes are refused by Redis."""
+    version (0 for one only a checkpoint gave), or `version` for all: stale writes are
+    refused by Redis."""
     written = 0
     ids = index.ids()
     for start in range(0, len(ids), chunk):
@@ -48,6 +54,8 @@ async def write_all_items(
         for item_id in batch:
             entry = ledger.get(item_id)
             versions[item_id] = entry.version if entry is not None else 0
+            if version is not None:
+                versions[item_id] = version
         written += await store.put_vectors(
             items={i: index.vector(i) for i in batch},
             users={},
@@ -82,6 +90,7 @@ class ItemOwner:
         metrics: WorkerMetrics,
         deltas_topic: Any,
         vectors_topic: Any,
+        model_version: str = "",
     ) -> None:
         self.partitions = settings.partitions
         self.index = index
@@ -92,7 +101,7 @@ class ItemOwner:
         self.deltas_topic = deltas_topic
         self.vectors_topic = vectors_topic
         self.tracker = tracker
-        self.ledger = ItemLedger()
+        self.ledger = ItemLedger(model=model_version)
         self.unsynced: set[int] = set()  # item-delta partitions owned but not caught up on
         self.follower = VectorFollower(
             settings.bootstrap_servers,
@@ -128,6 +137,22 @@ class ItemOwner:
             self.vector_model.set_item_vectors(ids, np.stack(vectors))
             self.index.upsert(ids, np.stack(vectors))
             self.metrics.index_items.set(len(self.index))
+
+    def swap(self, vector_model: ItemVectorModel | None, index: FaissIndex, version: str) -> None:
+        """A live model swap (stream/worker/swap.py): follow `vector_model` and `index`
+        from now on, and take only deltas and broadcasts of model `version`."""
+        self.vector_model = vector_model
+        self.index = index
+        self.ledger.model = version
+        self.metrics.index_items.set(len(index))
+
+    async def write_swapped_items(self) -> int:
+        """After a swap: every item vector of the new model to Redis, at a version past
+        every earlier one (the old model's vectors are of another space)."""
+        if self.vector_model is None:
+            return 0
+        version = int(time.time() * 1_000_000)
+        return await write_all_items(self.store, self.index, self.ledger, version=version)
 
     def send_deltas(self) -> list[Awaitable[Any]]:
         """Queue every pending item-vector delta to its item's owner, one record per

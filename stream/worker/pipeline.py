@@ -194,6 +194,12 @@ class ClickProcessor:
                 metrics.variant_latency.labels(variant=arm.name)
         self._loss_average: float | None = None
 
+    def swap(self, recommender: Recommender) -> None:
+        """Serve `recommender` from the next batch on (a live swap; one model, not an
+        experiment: stream/worker/swap.py)."""
+        self.recommender = recommender
+        self.experiment = None
+
     @property
     def vector_version(self) -> str:
         """The version of the model whose item vectors the click path changes (an

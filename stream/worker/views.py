@@ -158,14 +158,18 @@ def register_pull_view(
         return await routed(web, request, user_id, k)
 
 
-def register_index_views(app: Any, index: Any, versions: Callable[[str], int | None]) -> None:
-    """What this worker's FAISS index holds, to check that workers agree:
-    `/api/index` gives the item count and a SHA-256 over the sorted (id, float32
-    vector) pairs; `/api/items/{item_id}` gives one item's vector and the version of
-    the canonical vector it came from (null before any owner wrote it)."""
+def register_index_views(
+    app: Any, index_of: Callable[[], Any], versions: Callable[[str], int | None]
+) -> None:
+    """What this worker's FAISS index (`index_of()`: the serving model's, which a live
+    swap changes) holds, to check that workers agree: `/api/index` gives the item count
+    and a SHA-256 over the sorted (id, float32 vector) pairs; `/api/items/{item_id}`
+    gives one item's vector and the version of the canonical vector it came from (null
+    before any owner wrote it)."""
 
     @app.page("/api/index")
     async def index_view(web: Any, request: Any) -> Any:
+        index = index_of()
         digest = hashlib.sha256()
         ids = sorted(index.ids())
         for item_id in ids:
@@ -178,6 +182,7 @@ def register_index_views(app: Any, index: Any, versions: Callable[[str], int | N
         problem = _id_problem("item_id", item_id)
         if problem:
             return web.json({"error": problem}, status=400)
+        index = index_of()
         if item_id not in index:
             return web.json({"error": f"unknown item {item_id!r}"}, status=404)
         vector = np.asarray(index.vector(item_id), dtype=np.float32)

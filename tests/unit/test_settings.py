@@ -263,7 +263,8 @@ def test_internal_topics_follow_app_id_and_clicks_topic() -> None:
     internal = {a.changelog_topic, a.by_user_topic, b.changelog_topic, b.by_user_topic}
     assert len(internal) == 4
     assert a.item_deltas_topic.startswith("a-") and a.item_vectors_topic.startswith("a-")
-    assert len(set(a.topics())) == 7
+    assert a.admin_topic == "a-admin"
+    assert len(set(a.topics())) == 8
 
 
 def test_describe_covers_every_field_with_its_default_and_help() -> None:
