@@ -15,9 +15,12 @@ dimension), and swaps it in on the event loop, so between two batches: every cli
 before the swap is ranked and tagged (`model_version`) by the old model, every one
 after by the new. A checkpoint that fails to load, or is of another kind than the
 running model (item vectors or none, the dimension), is refused in one log line and the
-old model keeps serving. The startup model and the last two loaded are kept in memory,
-so a rollback to them is immediate (as they stood when swapped out: a model does not
-learn while it does not serve); an older one is loaded again from its file.
+worker serves the top-most checkpoint of the stack that does load (the startup model
+if none): what serves is the same on every worker, one started later included. A
+refused checkpoint is not tried again until its file changes. The startup model and
+the last two loaded are kept in memory, so a rollback to them is immediate (as they
+stood when swapped out: a model does not learn while it does not serve); an older one
+is loaded again from its file.
 
 User contexts are carried over as they are: their recent items are model-independent,
 and a torch model's hidden state of the same size is where the new GRU starts from on
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,14 +78,13 @@ class ModelSwitch:
         self.experiment = experiment
         self._kept: list[Serving] = []  # the last loaded ones, newest last
         self._wanted: list[Wanted] = []
-        self._refused: Wanted | None = None
+        self._refused: set[tuple[Wanted, tuple[int, int] | None]] = set()
         self._changed = asyncio.Event()
         self.swaps = 0
 
     def want(self, stack: list[Wanted]) -> None:
         """A new admin record: serve its top (on the event loop)."""
         self._wanted = stack
-        self._refused = None
         self._changed.set()
 
     async def run(self) -> None:
@@ -92,33 +95,42 @@ class ModelSwitch:
             await self.reconcile()
 
     async def reconcile(self) -> None:
-        target = self._wanted[-1] if self._wanted else None
-        if target == self.current.wanted or (target is not None and target == self._refused):
-            return
-        if target is not None and self.experiment:
-            log.error(
-                "model swap refused: %s: a live swap replaces one model, and this worker "
-                "runs an A/B experiment (STREAMREC_VARIANTS); still serving %s",
-                target.path,
-                self.current.model.version,
-            )
-            self._refused = target
-            return
-        serving = self._in_memory(target)
-        if serving is None:
-            assert target is not None  # the startup model is always kept
-            try:
-                serving = await asyncio.to_thread(self._load, target)
-            except CheckpointError as exc:
+        """Serve the top-most checkpoint of the wanted stack that loads, else the
+        startup model: the same choice on every worker, one started later included.
+        Each refusal is one log line."""
+        stack = list(self._wanted)
+        for target in [*reversed(stack), None]:
+            if target == self.current.wanted:
+                return
+            if target is not None and self.experiment:
                 log.error(
-                    "model swap refused: %s; still serving %s", exc, self.current.model.version
+                    "model swap refused: %s: a live swap replaces one model, and this "
+                    "worker runs an A/B experiment (STREAMREC_VARIANTS); still serving %s",
+                    target.path,
+                    self.current.model.version,
                 )
-                self._refused = target
-                return
-            if self._wanted[-1:] != [target]:
-                self._changed.set()  # asked for something else meanwhile
-                return
-        self._swap(serving)
+                continue
+            serving = self._in_memory(target)
+            if serving is None:
+                assert target is not None  # the startup model is always kept
+                refusal = (target, _file_state(target.path))
+                if refusal in self._refused:
+                    continue
+                try:
+                    serving = await asyncio.to_thread(self._load, target)
+                except CheckpointError as exc:
+                    log.error(
+                        "model swap refused: %s; still serving %s",
+                        exc,
+                        self.current.model.version,
+                    )
+                    self._refused.add(refusal)
+                    continue
+                if self._wanted != stack:
+                    self._changed.set()  # asked for something else meanwhile
+                    return
+            self._swap(serving)
+            return
 
     def _in_memory(self, target: Wanted | None) -> Serving | None:
         if target is None:
@@ -177,6 +189,16 @@ class ModelSwitch:
 
 
 __all__ = ["ModelSwitch", "Serving", "follow_admin"]
+
+
+def _file_state(path: str) -> tuple[int, int] | None:
+    """(modification time, size) of the file at `path`, None if there is none: a
+    refused checkpoint is tried again once this changes."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 async def follow_admin(

@@ -167,6 +167,8 @@ def test_a_checkpoint_swaps_in_between_batches_bad_ones_are_refused_and_rollback
     assert model_command(settings, "rollback").returncode == 0
     back = serving(settings, "covisit-ab")
     assert back.model_version == "covisit-ab" and back.items[0].item_id == "B"
+    # What the worker said (shown with pytest -s): one line per swap and refusal.
+    print("\n".join(line for line in worker.log_tail(400).splitlines() if "model swap" in line))
     nothing = model_command(settings, "rollback")
     assert nothing.returncode == 1
     assert nothing.stderr.strip().endswith(
