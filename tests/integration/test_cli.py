@@ -91,6 +91,25 @@ def test_dev_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
     assert demo.survivors() == set(), "the demo left processes behind"
 
 
+def test_dev_with_variants_ends_with_the_experiment_report(tmp_path: Path) -> None:
+    demo = Demo(
+        "--variants", "popularity:1,covisit:1", "--events", "800", "--users", "40",
+        "--rate", "400", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    stdout, stderr = demo.wait(timeout_s=240)
+    assert demo.process.returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    report = summary["experiment"]
+    assert set(report["variants"]) == {"popularity", "covisit"}
+    # Every accepted click but each user's first is scored, under one variant.
+    scored = sum(arm["clicks_scored"] for arm in report["variants"].values())
+    users = sum(arm["users"] for arm in report["variants"].values())
+    assert scored == summary["events_accepted"] - users
+    (difference,) = report["differences"].values()
+    assert 0 < difference["hr_p"] <= 1
+    assert demo.survivors() == set(), "the demo left processes behind"
+
+
 def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
     demo = Demo("--events", "100000", "--rate", "200", "--quiet", cwd=tmp_path)
     try:
