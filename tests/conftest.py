@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,30 @@ def worker_factory(dev_stack: DevStack, tmp_path_factory: pytest.TempPathFactory
         worker = RunningWorker(
             unique_settings(dev_stack, data_dir, **overrides), data_dir / "worker.log"
         )
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture()
+def spawn(dev_stack: DevStack, tmp_path: Path) -> Iterator[Callable[..., RunningWorker]]:
+    """Start workers that share one app (topics, group, Redis prefix): `spawn(settings)`
+    for another member of a group, `spawn()` for a new app."""
+    started: list[RunningWorker] = []
+
+    def start(settings: Settings | None = None, **overrides: Any) -> RunningWorker:
+        data_dir = tmp_path / f"worker{len(started)}"
+        data_dir.mkdir()
+        if settings is None:
+            settings = unique_settings(dev_stack, data_dir, **overrides)
+        else:
+            settings = dataclasses.replace(settings, web_port=free_port(), data_dir=str(data_dir))
+        worker = RunningWorker(settings, data_dir / "worker.log")
         started.append(worker)
         return worker
 

@@ -204,9 +204,12 @@ class ItemOwner:
             )
 
     def canonical_version(self, item_id: str) -> int | None:
-        """The version of the last canonical vector heard for `item_id`, or None."""
+        """The version of the last canonical vector heard for `item_id` in the serving
+        model's space, or None (none heard since the model started or swapped in)."""
         entry = self.ledger.get(item_id)
-        return None if entry is None else entry.version
+        if entry is None or not same_model(entry.model, self.ledger.model):
+            return None
+        return entry.version
 
     async def follow_item_vectors(self) -> None:
         """Follow the item-vectors topic until the worker stops (a Faust task)."""

@@ -209,3 +209,81 @@ def test_a_torch_checkpoint_brings_its_item_vectors_to_the_index_and_redis(
         time.sleep(0.3)
     assert stored is not None
     np.testing.assert_allclose(stored, trained.item_vector("E"), rtol=1e-6)  # type: ignore[attr-defined]
+
+
+def test_two_workers_swap_and_learn_on_in_the_new_models_space(spawn: Any, tmp_path: Path) -> None:
+    from tests.integration.test_serving import base_url, clicks, get_json, redis_items, wait_for
+
+    before = clicks(600, "swap1", users=30, items=80, seed=21)
+    after = clicks(400, "swap2", users=30, items=80, seed=22)
+    rows = ["SessionId\tItemId\tTime"]
+    rows += [f"{e['user_id']}\t{e['item_id']}\t{1_600_000_000 + n}" for n, e in enumerate(before)]
+    data = tmp_path / "history.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    checkpoint = tmp_path / "gru-swap.safetensors"
+    trained = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "train", "--data", str(data), "--model", "torch"]
+        + ["--out", str(checkpoint), "--quiet", "--version", "gru-swap", "--seed", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert trained.returncode == 0, trained.stderr
+    model, _ = load_checkpoint(checkpoint)
+
+    first = spawn(partitions=4)
+    wait_for(lambda: get_json(f"{base_url(first.settings)}/api/index")[0] == 200, 60, "worker 1")
+    second = spawn(first.settings)
+    wait_for(lambda: get_json(f"{base_url(second.settings)}/api/index")[0] == 200, 60, "worker 2")
+    time.sleep(8)  # the group rebalances onto both members
+    settings = first.settings
+    workers = (first, second)
+    send(settings, before)
+    items = sorted({e["item_id"] for e in before})
+
+    def index_of(worker: Any) -> dict[str, np.ndarray]:
+        found = {}
+        for item_id in items:
+            status, body = get_json(f"{base_url(worker.settings)}/api/items/{item_id}")
+            if status == 200:
+                found[item_id] = np.asarray(body["vector"], dtype=np.float32)
+        return found
+
+    def agree() -> bool:
+        held = [index_of(w) for w in workers]
+        return sorted(held[0]) == items and all(
+            np.array_equal(held[0][i], held[1].get(i, held[0][i] + 1)) for i in items
+        )
+
+    wait_for(agree, 60, "both workers to hold the same vectors")
+    old = index_of(first)
+
+    assert model_command(settings, "load", str(checkpoint)).returncode == 0
+    for worker in workers:
+        wait_for(
+            lambda w=worker: (
+                'version="gru-swap"'
+                in urllib.request.urlopen(f"{base_url(w.settings)}/metrics").read().decode()
+            ),
+            60,
+            "the swap",
+        )
+    send(settings, after)
+    clicked_after = {e["item_id"] for e in after}
+    wait_for(agree, 60, "both workers to agree again after the swap")
+    held = index_of(first)
+    for item_id in items:
+        new = model.item_vector(item_id)  # type: ignore[attr-defined]
+        if item_id not in clicked_after:
+            np.testing.assert_array_equal(held[item_id], new, err_msg=item_id)
+        else:
+            # Learned on from the checkpoint's vector, not from the old model's.
+            assert np.linalg.norm(held[item_id] - new) < np.linalg.norm(
+                held[item_id] - old[item_id]
+            ), item_id
+
+    def redis_matches() -> bool:
+        stored = redis_items(settings)
+        return all(i in stored and np.array_equal(stored[i][0], held[i]) for i in items)
+
+    wait_for(redis_matches, 30, "Redis to hold the new model's vectors")

@@ -3,13 +3,11 @@ owners' vectors, and rebuilding Redis and the index from the topics."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,11 +16,10 @@ import pytest
 import redis
 
 from stream.dev.generate import synthetic_clicks
-from stream.dev.services import DevStack, free_port
 from stream.events import Recommendation
 from stream.kafka.producer import replay
 from stream.settings import Settings
-from tests.conftest import RunningWorker, read_topic, unique_settings
+from tests.conftest import RunningWorker, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -101,30 +98,6 @@ def settled(worker: RunningWorker, item_ids: list[str]) -> bool:
         held[i][1] == in_redis[i][1] and np.array_equal(held[i][0], in_redis[i][0])
         for i in item_ids
     )
-
-
-@pytest.fixture()
-def spawn(dev_stack: DevStack, tmp_path: Path) -> Iterator[Callable[..., RunningWorker]]:
-    """Start workers that share one app (topics, group, Redis prefix): `spawn(settings)`
-    for another member of a group, `spawn()` for a new app."""
-    started: list[RunningWorker] = []
-
-    def start(settings: Settings | None = None, **overrides: Any) -> RunningWorker:
-        data_dir = tmp_path / f"worker{len(started)}"
-        data_dir.mkdir()
-        if settings is None:
-            settings = unique_settings(dev_stack, data_dir, **overrides)
-        else:
-            settings = dataclasses.replace(settings, web_port=free_port(), data_dir=str(data_dir))
-        worker = RunningWorker(settings, data_dir / "worker.log")
-        started.append(worker)
-        return worker
-
-    try:
-        yield start
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 def test_the_pull_api_answers_like_a_recommendation_event(spawn: Any) -> None:
