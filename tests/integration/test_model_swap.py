@@ -212,7 +212,14 @@ def test_a_torch_checkpoint_brings_its_item_vectors_to_the_index_and_redis(
 
 
 def test_two_workers_swap_and_learn_on_in_the_new_models_space(spawn: Any, tmp_path: Path) -> None:
-    from tests.integration.test_serving import base_url, clicks, get_json, redis_items, wait_for
+    from tests.integration.test_serving import (
+        base_url,
+        clicks,
+        get_json,
+        redis_items,
+        two_workers,
+        wait_for,
+    )
 
     before = clicks(600, "swap1", users=30, items=80, seed=21)
     after = clicks(400, "swap2", users=30, items=80, seed=22)
@@ -231,13 +238,8 @@ def test_two_workers_swap_and_learn_on_in_the_new_models_space(spawn: Any, tmp_p
     assert trained.returncode == 0, trained.stderr
     model, _ = load_checkpoint(checkpoint)
 
-    first = spawn(partitions=4)
-    wait_for(lambda: get_json(f"{base_url(first.settings)}/api/index")[0] == 200, 60, "worker 1")
-    second = spawn(first.settings)
-    wait_for(lambda: get_json(f"{base_url(second.settings)}/api/index")[0] == 200, 60, "worker 2")
-    time.sleep(8)  # the group rebalances onto both members
-    settings = first.settings
-    workers = (first, second)
+    workers = two_workers(spawn)
+    first, settings = workers[0], workers[0].settings
     send(settings, before)
     items = sorted({e["item_id"] for e in before})
 

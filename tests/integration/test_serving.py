@@ -126,12 +126,18 @@ def test_the_pull_api_answers_like_a_recommendation_event(spawn: Any) -> None:
     assert status == 400 and "k must be an integer" in body["error"]
 
 
-def test_two_workers_converge_on_the_item_owners_vectors(spawn: Any) -> None:
+def two_workers(spawn: Any) -> tuple[RunningWorker, RunningWorker]:
+    """Two members of one new app on 4 partitions, once the group spans both."""
     first = spawn(partitions=4)
     wait_for(lambda: get_json(f"{base_url(first.settings)}/api/index")[0] == 200, 60, "worker 1")
     second = spawn(first.settings)
     wait_for(lambda: get_json(f"{base_url(second.settings)}/api/index")[0] == 200, 60, "worker 2")
     time.sleep(8)  # the group rebalances onto both members
+    return first, second
+
+
+def test_two_workers_converge_on_the_item_owners_vectors(spawn: Any) -> None:
+    first, second = two_workers(spawn)
     settings = first.settings
     # Keyed by user, so both workers apply clicks; items are shared across users, so
     # both workers change the same items and the owners must sum their deltas.
