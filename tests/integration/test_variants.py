@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from model.variants import arm_index
+from stream.offline.experiment import report_from_topics
 from tests.integration.test_pipeline import clicks, metric, recommendations_for, send
 
 pytestmark = pytest.mark.integration
@@ -54,3 +55,16 @@ def test_each_user_gets_its_variants_lists_and_each_variant_is_scored_apart(
             == (served[name])
         )
     assert metric(url, "streamrec_online_predictions_total") == sum(predictions.values())
+    # `streamrec experiment report` reads the same stream from the topics: its figures
+    # per variant are the worker's live ones.
+    report = report_from_topics(settings, resamples=200)
+    for name in names:
+        label = f'{{variant="{name}"}}'
+        arm = report["variants"][name]
+        assert arm["clicks_scored"] == metric(url, f"streamrec_variant_predictions_total{label}")
+        assert arm["hr"] * arm["clicks_scored"] == pytest.approx(
+            metric(url, f"streamrec_variant_hits_total{label}")
+        )
+        assert arm["mrr"] * arm["clicks_scored"] == pytest.approx(
+            metric(url, f"streamrec_variant_reciprocal_rank_total{label}")
+        )
