@@ -80,7 +80,6 @@ class ModelSwitch:
         self._wanted: list[Wanted] = []
         self._refused: set[tuple[Wanted, tuple[int, int] | None]] = set()
         self._changed = asyncio.Event()
-        self.swaps = 0
 
     def want(self, stack: list[Wanted]) -> None:
         """A new admin record: serve its top (on the event loop)."""
@@ -162,7 +161,6 @@ class ModelSwitch:
         before = self.current
         self.install(serving)
         self.current = serving
-        self.swaps += 1
         if serving.wanted is not None and serving not in self._kept:
             self._kept.append(serving)
         if before.wanted is not None and before not in self._kept:
@@ -178,17 +176,6 @@ class ModelSwitch:
             serving.model.version,
             before.model.version,
         )
-
-    def describe(self) -> dict[str, Any]:
-        """What serves and what is wanted, for the logs and tests."""
-        return {
-            "serving": self.current.model.version,
-            "wanted": [w.path for w in self._wanted],
-            "swaps": self.swaps,
-        }
-
-
-__all__ = ["ModelSwitch", "Serving", "follow_admin"]
 
 
 def _file_state(path: str) -> tuple[int, int] | None:
