@@ -5,17 +5,15 @@ worker (the protocol: stream/items/__init__.py).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.items.ledger import CanonicalVector, ItemDelta
-from stream.kafka.fetch_wait import FetchWait, adapt_fetch_wait, partitions_behind
+from stream.kafka.follower import TopicFollower
 from stream.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -103,15 +101,10 @@ def decode_vectors(raw: bytes) -> list[CanonicalVector]:
         raise ValueError(f"not an item-vectors record: {exc!r}") from exc
 
 
-class VectorFollower:
-    """Reads every partition of the item-vectors topic from the beginning, with no
-    consumer group, and hands each record's vectors to `on_vectors`.
-
-    `caught_up` is set once the reader has reached the end of every partition as it was
-    when reading started (or found the topic empty), so the worker can hold clicks until
-    its index has been rebuilt. End offsets come from fetch responses' high watermarks:
-    the embedded broker under-reports ListOffsets (docs/embedded-broker.md).
-    """
+class VectorFollower(TopicFollower):
+    """Reads every broadcast item vector, from the beginning of every partition of the
+    item-vectors topic, and hands each record's vectors to `on_vectors` (a record that
+    is not ours is logged and skipped). Caught up as `TopicFollower` says (I1)."""
 
     def __init__(
         self,
@@ -124,83 +117,22 @@ class VectorFollower:
         idle_caught_up_s: float = 1.0,
         security: KafkaSecurity = PLAINTEXT,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.security = security
-        self.topic = topic
-        self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
-        self.on_vectors = on_vectors
-        self.fetch_max_wait_ms = fetch_max_wait_ms
-        self.idle_caught_up_s = idle_caught_up_s
-        self.caught_up = asyncio.Event()
-        self.records_read = 0
-        self._rounds = 0  # fetch rounds completed
-        self._at_end_of: set[int] = set()  # partitions read to their high watermark
-        self._progress = asyncio.Event()
-
-    async def run(self) -> None:
-        """Follow the topic until cancelled."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers.split(","),
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=self.fetch_max_wait_ms,
-            client_id="streamrec-vector-follower",
-            **self.security.client_options(),
+        super().__init__(
+            bootstrap_servers,
+            topic,
+            partitions,
+            self._take,
+            what="item vectors",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            idle_caught_up_s=idle_caught_up_s,
+            security=security,
         )
-        await consumer.start()
-        try:
-            consumer.assign(self.partitions)
-            await consumer.seek_to_beginning(*self.partitions)
-            loop = asyncio.get_running_loop()
-            idle_since = loop.time()
-            wait = FetchWait(self.fetch_max_wait_ms)
-            while True:
-                batches = await consumer.getmany(timeout_ms=200)
-                for records in batches.values():
-                    for record in records:
-                        self._apply(record.value)
-                if batches:
-                    idle_since = loop.time()
-                # Far behind on the embedded broker, short fetches come back empty.
-                adapt_fetch_wait(consumer, wait, bool(batches))
-                self._at_end_of = await self._partitions_at_end(consumer)
-                self._rounds += 1
-                self._progress.set()
-                self._progress.clear()
-                # Idle counts as caught up only where no partition is known to be
-                # behind: an empty fetch is not the end of the topic.
-                if not self.caught_up.is_set() and (
-                    len(self._at_end_of) == len(self.partitions)
-                    or (
-                        loop.time() - idle_since > self.idle_caught_up_s
-                        and not partitions_behind(consumer)
-                    )
-                ):
-                    log.info("item vectors caught up: %d records read", self.records_read)
-                    self.caught_up.set()
-        finally:
-            await consumer.stop()
+        self.on_vectors = on_vectors
 
-    def _apply(self, value: bytes | None) -> None:
-        self.records_read += 1
+    def _take(self, _key: bytes | None, value: bytes | None) -> None:
         try:
             vectors = decode_vectors(value or b"")
         except ValueError as exc:
             log.error("unreadable item-vectors record skipped: %s", exc)
             return
         self.on_vectors(vectors)
-
-    async def sync(self, partitions: set[int]) -> None:
-        """Return once this follower has read `partitions` to their end as seen by a
-        fetch made after the call: everything written to them before it is applied."""
-        target = self._rounds + 2  # the round in progress may predate the call
-        while self._rounds < target or not partitions <= self._at_end_of:
-            await self._progress.wait()
-
-    async def _partitions_at_end(self, consumer: AIOKafkaConsumer) -> set[int]:
-        done = set()
-        for tp in self.partitions:
-            highwater = consumer.highwater(tp)
-            if highwater is not None and await consumer.position(tp) >= highwater:
-                done.add(tp.partition)
-        return done

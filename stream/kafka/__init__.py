@@ -180,7 +180,7 @@ I1  The item-vector follower is caught up by fetch high watermarks, not ListOffs
     fixes:   clicks released before the index was rebuilt
     cause:   Tansu under-reports ListOffsets (as K3)
     checked: aiokafka 0.14.0, Tansu 0.6.0
-    where:   stream/items/sync.py:VectorFollower
+    where:   stream/kafka/follower.py:TopicFollower (stream/items/sync.py:VectorFollower)
     test:    tests/regression/test_fetch_wait_grows_on_a_starved_partition.py
 D1  The audit reads a topic until it has been silent, not to its reported end
     fixes:   a fault run judged on a partial read of its output

@@ -24,6 +24,7 @@ from model.registry import build_recommender
 from serving.faiss_index import FaissIndex
 from stream.items import sync as item_sync
 from stream.kafka import consumer, producer, topics
+from stream.kafka import follower as follower_module
 from stream.preflight import RedisUnreachable
 from stream.security import PLAINTEXT, KafkaSecurity, TLSConfigError, redact_url, redis_options
 from stream.settings import Settings, SettingsError
@@ -110,7 +111,7 @@ def _consumer(monkeypatch: pytest.MonkeyPatch, security: KafkaSecurity) -> dict[
 
 def _follower(monkeypatch: pytest.MonkeyPatch, security: KafkaSecurity) -> dict[str, Any]:
     recorder = Recorder()
-    monkeypatch.setattr(item_sync, "AIOKafkaConsumer", recorder)
+    monkeypatch.setattr(follower_module, "AIOKafkaConsumer", recorder)
     follower = item_sync.VectorFollower("k:9092", "v", 2, lambda _: None, security=security)
     with pytest.raises(_Built):
         asyncio.run(follower.run())
@@ -121,7 +122,7 @@ FACTORIES: dict[str, Callable[[pytest.MonkeyPatch, KafkaSecurity], dict[str, Any
     "kafka-python admin": _admin,
     "kafka-python producer": _producer,
     "kafka-python consumer": _consumer,
-    "aiokafka vector follower": _follower,
+    "aiokafka topic follower (item vectors, catalogue)": _follower,
 }
 
 
