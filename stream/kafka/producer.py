@@ -54,9 +54,10 @@ def replay(
     """Send every record (a payload dict, raw bytes sent as they are, or a (key, value)
     pair of bytes) to `topic`.
 
-    Dict payloads are keyed by their `user_id`, raw bytes by nothing. `rate` is events per second; 0 sends as
-    fast as the client goes. Blocks until every record is acknowledged. `security`
-    applies to the producer made here (not to a `producer` passed in).
+    Dict payloads are keyed by their `user_id`, raw bytes by nothing. `rate` is records
+    per second; 0 sends as fast as the client goes. Blocks until every record is
+    acknowledged. `security` applies to the producer made here (not to a `producer`
+    passed in).
     """
     own_producer = producer is None
     producer = producer or make_producer(bootstrap_servers, security=security)
