@@ -121,7 +121,7 @@ def item_from_object(
     text = fields.get("text", "")
     for key, value, limit in (("title", title, MAX_TITLE_CHARS), ("text", text, MAX_TEXT_CHARS)):
         if not isinstance(value, str):
-            return Rejected("invalid_field", f"{key} must be a string, not {_kind(value)}")
+            return Rejected("invalid_field", f"{key} must be a string, not {describe_value(value)}")
         if len(value) > limit:
             return Rejected(
                 "invalid_field", f"{key} is {len(value)} characters; the limit is {limit}"
@@ -158,7 +158,7 @@ def item_from_object(
 def _categories(value: Any) -> tuple[str, ...] | Rejected:
     if not isinstance(value, list):
         return Rejected(
-            "invalid_field", f"categories must be a list of strings, not {_kind(value)}"
+            "invalid_field", f"categories must be a list of strings, not {describe_value(value)}"
         )
     if len(value) > MAX_CATEGORIES:
         return Rejected(
@@ -179,7 +179,9 @@ def _embedding(value: Any, dim: int) -> tuple[float, ...] | Rejected:
             "set it to the embeddings' dimension",
         )
     if not isinstance(value, list):
-        return Rejected("invalid_field", f"embedding must be a list of numbers, not {_kind(value)}")
+        return Rejected(
+            "invalid_field", f"embedding must be a list of numbers, not {describe_value(value)}"
+        )
     if len(value) != dim:
         return Rejected(
             "invalid_field",
@@ -193,17 +195,6 @@ def _embedding(value: Any, dim: int) -> tuple[float, ...] | Rejected:
         if not abs(number) <= MAX_EMBEDDING_VALUE:  # orjson already refuses NaN, Infinity
             return Rejected("invalid_field", f"embedding[{n}] {number:g} does not fit a float32")
     return tuple(float(number) for number in value)
-
-
-def _kind(value: Any) -> str:
-    """A JSON value's type as a user wrote it ('a number', 'a JSON array')."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return f"a JSON {'array' if isinstance(value, list) else 'object'}"
 
 
 # --- catalogue files --------------------------------------------------------------------
@@ -242,7 +233,8 @@ def _read(
     reference = time.time()
     line = 1
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: a spreadsheet's UTF-8 export starts with a byte-order mark.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             _check_header(path, fmt, reader.fieldnames)
             for row in reader:
@@ -254,11 +246,12 @@ def _read(
                 if isinstance(item, Rejected):
                     raise ValueError(item.detail)
                 yield item
-    except (ValueError, csv.Error, UnicodeDecodeError) as exc:
-        if isinstance(exc, DatasetError):
-            raise
-        problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
-        raise DatasetError(f"{path}, line {line}: {problem}") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path} is not UTF-8 text (save it as UTF-8)") from None
+    except DatasetError:
+        raise
+    except (ValueError, csv.Error) as exc:
+        raise DatasetError(f"{path}, line {line}: {exc}") from None
 
 
 def _check_header(path: Path, fmt: str, header: Any) -> None:

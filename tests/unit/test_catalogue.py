@@ -156,12 +156,12 @@ def test_a_bad_item_id_is_an_invalid_field(bad: Any, detail: str) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "detail"),
     [
-        ("title", 5, "title must be a string, not a number"),
+        ("title", 5, "title must be a string, not 5"),
         ("title", ["Heat"], "title must be a string, not a JSON array"),
         ("title", "t" * (MAX_TITLE_CHARS + 1), f"the limit is {MAX_TITLE_CHARS}"),
         ("text", {"en": "x"}, "text must be a string, not a JSON object"),
         ("text", "x" * (MAX_TEXT_CHARS + 1), f"the limit is {MAX_TEXT_CHARS}"),
-        ("categories", "Drama|Crime", "categories must be a list of strings, not a string"),
+        ("categories", "Drama|Crime", "categories must be a list of strings, not 'Drama|Crime'"),
         ("categories", ["Drama", 3], "categories[1] must be a string, not int"),
         ("categories", ["Drama", ""], "categories[1] must not be empty"),
         ("categories", ["c" * (MAX_ID_CHARS + 1)], f"the limit is {MAX_ID_CHARS}"),
@@ -199,7 +199,7 @@ def test_an_updated_at_out_of_range_is_a_bad_timestamp(updated_at: float, detail
         ([1.0, None, 3.0], "embedding[1] must be a number, not None"),
         ([1.0, [2.0], 3.0], "embedding[1] must be a number, not a JSON array"),
         ([1.0, 1e300, 3.0], "embedding[1] 1e+300 does not fit a float32"),
-        ("0.1,0.2,0.3", "embedding must be a list of numbers, not a string"),
+        ("0.1,0.2,0.3", "embedding must be a list of numbers, not '0.1,0.2,0.3'"),
         ({"0": 0.1}, "embedding must be a list of numbers, not a JSON object"),
     ],
 )
@@ -298,6 +298,12 @@ def test_a_csv_catalogue_with_the_optional_columns(tmp_path: Path) -> None:
     ]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("item_id,title\nq,Quux\n".encode("utf-8-sig"))
+    assert list(read_catalogue(path, "csv")) == [CatalogueItem("q", "Quux")]
+
+
 def test_a_csv_catalogue_may_leave_out_columns(tmp_path: Path) -> None:
     items = list(read_catalogue(write(tmp_path, "item_id,title\nq,Quux\n"), "csv"))
     assert items == [CatalogueItem("q", "Quux")]
@@ -344,7 +350,7 @@ def test_a_wrong_header_is_refused(tmp_path: Path, fmt: str, text: str, problem:
 def test_a_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes("item_id,title\n1,Amélie\n".encode("latin-1"))
-    with pytest.raises(DatasetError, match="not UTF-8 text"):
+    with pytest.raises(DatasetError, match=f"{path} is not UTF-8 text"):
         list(read_catalogue(path, "csv"))
 
 
