@@ -7,6 +7,7 @@ code 2 (usage) or 1 (runtime), never a traceback.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from stream.preflight import RedisUnreachable, check_broker, check_services
 from stream.security import KafkaSecurity
 from stream.settings import MODELS, Settings, SettingsError, describe
 
+SYNTHETIC_ITEMS = 500  # `produce --generate`'s item count unless --item-count says
 EPILOG_SETTINGS = "settings (environment variables; flags override them):\n" + "\n".join(
     f"  {name:<34} {help_text} (default {default})" for name, default, help_text in describe()
 )
@@ -57,22 +59,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     produce = commands.add_parser(
         "produce",
-        help="replay a dataset file or a generated stream into the clicks topic",
-        description="Send click events to the clicks topic at a chosen rate, with a progress bar.",
+        help="replay clicks (a dataset file or a generated stream) or publish a catalogue",
+        description="Send click events to the clicks topic at a chosen rate, with a progress "
+        "bar; or, with --items FILE, publish a catalogue to the items topic: one record per "
+        "item, keyed by its id, each the item's whole state (the topic keeps the latest). "
+        "Give one source: --file, --generate or --items.",
     )
     _connection_flags(produce)
-    produce.add_argument("--topic", help="clicks topic (STREAMREC_CLICKS_TOPIC)")
-    source = produce.add_mutually_exclusive_group(required=True)
-    source.add_argument("--file", help="dataset file to replay in event-time order")
-    source.add_argument("--generate", type=int, metavar="N", help="send N synthetic clicks")
+    produce.add_argument(
+        "--topic",
+        help="topic to send to (default STREAMREC_CLICKS_TOPIC; with --items "
+        "STREAMREC_ITEMS_TOPIC)",
+    )
+    source = produce.add_argument_group("source (give one)")
+    clicks = source.add_mutually_exclusive_group()
+    clicks.add_argument("--file", help="dataset file of clicks to replay in event-time order")
+    clicks.add_argument("--generate", type=int, metavar="N", help="send N synthetic clicks")
+    source.add_argument(
+        "--items",
+        metavar="FILE",
+        help="catalogue file to publish to the items topic (STREAMREC_ITEMS_TOPIC): "
+        "--format movielens (movies.csv: movieId,title,genres) or csv (item_id and any of "
+        "title,text,categories,available,updated_at; categories split on |)",
+    )
     produce.add_argument(
         "--format",
-        default="session-rec",
         choices=("session-rec", "movielens", "csv"),
-        help="format of --file (default session-rec)",
+        help="format of --file (default session-rec) or of --items (movielens or csv, default csv)",
     )
     produce.add_argument("--users", type=int, default=1000, help="synthetic users (default 1000)")
-    produce.add_argument("--items", type=int, default=500, help="synthetic items (default 500)")
+    produce.add_argument(
+        "--item-count",
+        type=int,
+        metavar="N",
+        help=f"synthetic items of --generate (default {SYNTHETIC_ITEMS}; the older "
+        "`--generate N --items M` still means M items)",
+    )
     produce.add_argument(
         "--seed",
         type=int,
@@ -85,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="events per second; 0 sends as fast as possible (default)",
     )
-    produce.add_argument("--limit", type=int, help="send at most this many events of --file")
+    produce.add_argument(
+        "--limit", type=int, help="send at most this many records of --file or --items"
+    )
 
     consume = commands.add_parser(
         "consume",
@@ -175,44 +199,89 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(ValueError):
+    """Flags that do not fit together: one line, exit code 2, like argparse's own."""
+
+
+def _produce_source(args: argparse.Namespace) -> str:
+    """Which source `produce` reads ("file", "generate" or "items"); resolves the older
+    `--generate N --items M` (M synthetic items) to --item-count (issue 15)."""
+    if args.items is not None and args.generate is not None:
+        if not args.items.isdigit() or args.item_count is not None:
+            raise UsageError(
+                "--items FILE publishes a catalogue and cannot be combined with --generate; "
+                "the synthetic item count is --item-count N"
+            )
+        args.item_count, args.items = int(args.items), None
+    given = [name for name in ("file", "generate", "items") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise UsageError(
+            "give one source: --file (clicks), --generate N (synthetic clicks) or --items "
+            f"FILE (a catalogue){'' if not given else ', not ' + ' and '.join(given)}"
+        )
+    return given[0]
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from stream.dev.generate import fresh_run, synthetic_clicks
-    from stream.kafka.producer import replay
     from stream.offline.datasets import read_interactions
 
+    source = _produce_source(args)
+    if source == "items":
+        return _produce_catalogue(args)
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, clicks_topic=args.topic)
     if args.file:  # a bad file is reported before any connection is tried
-        records: Any = read_interactions(args.file, args.format)[: args.limit]
+        records: Any = read_interactions(args.file, args.format or "session-rec")[: args.limit]
         total = len(records)
     else:
         # Without --seed a second run must not be skipped whole as duplicates (issue 14).
         records = synthetic_clicks(
             args.generate,
             users=args.users,
-            items=args.items,
+            items=args.item_count or SYNTHETIC_ITEMS,
             seed=args.seed or 0,
             run=fresh_run() if args.seed is None else None,
         )
         total = args.generate
+    return _send(settings, settings.clicks_topic, records, total, args.rate, sent="events_sent")
+
+
+def _produce_catalogue(args: argparse.Namespace) -> int:
+    """`produce --items FILE`: every item of the file, keyed by its id (UTF-8), valued
+    `CatalogueItem.to_json()`. The whole file is read and checked before any connection."""
+    from stream.catalogue import read_catalogue
+
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers, items_topic=args.topic)
+    items = list(itertools.islice(read_catalogue(args.items, args.format or "csv"), args.limit))
+    records = [(item.item_id.encode(), item.to_json()) for item in items]
+    return _send(
+        settings, settings.items_topic, records, len(records), args.rate, sent="items_sent"
+    )
+
+
+def _send(
+    settings: Settings, topic: str, records: Any, total: int, rate: float, *, sent: str
+) -> int:
+    """Check the broker and the topic, send `records` with a progress bar on a terminal
+    (blocks until every record is acknowledged), then print the summary line, counting
+    the records under `sent`."""
+    from stream.kafka.producer import replay
+
     security = KafkaSecurity.from_settings(settings)
     check_broker(
         settings.bootstrap_servers, security=security, timeout_s=settings.connect_timeout_s
     )
-    require_topic(settings.bootstrap_servers, settings.clicks_topic, security=security)
+    require_topic(settings.bootstrap_servers, topic, security=security)
     result = replay(
         records,
         bootstrap_servers=settings.bootstrap_servers,
-        topic=settings.clicks_topic,
-        rate=args.rate,
+        topic=topic,
+        rate=rate,
         total=total,
         progress=sys.stderr.isatty(),
         security=security,
     )
-    summary = {
-        "events_sent": result.sent,
-        "seconds": round(result.seconds, 3),
-        "topic": settings.clicks_topic,
-    }
+    summary = {sent: result.sent, "seconds": round(result.seconds, 3), "topic": topic}
     print(orjson.dumps(summary).decode())
     return 0
 
@@ -316,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _is_user_error(exc):
             raise
         print(f"streamrec {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 def _is_user_error(exc: Exception) -> bool:

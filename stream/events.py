@@ -176,43 +176,31 @@ def decode_click(
     `record_timestamp` (the Kafka record time, epoch seconds) is the event time when the
     payload has none, and the reference for rejecting event times far in the future.
     """
-    if value is None or len(value) == 0:
-        return Rejected("empty", "record has no value")
-    if len(value) > max_bytes:
-        return Rejected("too_large", f"value is {len(value)} bytes; the limit is {max_bytes}")
-    try:
-        data = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        # orjson rejects invalid UTF-8 and NaN/Infinity literals here too.
-        reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
-        return Rejected(reason, str(exc)[:MAX_DETAIL_CHARS])
-    if not isinstance(data, dict):
-        return Rejected("not_an_object", f"value is a JSON {type(data).__name__}, not an object")
+    data = decode_object(value, max_bytes=max_bytes)
+    if isinstance(data, Rejected):
+        return data
     for key in ("user_id", "item_id"):
         if key not in data:
             return Rejected("missing_field", f"{key} is required")
-        problem = _id_problem(data[key])
+        problem = id_problem(data[key])
         if problem:
             return Rejected("invalid_field", f"{key} {problem}")
     event_type = data.get("event_type", "click")
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         return Rejected(
             "invalid_field",
-            f"event_type must be one of {sorted(EVENT_TYPES)}, not {_describe(event_type)}",
+            f"event_type must be one of {sorted(EVENT_TYPES)}, not {describe_value(event_type)}",
         )
-    timestamp = data.get("timestamp", record_timestamp)
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
-        return Rejected("invalid_field", "timestamp must be epoch seconds (a number)")
-    timestamp = float(timestamp)
-    if not math.isfinite(timestamp):
-        return Rejected("invalid_field", "timestamp must be finite")
-    if timestamp < MIN_EVENT_TIME or timestamp > record_timestamp + MAX_FUTURE_SKEW_S:
-        return Rejected("bad_timestamp", _timestamp_problem(timestamp, record_timestamp))
+    timestamp = epoch_seconds(
+        data.get("timestamp", record_timestamp), "timestamp", reference=record_timestamp
+    )
+    if isinstance(timestamp, Rejected):
+        return timestamp
     optional: dict[str, str | None] = {}
     for key in ("session_id", "event_id"):
         raw = data.get(key)
         if raw is not None:
-            problem = _id_problem(raw)
+            problem = id_problem(raw)
             if problem:
                 return Rejected("invalid_field", f"{key} {problem}")
         optional[key] = raw
@@ -235,9 +223,41 @@ def decode_click(
 _SMALLER_UNITS = (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9))
 
 
-def _timestamp_problem(timestamp: float, record_timestamp: float) -> str:
+def decode_object(value: bytes | None, *, max_bytes: int) -> dict[str, Any] | Rejected:
+    """The JSON object a record value holds, or why it holds none (`empty`,
+    `too_large`, `invalid_json`, `invalid_utf8`, `not_an_object`). Never raises."""
+    if value is None or len(value) == 0:
+        return Rejected("empty", "record has no value")
+    if len(value) > max_bytes:
+        return Rejected("too_large", f"value is {len(value)} bytes; the limit is {max_bytes}")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        # orjson rejects invalid UTF-8 and NaN/Infinity literals here too.
+        reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
+        return Rejected(reason, str(exc)[:MAX_DETAIL_CHARS])
+    if not isinstance(data, dict):
+        return Rejected("not_an_object", f"value is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def epoch_seconds(value: Any, name: str, *, reference: float) -> float | Rejected:
+    """`value` as an event time in epoch seconds, or why it is not one: not a finite
+    number (`invalid_field`), or before 1990 or more than a day after `reference`
+    (`bad_timestamp`, with a hint when it looks like milliseconds and the like)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return Rejected("invalid_field", f"{name} must be epoch seconds (a number)")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        return Rejected("invalid_field", f"{name} must be finite")
+    if seconds < MIN_EVENT_TIME or seconds > reference + MAX_FUTURE_SKEW_S:
+        return Rejected("bad_timestamp", _timestamp_problem(seconds, reference, name))
+    return seconds
+
+
+def _timestamp_problem(timestamp: float, record_timestamp: float, name: str) -> str:
     detail = (
-        f"timestamp {timestamp} is out of the accepted range: epoch seconds from 1990 "
+        f"{name} {timestamp} is out of the accepted range: epoch seconds from 1990 "
         "to a day after the record's time"
     )
     for unit, per_second in _SMALLER_UNITS:
@@ -246,7 +266,8 @@ def _timestamp_problem(timestamp: float, record_timestamp: float) -> str:
     return detail
 
 
-def _id_problem(value: Any) -> str | None:
+def id_problem(value: Any) -> str | None:
+    """Why `value` is not an id (a string of 1 to MAX_ID_CHARS characters), or None."""
     if not isinstance(value, str):
         return f"must be a string, not {type(value).__name__}"
     if not value:
@@ -263,13 +284,13 @@ def _context_problem(context: Any) -> str | None:
         return f"has {len(context)} keys; the limit is {MAX_CONTEXT_KEYS}"
     for key, value in context.items():
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            return f"value of {_describe(key)} must be a string or a number"
+            return f"value of {describe_value(key)} must be a string or a number"
         if isinstance(value, float) and not math.isfinite(value):
-            return f"value of {_describe(key)} must be finite"
+            return f"value of {describe_value(key)} must be finite"
     return None
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
     """A short, safe description of an untrusted value for a rejection's detail: a
     string's first characters, a number, or else only its JSON type (never a repr of
     a container, which may be huge or too deeply nested to print)."""

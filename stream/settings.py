@@ -113,6 +113,16 @@ class Settings:
     dlq_topic: str = field(
         default="clicks.dlq", metadata={"help": "dead-letter topic for rejected events"}
     )
+    items_topic: str = field(
+        default="items",
+        metadata={
+            "help": "catalogue topic: each item's latest record, keyed by item id "
+            "(compacted; every worker reads it from the start)"
+        },
+    )
+    items_dlq_topic: str = field(
+        default="items.dlq", metadata={"help": "dead-letter topic for rejected catalogue records"}
+    )
     partitions: int = field(
         default=4, metadata={"help": "partition count of every topic the worker creates"}
     )
@@ -145,6 +155,13 @@ class Settings:
     # Model and policy.
     model: str = field(default="torch", metadata={"help": f"recommender: {', '.join(MODELS)}"})
     dim: int = field(default=64, metadata={"help": "dimension of user and item vectors"})
+    item_embedding_dim: int = field(
+        default=0,
+        metadata={
+            "help": "dimension of the embeddings catalogue records carry (0: a record "
+            "with an embedding is rejected)"
+        },
+    )
     top_k: int = field(default=10, metadata={"help": "items per recommendation event"})
     exclude: str = field(
         default=DEFAULT_EXCLUSION,
@@ -273,7 +290,7 @@ class Settings:
                 )
         if self.variants:
             self._check_variants()
-        for name in ("max_users", "user_idle_s", "memory_cap_mb"):
+        for name in ("max_users", "user_idle_s", "memory_cap_mb", "item_embedding_dim"):
             if getattr(self, name) < 0:
                 raise SettingsError(
                     f"{_variable(name)} must be 0 (off) or more, not {getattr(self, name)}"
@@ -393,6 +410,8 @@ class Settings:
             self.clicks_topic,
             self.recommendations_topic,
             self.dlq_topic,
+            self.items_topic,
+            self.items_dlq_topic,
             self.by_user_topic,
             self.changelog_topic,
             self.item_deltas_topic,

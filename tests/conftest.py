@@ -39,6 +39,8 @@ def unique_settings(stack: DevStack, data_dir: Path, **overrides: Any) -> Settin
         clicks_topic=f"clicks-{tag}",
         recommendations_topic=f"recommendations-{tag}",
         dlq_topic=f"clicks-{tag}.dlq",
+        items_topic=f"items-{tag}",
+        items_dlq_topic=f"items-{tag}.dlq",
         redis_prefix=f"t{tag}:",
         data_dir=str(data_dir),
         **overrides,

@@ -1,4 +1,5 @@
-"""Replay click payloads into the clicks topic with kafka-python, at a chosen rate."""
+"""Replay click payloads into the clicks topic (and catalogue records into the items
+topic) with kafka-python, at a chosen rate."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def make_producer(bootstrap_servers: str, *, security: KafkaSecurity = PLAINTEXT
 
 
 def replay(
-    records: Iterable[dict[str, Any] | bytes],
+    records: Iterable[dict[str, Any] | bytes | tuple[bytes, bytes]],
     *,
     bootstrap_servers: str,
     topic: str,
@@ -50,11 +51,13 @@ def replay(
     producer: KafkaProducer | None = None,
     security: KafkaSecurity = PLAINTEXT,
 ) -> ReplayResult:
-    """Send every record (a payload dict, or raw bytes sent as they are) to `topic`.
+    """Send every record (a payload dict, raw bytes sent as they are, or a (key, value)
+    pair of bytes) to `topic`.
 
-    Dict payloads are keyed by their `user_id`. `rate` is events per second; 0 sends as
-    fast as the client goes. Blocks until every record is acknowledged. `security`
-    applies to the producer made here (not to a `producer` passed in).
+    Dict payloads are keyed by their `user_id`, raw bytes by nothing. `rate` is records
+    per second; 0 sends as fast as the client goes. Blocks until every record is
+    acknowledged. `security` applies to the producer made here (not to a `producer`
+    passed in).
     """
     own_producer = producer is None
     producer = producer or make_producer(bootstrap_servers, security=security)
@@ -72,6 +75,8 @@ def replay(
             now_ms = int(time.time() * 1000)
             if isinstance(record, bytes):
                 producer.send(topic, value=record, timestamp_ms=now_ms)
+            elif isinstance(record, tuple):
+                producer.send(topic, key=record[0], value=record[1], timestamp_ms=now_ms)
             else:
                 key = str(record.get("user_id", "")).encode() or None
                 producer.send(topic, key=key, value=orjson.dumps(record), timestamp_ms=now_ms)

@@ -6,10 +6,11 @@ Every topic is created up front with the same partition count: Faust crashes wit
 embedded broker auto-creates topics with 4 partitions whatever we configure.
 
 Two roles (issue 14). *State* topics hold the latest value per key and are read from
-the start: the user table's changelog and the item-vectors topic. They are compacted;
-with the broker's default `delete` policy a cluster drops them after 7 days and users
-or items idle that long vanish on the next restart. *Stream* topics (clicks, the dead
-letters, recommendations, the by-user and item-delta hops) are read once and kept for a
+the start: the user table's changelog, the item-vectors and admin topics, and the items
+(catalogue) topic (issue 15). They are compacted; with the broker's default `delete`
+policy a cluster drops them after 7 days and users or items idle that long vanish on the
+next restart. *Stream* topics (clicks, the dead letters of clicks and of catalogue
+records, recommendations, the by-user and item-delta hops) are read once and kept for a
 retention period. Every topic admits records as large as the worker may write.
 """
 
@@ -56,7 +57,12 @@ def worker_topics(settings: Settings) -> list[TopicSpec]:
     limit = {"max.message.bytes": str(record_limit_bytes(settings.max_event_bytes))}
     state = {"cleanup.policy": "compact", **limit}
     stream = {"cleanup.policy": "delete", "retention.ms": str(STREAM_RETENTION_MS), **limit}
-    state_topics = {settings.changelog_topic, settings.item_vectors_topic, settings.admin_topic}
+    state_topics = {
+        settings.changelog_topic,
+        settings.item_vectors_topic,
+        settings.admin_topic,
+        settings.items_topic,
+    }
     return [
         TopicSpec(name, state if name in state_topics else stream) for name in settings.topics()
     ]

@@ -45,6 +45,7 @@ def test_state_topics_are_compacted_streams_kept_and_records_fit(worker_factory:
     configs = reported_configs(settings.bootstrap_servers, settings.topics())
     # Before issue 14 every topic was created with the broker's defaults: {} for each.
     state = {settings.changelog_topic, settings.item_vectors_topic, settings.admin_topic}
+    state.add(settings.items_topic)  # the catalogue: each item's latest record (issue 15)
     limit = str(max(1_000_000, settings.max_event_bytes + 65_536))
     for name in settings.topics():
         assert configs[name].get("max.message.bytes") == limit, name

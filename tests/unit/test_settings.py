@@ -156,6 +156,32 @@ def test_web_port_out_of_range_is_rejected(port: int) -> None:
         Settings(web_port=port)
 
 
+@pytest.mark.parametrize(
+    "name", ["max_users", "user_idle_s", "memory_cap_mb", "item_embedding_dim"]
+)
+def test_negative_counts_that_may_be_zero_are_rejected(name: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{ENV_PREFIX}{name.upper()} must be 0 .off. or more"):
+        Settings.from_env({ENV_PREFIX + name.upper(): "-1"})
+    assert getattr(Settings.from_env({ENV_PREFIX + name.upper(): "0"}), name) == 0
+
+
+def test_the_catalogue_settings_and_their_defaults() -> None:
+    # Issue 15: the worker side reads these names; embeddings are off by default.
+    s = Settings.from_env({})
+    assert (s.items_topic, s.items_dlq_topic, s.item_embedding_dim) == ("items", "items.dlq", 0)
+    env = {
+        "STREAMREC_ITEMS_TOPIC": "catalogue",
+        "STREAMREC_ITEMS_DLQ_TOPIC": "catalogue.dlq",
+        "STREAMREC_ITEM_EMBEDDING_DIM": "384",
+    }
+    s = Settings.from_env(env)
+    assert (s.items_topic, s.items_dlq_topic, s.item_embedding_dim) == (
+        "catalogue",
+        "catalogue.dlq",
+        384,
+    )
+
+
 def test_settings_error_is_a_value_error() -> None:
     assert issubclass(SettingsError, ValueError)
 
@@ -252,6 +278,7 @@ def test_topics_are_distinct_and_include_internal_topics() -> None:
     assert s.changelog_topic in topics
     assert s.by_user_topic in topics
     assert {s.clicks_topic, s.recommendations_topic, s.dlq_topic} <= set(topics)
+    assert {s.items_topic, s.items_dlq_topic} <= set(topics)
 
 
 def test_internal_topics_follow_app_id_and_clicks_topic() -> None:
@@ -264,7 +291,7 @@ def test_internal_topics_follow_app_id_and_clicks_topic() -> None:
     assert len(internal) == 4
     assert a.item_deltas_topic.startswith("a-") and a.item_vectors_topic.startswith("a-")
     assert a.admin_topic == "a-admin"
-    assert len(set(a.topics())) == 8
+    assert len(set(a.topics())) == 10
 
 
 def test_describe_covers_every_field_with_its_default_and_help() -> None:

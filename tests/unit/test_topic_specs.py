@@ -19,8 +19,14 @@ def test_every_worker_topic_has_its_roles_configs() -> None:
     settings = Settings.from_env({}, app_id="app", max_event_bytes=2_000_000)
     specs = {spec.name: spec for spec in worker_topics(settings)}
     assert list(specs) == settings.topics()
-    state = {"app-user_contexts-changelog", "app-item-vectors", "app-admin"}
-    assert {settings.changelog_topic, settings.item_vectors_topic, settings.admin_topic} == state
+    state = {"app-user_contexts-changelog", "app-item-vectors", "app-admin", "items"}
+    assert {
+        settings.changelog_topic,
+        settings.item_vectors_topic,
+        settings.admin_topic,
+        settings.items_topic,  # the catalogue: each item's latest record (issue 15)
+    } == state
+    assert not specs[settings.items_dlq_topic].compacted
     for name, spec in specs.items():
         assert spec.configs["max.message.bytes"] == str(2_000_000 + 65_536)
         assert spec.compacted == (name in state), name
