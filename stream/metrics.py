@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from stream.catalogue import CATALOGUE_REJECT_REASONS
 from stream.events import REJECT_REASONS
 
 # Click-to-recommendation latency is milliseconds when healthy; the tail buckets keep
@@ -72,6 +73,8 @@ class WorkerMetrics:
             self.users_evicted.labels(reason=reason)
         for reason in REJECT_REASONS:
             self.events_rejected.labels(reason=reason)
+        for reason in CATALOGUE_REJECT_REASONS:
+            self.items_rejected.labels(reason=reason)
 
     def _declare_input(self, r: CollectorRegistry) -> None:
         """What the worker read and what became of it."""
@@ -109,6 +112,28 @@ class WorkerMetrics:
         self.recommendations_emitted = Counter(
             "streamrec_recommendations_emitted",
             "Recommendation events sent to the recommendations topic.",
+            registry=r,
+        )
+        # The catalogue (the items topic, stream/worker/catalogue.py).
+        self.items_consumed = Counter(
+            "streamrec_items_consumed",
+            "Catalogue records read by this worker's catalogue agent.",
+            registry=r,
+        )
+        self.items_rejected = Counter(
+            "streamrec_items_rejected",
+            "Catalogue records sent to the items dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.items_cold_started = Counter(
+            "streamrec_items_cold_started",
+            "New items whose content vector this worker sent to their owner before any click.",
+            registry=r,
+        )
+        self.items_unavailable = Gauge(
+            "streamrec_items_unavailable",
+            "Items the catalogue marks unavailable: never served until available again.",
             registry=r,
         )
 

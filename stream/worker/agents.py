@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from stream.events import Click, Rejected, dead_letter, decode_click
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # An agent's stream in, batches of its events out (`in_order_batches` with the app's
 # settings bound).
 Batches = Callable[[Any], AsyncIterator[list[Any]]]
+# Returns once the worker may apply clicks (its item vectors and catalogue read).
+Ready = Callable[[], Awaitable[Any]]
 
 
 async def in_order_batches(
@@ -73,7 +75,7 @@ async def take_clicks(
     stream: Any,
     *,
     batches: Batches,
-    items: ItemOwner,
+    ready: Ready,
     applier: BatchApplier,
     dlq: Any,
     by_user: Any,
@@ -86,8 +88,8 @@ async def take_clicks(
     owning partition; forwards any other to the by-user topic, keyed by user id and
     keeping its record timestamp (the latency histogram runs from the first produce)."""
     # Clicks wait until the index holds the live item vectors (a fresh worker
-    # rebuilds them from the item-vectors topic first).
-    await items.caught_up.wait()
+    # rebuilds them from the item-vectors topic first) and the catalogue is read.
+    await ready()
     async for events in batches(stream):
         accepted: list[Accepted] = []
         metrics.events_consumed.inc(len(events))
@@ -140,11 +142,11 @@ async def take_clicks(
 
 
 async def take_routed_clicks(
-    stream: Any, *, batches: Batches, items: ItemOwner, applier: BatchApplier
+    stream: Any, *, batches: Batches, ready: Ready, applier: BatchApplier
 ) -> None:
     """Registered as the "recommend" agent on the by-user topic: applies the clicks
     `take_clicks` forwarded, each now on its user's owning partition."""
-    await items.caught_up.wait()
+    await ready()
     async for events in batches(stream):
         accepted: list[Accepted] = []
         for event in events:
@@ -175,4 +177,11 @@ async def own_item_deltas(stream: Any, *, batches: Batches, items: ItemOwner) ->
             await items.own_deltas(event.message.partition, event.value)
 
 
-__all__ = ["Batches", "in_order_batches", "own_item_deltas", "take_clicks", "take_routed_clicks"]
+__all__ = [
+    "Batches",
+    "Ready",
+    "in_order_batches",
+    "own_item_deltas",
+    "take_clicks",
+    "take_routed_clicks",
+]

@@ -19,6 +19,10 @@ Item vectors have one writer each, the worker owning the item id's partition of
 `{app_id}-item-deltas` (the `own_items` agent, ItemOwner); every worker follows
 `{app_id}-item-vectors` from the beginning and so converges on the owners' vectors, and
 a fresh worker rebuilds its index from it before taking clicks (stream/items/).
+The catalogue (the items topic) is read whole by every worker, for availability and
+content, and by one `catalogue` agent per partition, which dead-letters bad records and
+sends a new item's content vector to its owner (stream/worker/catalogue.py); clicks
+wait until both the item vectors and the catalogue are read.
 RedisRepair fills Redis on start and again whenever Redis lost its data
 (stream/worker/redis_health.py). Housekeeping runs the rest: Redis flushes, lag,
 memory, eviction of idle users, rebalances.
@@ -39,6 +43,7 @@ from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
 from serving.redis_store import RedisVectorStore
 from stream.items.ledger import DeltaTracker
+from stream.kafka.follower import TopicFollower
 from stream.kafka.topics import record_limit_bytes
 from stream.kafka.transport import streamrec_app
 from stream.metrics import WorkerMetrics
@@ -46,6 +51,7 @@ from stream.security import KafkaSecurity, redis_options
 from stream.settings import Settings
 from stream.worker import agents
 from stream.worker.applier import BatchApplier
+from stream.worker.catalogue import Catalogue, take_catalogue
 from stream.worker.housekeeping import Housekeeping
 from stream.worker.item_owner import ItemOwner
 from stream.worker.pipeline import ClickProcessor
@@ -110,7 +116,7 @@ def make_app(settings: Settings, kafka_security: KafkaSecurity) -> faust.App:
 
 @dataclass(frozen=True)
 class WorkerTopics:
-    """The worker's six topics and its user table, all with `settings.partitions`
+    """The worker's topics and its user table, all with `settings.partitions`
     partitions so that partition p of each is assigned to the same worker."""
 
     clicks: Any
@@ -120,6 +126,8 @@ class WorkerTopics:
     users: Any  # the user table (Faust's), changelogged
     item_deltas: Any
     item_vectors: Any
+    items: Any  # the catalogue
+    items_dlq: Any
 
     @classmethod
     def declare(cls, app: faust.App, settings: Settings) -> WorkerTopics:
@@ -148,6 +156,8 @@ class WorkerTopics:
             ),
             item_deltas=topic(settings.item_deltas_topic),
             item_vectors=topic(settings.item_vectors_topic),
+            items=topic(settings.items_topic),
+            items_dlq=topic(settings.items_dlq_topic),
         )
 
     async def send_recommendation(self, user_key: bytes, value: bytes) -> Awaitable[Any]:
@@ -204,6 +214,7 @@ def _install_model_switch(
     applier: BatchApplier,
     metrics: WorkerMetrics,
     index: FaissIndex,
+    catalogue: Catalogue,
 ) -> ModelSwitch:
     """Live checkpoint swaps from the admin topic (stream/worker/swap.py)."""
     background: set[asyncio.Task[int]] = set()
@@ -211,6 +222,7 @@ def _install_model_switch(
     def install(serving: Serving) -> None:
         old = processor.recommender
         processor.swap(serving.model)
+        catalogue.feed(serving.model)
         vector_model = serving.model if isinstance(serving.model, ItemVectorModel) else None
         items.swap(vector_model, serving.index, processor.vector_version)
         applier.index = serving.index
@@ -239,6 +251,52 @@ def _install_model_switch(
     app.task(follow_model_commands)
     app.task(switch.run)
     return switch
+
+
+def _install_catalogue(
+    app: Any,
+    settings: Settings,
+    security: KafkaSecurity,
+    topics: WorkerTopics,
+    processor: ClickProcessor,
+    items: ItemOwner,
+    metrics: WorkerMetrics,
+    batches: agents.Batches,
+) -> tuple[Catalogue, agents.Ready]:
+    """The catalogue's follower and agent (stream/worker/catalogue.py); returns the
+    catalogue and what clicks wait for: the item vectors and the catalogue read."""
+    catalogue = Catalogue(
+        processor,
+        items,
+        metrics,
+        max_event_bytes=settings.max_event_bytes,
+        embedding_dim=settings.item_embedding_dim,
+    )
+    follower = TopicFollower(
+        settings.bootstrap_servers,
+        settings.items_topic,
+        settings.partitions,
+        catalogue.take_record,
+        what="catalogue",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        security=security,
+    )
+    app.task(follower.run)
+
+    async def ready() -> None:
+        await items.caught_up.wait()
+        await follower.caught_up.wait()
+
+    app.agent(topics.items, name="catalogue")(
+        _bound(
+            take_catalogue,
+            batches=batches,
+            ready=items.caught_up.wait,
+            catalogue=catalogue,
+            dlq=topics.items_dlq,
+        )
+    )
+    return catalogue, ready
 
 
 def create_worker(
@@ -317,12 +375,15 @@ def create_worker(
         size=settings.batch_size,
         within_s=settings.batch_wait_ms / 1000,
     )
+    catalogue, ready = _install_catalogue(
+        app, settings, kafka_security, topics, processor, items, metrics, batches
+    )
     # The agent names name consumer and changelog state: they stay as they were.
     app.agent(topics.clicks, name="validate")(
         _bound(
             agents.take_clicks,
             batches=batches,
-            items=items,
+            ready=ready,
             applier=applier,
             dlq=topics.dlq,
             by_user=topics.by_user,
@@ -335,7 +396,7 @@ def create_worker(
         _bound(
             agents.take_routed_clicks,
             batches=batches,
-            items=items,
+            ready=ready,
             applier=applier,
         )
     )
@@ -370,7 +431,9 @@ def create_worker(
         app, topics.users, functools.partial(_pull_answer, processor, users), settings.top_k
     )
     register_index_views(app, lambda: items.index, items.canonical_version)
-    _install_model_switch(app, settings, kafka_security, processor, items, applier, metrics, index)
+    _install_model_switch(
+        app, settings, kafka_security, processor, items, applier, metrics, index, catalogue
+    )
     return Worker(app)
 
 

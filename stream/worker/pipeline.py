@@ -4,7 +4,8 @@ bottom:
 dedup by event id -> user context update and item representation update (the model,
 which also upserts the changed item vectors into its FAISS index) -> the item changes to
 their owners (`DeltaTracker`) and the user vectors queued for Redis (`VectorPublisher`,
-flushed off this path) -> top-K with the exclusion policy -> the recommendation events.
+flushed off this path) -> top-K with the exclusion policy, never an unavailable item ->
+the recommendation events.
 
 The model gets one `learn_many` and one `recommend_many` call per wave of the batch
 (each user's w-th click in wave w; the default, STREAMREC_MODEL_STEP=batch), or runs
@@ -34,6 +35,7 @@ from model.variants import Variants
 from stream.events import Click, Recommendation, RecommendedItem, encode_recommendation
 from stream.items.ledger import DeltaTracker
 from stream.metrics import WorkerMetrics, observe_many, observe_values
+from stream.worker.availability import Unavailable
 from stream.worker.publisher import VectorPublisher
 from stream.worker.quality import OnlineQuality
 from stream.worker.records import UserRecord
@@ -96,6 +98,7 @@ def _learn_and_rank(
     k: int,
     exclude_of: Callable[[int, UserContext, Interaction], Collection[str]],
     batched: bool,
+    unavailable: Unavailable,
 ) -> _Learned:
     """Learn from `interactions` and rank for each. `batched`: wave by wave (each
     user's w-th click of the batch in wave w), one `learn_many` and one
@@ -104,7 +107,7 @@ def _learn_and_rank(
     against it); it does reflect other users' clicks of the wave. Otherwise one click
     at a time, learn then rank, exactly as single clicks are. `exclude_of(i, context,
     interaction)` is what click i's ranking leaves out, `context` being the user's
-    after it."""
+    after it; no list holds an `unavailable` item."""
     started = time.perf_counter()
     if batched:
         current = dict(contexts)
@@ -119,7 +122,7 @@ def _learn_and_rank(
                 exclude_of(p, update.context, click)
                 for p, update, click in zip(wave, done, clicks, strict=True)
             ]
-            lists = recommender.recommend_many([u.context for u in done], k, excludes)
+            lists = unavailable.recommend_many(recommender, [u.context for u in done], k, excludes)
             for p, click, update, items in zip(wave, clicks, done, lists, strict=True):
                 current[click.user_id] = update.context
                 by_position[p] = (update, items)
@@ -139,8 +142,8 @@ def _learn_and_rank(
         updates.append(update)
         learned = time.perf_counter()
         ranked.append(
-            recommender.recommend(
-                update.context, k, exclude=exclude_of(n, update.context, interaction)
+            unavailable.recommend(
+                recommender, update.context, k, exclude_of(n, update.context, interaction)
             )
         )
         searching += time.perf_counter() - learned
@@ -180,6 +183,8 @@ class ClickProcessor:
         self.history_max = history_max
         self.dedup_window = dedup_window
         self.batched = batched  # one model call per batch (STREAMREC_MODEL_STEP=batch)
+        # Kept current by the catalogue (stream/worker/catalogue.py).
+        self.unavailable = Unavailable()
         self.quality = OnlineQuality(metrics)
         # An A/B experiment (STREAMREC_VARIANTS): each click's list is served, tagged and
         # scored by the user's variant.
@@ -319,6 +324,7 @@ class ClickProcessor:
             self.top_k,
             exclude_of,
             batched=self.batched,
+            unavailable=self.unavailable,
         )
         updates, ranked = learned.updates, learned.ranked
         # model_update includes the model's own index upserts of the vectors it changed.
@@ -454,7 +460,7 @@ class ClickProcessor:
             context = self.experiment.enter(user_id, context)
             arm = self.experiment.served(context)
             version, variant = arm.model.version, arm.name
-        items = self.recommender.recommend(context, k, exclude=leave_out)
+        items = self.unavailable.recommend(self.recommender, context, k, leave_out)
         return Recommendation(
             user_id=user_id,
             items=tuple(RecommendedItem(s.item_id, s.score) for s in items),

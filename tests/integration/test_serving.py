@@ -126,9 +126,10 @@ def test_the_pull_api_answers_like_a_recommendation_event(spawn: Any) -> None:
     assert status == 400 and "k must be an integer" in body["error"]
 
 
-def two_workers(spawn: Any) -> tuple[RunningWorker, RunningWorker]:
-    """Two members of one new app on 4 partitions, once the group spans both."""
-    first = spawn(partitions=4)
+def two_workers(spawn: Any, **overrides: Any) -> tuple[RunningWorker, RunningWorker]:
+    """Two members of one new app on 4 partitions (and `overrides`' settings), once the
+    group spans both."""
+    first = spawn(partitions=4, **overrides)
     wait_for(lambda: get_json(f"{base_url(first.settings)}/api/index")[0] == 200, 60, "worker 1")
     second = spawn(first.settings)
     wait_for(lambda: get_json(f"{base_url(second.settings)}/api/index")[0] == 200, 60, "worker 2")

@@ -362,7 +362,7 @@ def check_dashboard(dashboard: Doc, datasource_uid: str, queryable: set[str]) ->
     every = panels(dashboard)
     assert [p["title"] for p in every if p["type"] == "row"] == [
         "Is it up", "Is it fast", "Is it fresh", "Is it good", "Is it flowing",
-        "Which variant wins",
+        "Which variant wins", "The catalogue",
     ]  # fmt: skip
     assert every[0]["type"] == "row", "a panel sits above the first row"
     ids = [p["id"] for p in every]

@@ -65,7 +65,7 @@ def test_the_worker_names_a_click_without_event_id_as_click_event_id_does() -> N
         take_clicks(
             [event],
             batches=batches,
-            items=SimpleNamespace(caught_up=ready),  # type: ignore[arg-type]
+            ready=ready.wait,
             applier=Applier(),  # type: ignore[arg-type]
             dlq=None,
             by_user=None,
