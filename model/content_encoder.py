@@ -187,13 +187,16 @@ class HashedContentEncoder:
         if norm == 0.0:
             return out
         sums /= norm
-        for at, item_id in enumerate(item_ids):
-            features = self._features.get(item_id)
-            if features is None:
-                continue
-            where = np.minimum(np.searchsorted(keys, features.buckets), len(keys) - 1)
-            hit = keys[where] == features.buckets
-            out[at] = float(features.weights[hit] @ sums[where[hit]])
+        at = [(i, f) for i, item_id in enumerate(item_ids) if (f := self._features.get(item_id))]
+        if not at:
+            return out
+        buckets = np.concatenate([f.buckets for _, f in at])
+        weights = np.concatenate([f.weights for _, f in at])
+        owner = np.repeat([i for i, _ in at], [len(f.buckets) for _, f in at])
+        where = np.minimum(np.searchsorted(keys, buckets), len(keys) - 1)
+        hit = keys[where] == buckets
+        products = np.where(hit, weights * sums[where], 0.0)
+        out[:] = np.bincount(owner, products, minlength=len(item_ids))
         return out
 
     def _vector(self, features: Features) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.base import ItemChange, UserContext
+from model.base import ItemChange, Scored, UserContext
 from model.content import ItemContent
 from model.content_encoder import ContentEncoder
 from model.index import ExactIndex
@@ -106,6 +106,12 @@ class ContentSide:
                 self._cold.upsert(cold, self.encoder.vectors(cold))
             self._warmed, self._since_refresh, self._stale = set(), 0, False
         return self._cold
+
+    def cold_top(self, query: np.ndarray | None, k: int, exclude: Collection[str]) -> list[Scored]:
+        """The best k cold items for `query` (all tied without one), `exclude` left out."""
+        index = self._index()
+        vector = np.zeros(index.dim, dtype=np.float32) if query is None else query
+        return index.search(vector, k, self._warmed.union(exclude))
 
     def extend(
         self,

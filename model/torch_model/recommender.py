@@ -149,7 +149,9 @@ class TorchRecommender(OnlineRecommender):
         (`model.torch_model.cold`), after which new rows of these items start from
         their content vectors, clicks teach the content mapping and cold items become
         candidates. ValueError for an upstream embedding of another dimension than the
-        first one given."""
+        first one given. An empty mapping on a model without content changes nothing."""
+        if not contents and self.content is None:
+            return
         if self.content is None:
             self._use_content(
                 ContentSide(
@@ -270,7 +272,8 @@ class TorchRecommender(OnlineRecommender):
     def _filled(
         self, context: UserContext, k: int, exclude: Collection[str], results: list[Scored]
     ) -> list[Scored]:
-        """`results` filled up to k: cold start, or fewer candidates than k. Fill scores
+        """`results` filled up to k (from the index, then by popularity, then with cold
+        items): cold start, or fewer candidates than k. Fill scores
         sit below the mixed scores only to keep the list best-first; they are not
         comparable to them."""
         taken = {s.item_id for s in results}
@@ -281,6 +284,9 @@ class TorchRecommender(OnlineRecommender):
             fill = self.index.search(query, k - len(results), taken.union(exclude))
         taken.update(s.item_id for s in fill)
         fill += self.popularity.top(k - len(results) - len(fill), taken.union(exclude))
+        if self.content is not None and len(results) + len(fill) < k:
+            taken.update(s.item_id for s in fill)
+            fill += self.content.cold_top(query, k - len(results) - len(fill), taken.union(exclude))
         if results:
             return results + [Scored(s.item_id, floor - 1.0 - i) for i, s in enumerate(fill)]
         return fill
