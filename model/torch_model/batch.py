@@ -147,6 +147,9 @@ def _learn_wave(
     if touched:
         ids = [encoder.ids[row] for row in sorted(touched)]
         model.index.upsert(ids, encoder.emb[sorted(touched)].numpy())
+    if model.content is not None:
+        for changed in changes:
+            model.content.learn(changed)
     return [
         Update(
             context=model.advance(context, click, state=encoder.pack(h[j], h_next[j], inputs[j])),

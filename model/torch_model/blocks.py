@@ -28,6 +28,7 @@ from model.torch_model.candidates import (
     in_order,
     summed,
 )
+from model.torch_model.cold import ContentSide
 from model.torch_model.encoder import GruEncoder
 from model.transitions import TransitionMemory
 
@@ -40,7 +41,7 @@ class Block:
     """The candidates of several users and their features: user u's are
     `rows[of(u)]`, with item ids `ids[of(u)]` and feature rows `features[of(u)]`, in
     candidate order (sources in the order `MixRanker` lists them, each id at its first
-    appearance)."""
+    appearance, then a content-aware model's cold items, whose row is -1)."""
 
     rows: np.ndarray
     ids: list[str]
@@ -53,9 +54,11 @@ class Block:
 
 @dataclass(frozen=True)
 class FeatureLayout:
-    """The columns of a candidate's feature row, for a transition window of `window`."""
+    """The columns of a candidate's feature row, for a transition window of `window`;
+    the two content columns only in a model that has content (cold.py)."""
 
     window: int
+    content: bool = False
 
     score = 0  #: e_j . h, the encoder's score
 
@@ -100,8 +103,18 @@ class FeatureLayout:
         return 7 + self.window
 
     @property
-    def size(self) -> int:
+    def content_similarity(self) -> int:
+        """content similarity of j to the user's recent items"""
         return 8 + self.window
+
+    @property
+    def cold(self) -> int:
+        """j has content and no click yet"""
+        return 9 + self.window
+
+    @property
+    def size(self) -> int:
+        return 10 + self.window if self.content else 8 + self.window
 
 
 class CandidateBlocks:
@@ -124,6 +137,7 @@ class CandidateBlocks:
     _history_decay: list[float]
     _successors: SuccessorCache
     _neighbours: SuccessorCache | None
+    content: ContentSide | None
 
     def block(
         self,
@@ -195,7 +209,12 @@ class CandidateBlocks:
             (np.array(repeat_keys, dtype=np.int64), np.array(repeat_back, dtype=np.int64)),
         )
         bounds = np.searchsorted(user, np.arange(users + 1))
-        return Block(rows, ids, bounds, features)
+        block = Block(rows, ids, bounds, features)
+        if self.content is not None:
+            block = self.content.extend(
+                block, contexts, hs, excludes, alsos, self.layout, self.popularity
+            )
+        return block
 
     def history_vote(self, recent: Sequence[str], k: int) -> list[Scored]:
         """The k items with the largest history vote for a user whose recent items are

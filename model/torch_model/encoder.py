@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,9 @@ class GruEncoder:
         self._gap_sq = torch.zeros(_GAP_BUCKETS, dim)
         self._kind_emb = torch.zeros(_KINDS, dim)
         self._kind_sq = torch.zeros(_KINDS, dim)
+        # Where a new item's row starts before its random draw (None: at zero), set by
+        # a model that knows item content.
+        self.start: Callable[[str], np.ndarray | None] | None = None
 
     @property
     def state_size(self) -> int:
@@ -123,12 +126,16 @@ class GruEncoder:
             self.emb[row] = torch.from_numpy(vector)
 
     def row(self, item_id: str) -> int:
-        """The item's row, created with a random vector if the item is new."""
+        """The item's row, created if the item is new: at `start(item_id)` plus a
+        random vector, or the random vector alone."""
         row = self.rows.get(item_id)
         if row is not None:
             return row
         row = self._append_row(item_id)
         self.emb[row] = torch.randn(self.dim, generator=self.generator) * self.init_std
+        base = None if self.start is None else self.start(item_id)
+        if base is not None:
+            self.emb[row] += torch.from_numpy(base)
         return row
 
     def _append_row(self, item_id: str) -> int:

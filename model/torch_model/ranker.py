@@ -18,6 +18,7 @@ from model.base import ItemIndex, Scored, UserContext
 from model.baselines import RecentPopularity
 from model.torch_model.blocks import Block, CandidateBlocks, FeatureLayout
 from model.torch_model.candidates import SuccessorCache
+from model.torch_model.cold import ContentSide
 from model.torch_model.encoder import GruEncoder
 from model.transitions import TransitionMemory
 
@@ -92,6 +93,7 @@ class MixRanker(CandidateBlocks):
         self.cooccurrence_weight = cooccurrence_weight
         # The history vote's weight for the d-th last item, d ** -history_exponent.
         self._history_decay = [d**-history_exponent for d in range(1, max(0, history) + 1)]
+        self.content: ContentSide | None = None
         self._set_layout(transitions.window)
         self.prior = self._starting_mix()
         self.mix = self.prior.clone()
@@ -109,9 +111,20 @@ class MixRanker(CandidateBlocks):
             None if self.cooccurrence is None else SuccessorCache(self.cooccurrence, self.encoder)
         )
 
-    def _set_layout(self, window: int) -> None:
-        self.layout = FeatureLayout(window)
+    def _set_layout(self, window: int, content: bool = False) -> None:
+        self.layout = FeatureLayout(window, content)
         self._decay = torch.arange(1, window + 1, dtype=torch.float32).pow(-1.5)
+
+    def use_content(self, content: ContentSide) -> None:
+        """Rank with `content`'s cold candidates and features from now on: the mixers
+        gain the content columns with zero weights, which the learned mixer trains."""
+        self.content = content
+        if not self.layout.content:
+            self._set_layout(self.layout.window, content=True)
+            extra = self.layout.size - len(self.mix)
+            self.prior = torch.cat([self.prior, torch.zeros(extra)])
+            self.mix = torch.cat([self.mix, torch.zeros(extra)])
+            self._mix_sq = torch.cat([self._mix_sq, torch.zeros(extra)])
 
     # Ranking.
 
@@ -192,7 +205,10 @@ class MixRanker(CandidateBlocks):
             repeat = item in context.recent
             self.repeat_rate += _REPEAT_RATE_ALPHA * (float(repeat) - self.repeat_rate)
             rare_now = self.repeat_rate < _RARE_REPEATS
-            if item in self.encoder.rows and not (repeat and rare_now):
+            known = item in self.encoder.rows or (
+                self.content is not None and self.content.is_cold(item)
+            )
+            if known and not (repeat and rare_now):
                 stepping.append(j)
                 rare.append(rare_now)
         if not stepping:
@@ -285,7 +301,10 @@ class MixRanker(CandidateBlocks):
             self.cooccurrence = cooccurrence_memory(1)
             self.cooccurrence.load_state_dict(saved)
         self._caches()
-        self._set_layout(self.transitions.window)
+        # Saved with the content columns or without (by a model without content).
+        window = self.transitions.window
+        saved_size = len(torch.as_tensor(state["mix"]))
+        self._set_layout(window, content=saved_size == FeatureLayout(window, True).size)
         mixers = {}
         for name in ("mix", "mix_sq", "mix_prior"):
             mixers[name] = torch.as_tensor(state[name], dtype=torch.float32).clone()

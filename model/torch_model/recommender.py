@@ -17,8 +17,11 @@ from model.base import (
     UserContext,
 )
 from model.baselines import DEFAULT_HALF_LIFE_S, RecentPopularity, count_click
+from model.content import ItemContent
+from model.content_encoder import HashedContentEncoder
 from model.index import ExactIndex
 from model.torch_model import batch
+from model.torch_model.cold import ContentSide
 from model.torch_model.encoder import GruEncoder, click_inputs
 from model.torch_model.ranker import MixRanker, cooccurrence_memory
 from model.transitions import DEFAULT_SESSION_GAP_S, TransitionMemory
@@ -80,11 +83,19 @@ class TorchRecommender(OnlineRecommender):
         context_lr: float = 0.01,
         cooccurrence_window: int = 5,
         cooccurrence_weight: float = 1.0,
+        content_lr: float = 0.1,
+        content_candidates: int = 20,
+        content_refresh: int = 1000,
     ) -> None:
         if dim < 1 or negatives < 0 or not lr > 0:
             raise ValueError("dim must be >= 1, negatives >= 0 and lr > 0")
         self.dim = dim
         self.seed = seed
+        self.content_lr = content_lr
+        self.content_candidates = content_candidates
+        self.content_refresh = content_refresh
+        # Made by the first `set_content`: without it, every path is content-free.
+        self.content: ContentSide | None = None
         self.max_recent = max_recent
         self.version_tag = version_tag
         self._owns_index = index is None
@@ -133,6 +144,35 @@ class TorchRecommender(OnlineRecommender):
         model draws next."""
         self.encoder.set_vectors(ids, vectors)
 
+    def set_content(self, contents: Mapping[str, ItemContent]) -> None:
+        """`ContentAware.set_content`: the first call gives the model its content side
+        (`model.torch_model.cold`), after which new rows of these items start from
+        their content vectors, clicks teach the content mapping and cold items become
+        candidates. ValueError for an upstream embedding of another dimension than the
+        first one given. An empty mapping on a model without content changes nothing."""
+        if not contents and self.content is None:
+            return
+        if self.content is None:
+            self._use_content(
+                ContentSide(
+                    HashedContentEncoder(self.dim, lr=self.content_lr),
+                    self.encoder,
+                    candidates=self.content_candidates,
+                    refresh_every=self.content_refresh,
+                )
+            )
+        assert self.content is not None
+        self.content.set_content(contents)
+
+    def content_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """`ContentAware.content_vectors`, from the mapping as it stands now."""
+        return {} if self.content is None else self.content.vectors(item_ids)
+
+    def _use_content(self, content: ContentSide) -> None:
+        self.content = content
+        self.encoder.start = content.start
+        self.ranker.use_content(content)
+
     def history_vote(self, recent: Sequence[str], k: int) -> list[Scored]:
         """The k items with the largest history vote for `recent` (a mixer feature)."""
         return self.ranker.history_vote(recent, k)
@@ -166,6 +206,8 @@ class TorchRecommender(OnlineRecommender):
         }
         if changes:
             self.index.upsert(list(changes), np.stack([c.after for c in changes.values()]))
+        if self.content is not None:
+            self.content.learn(changes)
         return Update(
             context=self.advance(context, interaction, state=encoder.pack(h, h_next, inputs)),
             item_changes=changes,
@@ -230,7 +272,8 @@ class TorchRecommender(OnlineRecommender):
     def _filled(
         self, context: UserContext, k: int, exclude: Collection[str], results: list[Scored]
     ) -> list[Scored]:
-        """`results` filled up to k: cold start, or fewer candidates than k. Fill scores
+        """`results` filled up to k (from the index, then by popularity, then with cold
+        items): cold start, or fewer candidates than k. Fill scores
         sit below the mixed scores only to keep the list best-first; they are not
         comparable to them."""
         taken = {s.item_id for s in results}
@@ -241,15 +284,23 @@ class TorchRecommender(OnlineRecommender):
             fill = self.index.search(query, k - len(results), taken.union(exclude))
         taken.update(s.item_id for s in fill)
         fill += self.popularity.top(k - len(results) - len(fill), taken.union(exclude))
+        if self.content is not None and len(results) + len(fill) < k:
+            taken.update(s.item_id for s in fill)
+            fill += self.content.cold_top(query, k - len(results) - len(fill), taken.union(exclude))
         if results:
             return results + [Scored(s.item_id, floor - 1.0 - i) for i, s in enumerate(fill)]
         return fill
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, embeddings of known items,
-        Adagrad and generator state, counts, the mixers. Tensors are copies; the whole
-        dict loads with `torch.load(..., weights_only=True)`."""
-        return {**self.encoder.state_dict(), **self.ranker.state_dict()}
+        Adagrad and generator state, counts, the mixers, and `content` once content is
+        set (none before, so a model without content saves what it always saved).
+        Tensors are copies; the whole dict loads with `torch.load(...,
+        weights_only=True)`."""
+        state = {**self.encoder.state_dict(), **self.ranker.state_dict()}
+        if self.content is not None:
+            state["content"] = self.content.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the learned state with `state`'s and upsert every item vector into
@@ -257,6 +308,12 @@ class TorchRecommender(OnlineRecommender):
         keeps any other items it holds. ValueError if `dim` or a shape differs, KeyError
         if a part is missing (a state of another checkpoint format)."""
         self.encoder.load_state_dict(state)
+        saved = state.get("content")  # absent from states saved without content
+        self.content, self.encoder.start, self.ranker.content = None, None, None
+        if saved is not None:
+            content = ContentSide(HashedContentEncoder(self.dim), self.encoder)
+            content.load_state_dict(saved)
+            self._use_content(content)
         self.ranker.load_state_dict(state)
         self.searched = batch.SearchMemory()
         if self._owns_index:

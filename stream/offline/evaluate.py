@@ -2,6 +2,8 @@
 
 Where the data comes from:
 - `--protocol prequential` and `--protocol last-out` read one file, `--data FILE`.
+- `--protocol cold-start` reads `--data FILE` and a catalogue, `--items FILE`
+  (`stream.offline.catalogue_files`); every `torch` brings a `torch+content` row.
 - `--protocol session-split` reads a training file and a test file: `--train FILE
   --test FILE`, or `--data` naming either a session-rec `*_train_full.txt` file (its
   test file is the sibling with `_test.txt` in place of `_train_full.txt`) or a
@@ -26,13 +28,17 @@ import orjson
 
 from model import evaluation
 from model.base import EXCLUSION_POLICIES, HISTORY_MAX, Interaction
+from model.content import ItemContent
 from model.registry import MODEL_NAMES, build_recommender
 from model.transitions import learned_session_gap
 from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
+from stream.offline.catalogue_files import CATALOGUE_FORMATS, read_catalogue_file
 from stream.offline.datasets import FORMATS, DatasetError, read_interactions
 from stream.settings import DEFAULT_EXCLUSION, Settings
 
-PROTOCOLS = ("prequential", "last-out", "session-split")
+PROTOCOLS = ("prequential", "last-out", "session-split", "cold-start")
+#: The torch model given the catalogue's content: a cold-start row beside `torch`.
+TORCH_CONTENT = "torch+content"
 _TRAIN_SUFFIX = "_train_full.txt"
 _TEST_SUFFIX = "_test.txt"
 
@@ -50,7 +56,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "and print HR@K, MRR@K, NDCG@K, catalogue coverage and throughput per model. "
         "prequential: score each event before learning it. last-out: hold out each user's "
         "last event and rank for it. session-split: learn --train, then predict each test "
-        "session's next click. Every ranking leaves out what a worker's would (--exclude).",
+        "session's next click. cold-start: prequential with the catalogue's content (--items) "
+        "known up front, also scored on clicks on items with fewer than 5 earlier clicks "
+        "(new_item_HR). Every ranking leaves out what a worker's would (--exclude).",
     )
     parser.add_argument(
         "--data",
@@ -59,6 +67,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--train", help="session-split training file (with --test)")
     parser.add_argument("--test", help="session-split test file (with --train)")
+    parser.add_argument("--items", help="cold-start catalogue file (item content)")
+    parser.add_argument(
+        "--items-format",
+        default="csv",
+        choices=CATALOGUE_FORMATS,
+        help="catalogue format (default csv: item_id,title,text,categories; movielens: movies.csv)",
+    )
     parser.add_argument(
         "--format", default="session-rec", choices=FORMATS, help="file format (default session-rec)"
     )
@@ -186,7 +201,9 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
     With a `HitLog`, every scored prediction of every model is also logged into it."""
     import torch
 
-    models = parse_models(args.models)
+    cold = args.protocol == "cold-start"
+    models = parse_models(args.models, cold_start=cold)
+    contents = read_catalogue(args) if cold else {}
     ks = parse_ks(args.k)
     if args.limit is not None and args.limit < 1:
         raise EvaluateError(f"--limit must be at least 1, not {args.limit}")
@@ -195,6 +212,8 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
     batch_size = getattr(args, "batch_size", 1)
     if batch_size < 1:
         raise EvaluateError(f"--batch-size must be at least 1, not {batch_size}")
+    if cold and batch_size != 1:
+        raise EvaluateError("--protocol cold-start runs one event at a time (--batch-size 1)")
     dataset, files = resolve_data(args.protocol, args.data, args.train, args.test)
     streams = [load(path, args.format, args.limit) for path in files]
 
@@ -214,7 +233,7 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
     try:
         for name in models:
             model = build_recommender(
-                name,
+                "torch" if name == TORCH_CONTENT else name,
                 dim=args.dim,
                 seed=args.seed,
                 half_life_s=half_life_s,
@@ -222,7 +241,12 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
             )
             logged = hit_log.recorder(name) if hit_log is not None else None
             with _progress_bar(name, total, disabled=args.quiet) as progress:
-                if args.protocol == "prequential":
+                if cold:
+                    given = contents if name == TORCH_CONTENT else {}
+                    result = evaluation.cold_start(
+                        model, streams[0], given, ks, progress, logged, exclude
+                    )
+                elif args.protocol == "prequential":
                     result = evaluation.prequential(
                         model, streams[0], ks, progress, logged, batch_size, exclude
                     )
@@ -235,7 +259,7 @@ def evaluate(args: argparse.Namespace, hit_log: Any = None) -> dict[str, Any]:
                         model, streams[0], streams[1], ks, progress, logged, batch_size, exclude
                     )
             results[name] = result
-            if getattr(args, "through_kafka", False):
+            if getattr(args, "through_kafka", False) and name != TORCH_CONTENT:
                 live = _through_kafka(args, name, streams, ks, half_life_s, session_gap_s, exclude)
                 results.update(live)
     finally:
@@ -287,15 +311,33 @@ def _through_kafka(
     return {f"{name}@kafka": rows["emitted"], f"{name}@kafka-pull": rows["pull"]}
 
 
-def parse_models(text: str) -> list[str]:
+def parse_models(text: str, cold_start: bool = False) -> list[str]:
+    """The models named in `text`, in order, once each; for cold-start `torch+content`
+    is a choice too, and each `torch` brings it right after."""
+    choices = (*MODEL_NAMES, TORCH_CONTENT) if cold_start else MODEL_NAMES
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in MODEL_NAMES]
+    unknown = [name for name in names if name not in choices]
     if unknown or not names:
         raise EvaluateError(
             f"unknown model {', '.join(map(repr, unknown)) or repr(text)}; "
-            f"choose from {','.join(MODEL_NAMES)}"
+            f"choose from {','.join(choices)}"
         )
+    if cold_start:
+        names = [
+            n for name in names for n in ([name, TORCH_CONTENT] if name == "torch" else [name])
+        ]
     return list(dict.fromkeys(names))
+
+
+def read_catalogue(args: argparse.Namespace) -> dict[str, ItemContent]:
+    """The cold-start catalogue: `--items` read as `--items-format`."""
+    items = getattr(args, "items", None)
+    if not items:
+        raise EvaluateError("--protocol cold-start needs --items FILE (the catalogue)")
+    contents = read_catalogue_file(items, getattr(args, "items_format", "csv"))
+    if not contents:
+        raise DatasetError(f"{items} holds no items")
+    return contents
 
 
 def parse_half_life(text: str) -> float | None:
@@ -495,7 +537,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _cell(column: str, value: Any) -> str:
-    if column == "predictions":
+    if column in ("predictions", "new_item_predictions"):
         return f"{value:,}"
     if column == "seconds":
         return f"{value:.1f}"

@@ -181,6 +181,12 @@ def test_format_table_aligns_columns() -> None:
         (["--protocol", "session-split", "--train", "{train}"], "together"),
         (["--protocol", "session-split", "--data", "{tmp}/nowhere"], "no dataset file or"),
         (["--protocol", "session-split", "--data", "{tmp}/empty"], "exactly one"),
+        (["--protocol", "cold-start", "--data", "{train}"], "needs --items FILE"),
+        (
+            ["--protocol", "cold-start", "--data", "{train}", "--items", "{tmp}/no.csv"],
+            "no catalogue",
+        ),
+        (["--data", "{train}", "--models", "torch+content"], "unknown model 'torch+content'"),
     ],
     ids=[
         "missing",
@@ -197,6 +203,9 @@ def test_format_table_aligns_columns() -> None:
         "train-alone",
         "missing-pair",
         "empty-dir",
+        "cold-start-no-items",
+        "cold-start-missing-items",
+        "content-outside-cold-start",
     ],
 )
 def test_user_errors_are_one_line_and_exit_1(
@@ -300,3 +309,27 @@ def test_auto_half_life_keeps_popularity_for_last_out(
 
     assert hr("--half-life", "3600") == 0.0
     assert hr() == hr("--half-life", str(year)) == 0.5
+
+
+def test_cold_start_reports_new_item_hits_with_torch_content_beside_torch(
+    session_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train, _ = session_files
+    items = tmp_path / "items.csv"
+    rows = [f"{j},Item {j},walks the chain,{'odd' if j % 2 else 'even'}|chain" for j in range(30)]
+    items.write_text("item_id,title,text,categories\n" + "\n".join(rows) + "\n")
+    argv = ["--data", str(train), "--protocol", "cold-start", "--items", str(items)]
+    code, out, err = evaluate(
+        [*argv, "--models", "popularity,torch", "--dim", "8", "--limit", "60", "--json"], capsys
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["protocol"] == "cold-start"
+    assert list(report["models"]) == ["popularity", "torch", "torch+content"]
+    for result in report["models"].values():
+        assert set(result) == METRIC_KEYS | {"new_item_HR@20", "new_item_predictions"}
+        assert result["predictions"] == 60
+        # 30 items: at least the first click on each clicked item is on a new item.
+        assert 0 < result["new_item_predictions"] <= 60
+    table = format_table(report)
+    assert "new_item_HR@20" in table.splitlines()[1] and "torch+content" in table

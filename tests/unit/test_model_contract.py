@@ -27,6 +27,7 @@ from model import (
     UserContext,
     build_recommender,
 )
+from model.content import ContentAware, ItemContent
 from model.variants import Arm, Variants, variants
 
 Factory = Callable[[], Recommender]
@@ -159,6 +160,8 @@ def check_returns_k_when_k_are_known(make: Factory, events: list[Interaction]) -
     model = make()
     contexts = feed(model, events)
     known = {e.item_id for e in events}
+    if isinstance(model, ContentAware):  # items with content are candidates too
+        known |= set(model.content_vectors(CONTENT_ITEMS))
     context = contexts[events[-1].user_id]
     exclude = set(context.recent)
     for k in (1, 10, len(known) - len(exclude), len(known) + 5):
@@ -180,7 +183,11 @@ def check_best_first(make: Factory, events: list[Interaction]) -> None:
 
 def check_new_user_gets_k_items(make: Factory, events: list[Interaction]) -> None:
     model = make()
-    assert model.recommend(model.new_context(), 5) == [], "nothing is known yet"
+    first = model.recommend(model.new_context(), 5)
+    if isinstance(model, ContentAware) and model.content_vectors(CONTENT_ITEMS):
+        assert len(first) == 5, "a model given content knows its catalogue before clicks"
+    else:
+        assert first == [], "nothing is known yet"
     feed(model, events)
     results = model.recommend(model.new_context(), 10)
     assert len(results) == 10
@@ -297,14 +304,34 @@ def build_contract_model(name: str) -> Recommender:
     """A registry model, or an A/B experiment over two of them (`a+b`; the torch model
     second, so the primary arm is not the first)."""
     # A small dim keeps the torch model fast here; the default is exercised elsewhere.
+    if name == "torch+content":
+        return torch_with_content()
     if "+" not in name:
         return build_recommender(name, dim=16, seed=3)
     arms = [Arm(arm, build_recommender(arm, dim=16, seed=3), 1) for arm in name.split("+")]
     return variants(arms, salt="contract")
 
 
+CONTENT_ITEMS = [f"item-{j}" for j in range(80)]
+
+
+def torch_with_content() -> TorchRecommender:
+    """The torch model given content for the contract's items and for 20 it never
+    clicks (cold candidates), a third of them in each of three categories."""
+    model = TorchRecommender(dim=16, seed=3, content_refresh=50)
+    model.set_content(
+        {
+            item: ItemContent(title=f"title {j}", categories=(f"kind-{j % 3}",))
+            for j, item in enumerate(CONTENT_ITEMS)
+        }
+    )
+    return model
+
+
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__[len("check_") :])
-@pytest.mark.parametrize("name", [*MODEL_NAMES, "popularity+covisit", "covisit+torch"])
+@pytest.mark.parametrize(
+    "name", [*MODEL_NAMES, "torch+content", "popularity+covisit", "covisit+torch"]
+)
 def test_recommender_contract(name: str, check: Callable[[Factory, list[Interaction]], None]):
     check(lambda: build_contract_model(name), EVENTS)
 
