@@ -88,6 +88,9 @@ def test_a_published_item_is_in_every_index_and_in_redis_before_its_first_click(
             for n in range(60)
         ],
     )
+    # Published before any click: each is started from its content.
+    cold = "streamrec_items_cold_started_total"
+    wait_for(lambda: sum(metric(w, cold) for w in (first, second)) == 60, 30, "60 cold starts")
     # Clicks on catalogue items, so the model has rows with content to learn from.
     send_and_drain(settings, clicks(600, "cat", users=30, items=60, seed=3))
 
@@ -109,9 +112,16 @@ def test_a_published_item_is_in_every_index_and_in_redis_before_its_first_click(
     vector, version = redis_items(settings)["brand-new"]
     assert version > 0 and np.linalg.norm(vector) > 0
     # Its vector is the content vector its owner computed: no click made it.
-    assert sum(metric(w, "streamrec_items_cold_started_total") for w in (first, second)) == 1
+    assert sum(metric(w, cold) for w in (first, second)) == 61
     status, body = get_json(f"{base_url(settings)}/api/items/brand-new")
     assert status == 200 and body["vector"] == vector.tolist()
+    # Recommendable: served to users who never clicked it (a list as long as the
+    # catalogue, so its place in the ranking does not matter here).
+    served = [
+        get_json(f"{base_url(settings)}/recommendations/cat-u{n}?k=61")[1]["items"]
+        for n in range(5)
+    ]
+    assert any("brand-new" in [i["item_id"] for i in items] for items in served)
 
 
 def test_an_unavailable_item_leaves_every_list_until_it_is_available_again(
