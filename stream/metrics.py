@@ -131,6 +131,12 @@ class WorkerMetrics:
             "New items whose content vector this worker sent to their owner before any click.",
             registry=r,
         )
+        self.items_content_refreshed = Counter(
+            "streamrec_items_content_refreshed",
+            "Never-clicked items whose content vector this worker sent again, as the "
+            "content mapping learned.",
+            registry=r,
+        )
         self.items_unavailable = Gauge(
             "streamrec_items_unavailable",
             "Items the catalogue marks unavailable: never served until available again.",

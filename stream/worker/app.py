@@ -51,7 +51,7 @@ from stream.security import KafkaSecurity, redis_options
 from stream.settings import Settings
 from stream.worker import agents
 from stream.worker.applier import BatchApplier
-from stream.worker.catalogue import Catalogue, take_catalogue
+from stream.worker.catalogue import REFRESH_S, Catalogue, take_catalogue
 from stream.worker.housekeeping import Housekeeping
 from stream.worker.item_owner import ItemOwner
 from stream.worker.pipeline import ClickProcessor
@@ -282,6 +282,7 @@ def _install_catalogue(
         security=security,
     )
     app.task(follower.run)
+    app.timer(interval=REFRESH_S)(catalogue.refresh_now)
 
     async def ready() -> None:
         await items.caught_up.wait()

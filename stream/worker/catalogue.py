@@ -17,14 +17,25 @@ with the record's partition and offset, so a replayed record is applied once. So
 item is in every worker's index and in Redis before its first click, within the same
 freshness bound as a click's change. Items the model already knows are not sent: their
 vectors are learned from clicks, and the model keeps their content for what it learns.
+
+The model's content mapping keeps learning (from clicks on items with content), so an
+item started early, perhaps from a mapping that had learned nothing yet, would keep an
+outdated vector until its first click. Every `REFRESH_S` the agent's worker sends the
+current content vector again for each item it started that no click has reached yet
+(no click source in its canonical vector's applied offsets), as a delta from the
+vector the owner broadcast: the owner takes it as it is unless a click changed the
+item meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
+
+import numpy as np
 
 from model.base import Recommender
 from model.content import ContentAware, ItemContent
@@ -37,6 +48,14 @@ from stream.worker.item_owner import ItemOwner
 from stream.worker.pipeline import ClickProcessor
 
 log = logging.getLogger(__name__)
+
+# Seconds between refreshes of never-clicked items' content vectors, and the most items
+# one refresh sends (a bounded pause of the event loop).
+REFRESH_S = 30.0
+REFRESH_MAX_ITEMS = 5000
+# Item-delta sources of catalogue records (`i` + partition) and refreshes (`r` +
+# partition); clicks' are `c` and `u` (stream/worker/agents.py).
+CONTENT_SOURCES = ("i", "r")
 
 
 def content_models(recommender: Recommender) -> list[ContentAware]:
@@ -70,6 +89,10 @@ class Catalogue:
         self.max_event_bytes = max_event_bytes
         self.embedding_dim = embedding_dim
         self.contents: dict[str, ItemContent] = {}
+        # Items this worker started from content, by the catalogue partition they came
+        # from, until a click reaches them.
+        self.started: dict[str, int] = {}
+        self._refreshes = 0
 
     def decode(self, value: bytes | None) -> CatalogueItem | Rejected:
         return decode_item(value, max_bytes=self.max_event_bytes, embedding_dim=self.embedding_dim)
@@ -110,6 +133,7 @@ class Catalogue:
         vectors = model.content_vectors(list(fresh))
         for item_id, vector in vectors.items():
             partition, offset = fresh[item_id]
+            self.started[item_id] = partition
             self.items.tracker.record(
                 item_id,
                 None,
@@ -120,6 +144,49 @@ class Catalogue:
             )
         self.metrics.items_cold_started.inc(len(vectors))
         return len(vectors)
+
+    def refresh(self) -> int:
+        """Queue, as item deltas, the current content vector of each item this worker
+        started that no click has reached and whose vector the mapping has moved
+        (at most `REFRESH_MAX_ITEMS`); returns how many."""
+        model = self.items.vector_model
+        if not isinstance(model, ContentAware) or not self.started:
+            return 0
+        ledger, cold = self.items.ledger, {}
+        for item_id, partition in list(self.started.items()):
+            entry = ledger.get(item_id)
+            if entry is None:
+                continue  # not broadcast yet
+            if not all(source.startswith(CONTENT_SOURCES) for source in entry.applied):
+                del self.started[item_id]  # clicked: its vector is learned now
+                continue
+            cold[item_id] = (partition, entry.vector)
+            if len(cold) >= REFRESH_MAX_ITEMS:
+                break
+        self._refreshes += 1
+        # Past every earlier refresh's, across restarts: a millisecond clock.
+        offset = max(int(time.time() * 1000), self._refreshes)
+        sent = 0
+        for item_id, vector in model.content_vectors(list(cold)).items():
+            partition, current = cold[item_id]
+            if np.allclose(vector, current, rtol=1e-3, atol=1e-6):
+                continue
+            self.items.tracker.record(
+                item_id,
+                current,
+                vector,
+                source=f"r{partition}",
+                offset=offset,
+                model=self.processor.vector_version,
+            )
+            sent += 1
+        self.metrics.items_content_refreshed.inc(sent)
+        return sent
+
+    async def refresh_now(self) -> None:
+        """`refresh`, and send what it queued (an app timer)."""
+        if self.refresh():
+            await asyncio.gather(*self.items.send_deltas())
 
 
 def _knows(model: object, item_id: str) -> bool:
