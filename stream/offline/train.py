@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stream.catalogue import CATALOGUE_FORMATS
 from stream.offline.datasets import FORMATS, read_interactions
 from stream.settings import MODELS
 
@@ -79,6 +80,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "transition, saved in the checkpoint; auto (default): learned from --data as "
         "`evaluate --session-gap auto` does",
     )
+    parser.add_argument(
+        "--items",
+        metavar="FILE",
+        help="a catalogue of the items' content (title, text, categories) given to the model "
+        "before the first event, so the checkpoint holds a content mapping learned from "
+        "the clicks: a worker started from it places new catalogue items well from the "
+        "start (torch only)",
+    )
+    parser.add_argument(
+        "--items-format",
+        default="csv",
+        choices=CATALOGUE_FORMATS,
+        help="format of --items: movielens (movies.csv) or csv (item_id,title,text,"
+        "categories; default)",
+    )
     parser.add_argument("--limit", type=int, help="learn only the first N events in time order")
     parser.add_argument("--version", help="checkpoint version (default: model-time-hash)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -132,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         half_life_s=half_life_s,
         session_gap_s=session_gap_s,
     )
+    if getattr(args, "items", None):
+        _give_content(model, args.items, args.items_format)
     progress = tqdm(
         total=len(interactions) * args.epochs,
         desc=f"train {args.model}",
@@ -181,6 +199,15 @@ def learn(
     return contexts
 
 
+def _give_content(model: Recommender, path: str, fmt: str) -> None:
+    """The catalogue at `path` to `model`; TrainError for a model without content."""
+    from model.content import ContentAware
+    from stream.offline.catalogue_files import read_catalogue_file
+
+    if isinstance(model, ContentAware):  # torch, as `_check` made sure
+        model.set_content(read_catalogue_file(path, fmt))
+
+
 def _half_life(text: str) -> float | None:
     """Seconds from `--half-life`, None for auto; TrainError otherwise."""
     return _seconds("--half-life", text)
@@ -206,6 +233,10 @@ def _check(args: argparse.Namespace) -> None:
             raise TrainError(f"--{name} must be at least 1, not {getattr(args, name)}")
     _half_life(getattr(args, "half_life", "auto"))
     _seconds("--session-gap", getattr(args, "session_gap", "auto"))
+    if getattr(args, "items", None) and args.model != "torch":
+        raise TrainError(f"--items needs a model that takes content (torch), not {args.model}")
+    if getattr(args, "items", None) and not Path(args.items).is_file():
+        raise TrainError(f"--items: no catalogue file at {args.items}")
     if args.limit is not None and args.limit < 1:
         raise TrainError(f"--limit must be at least 1, not {args.limit}")
     if args.version is not None:

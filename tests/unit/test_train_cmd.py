@@ -175,3 +175,27 @@ def test_session_gap_is_saved_in_the_checkpoint(
     train(capsys, "--data", str(sessions), "--model", "covisit", "--out", str(out), *flag)
     model, _ = load_checkpoint(out)
     assert model.state_dict()["transitions"]["session_gap_s"] == expected
+
+
+def test_train_with_a_catalogue_saves_a_content_mapping_learned_from_the_clicks(
+    sessions: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Items i0..i39 are clicked; "unseen" shares a category with them and never is.
+    catalogue = tmp_path / "items.csv"
+    rows = [f"i{n},item {n},,kind{n % 4}" for n in range(40)] + ["unseen,new,,kind1"]
+    catalogue.write_text("item_id,title,text,categories\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "content.safetensors"
+    train(
+        capsys,
+        *("--data", str(sessions), "--dim", "16", "--out", str(out)),
+        *("--items", str(catalogue), "--items-format", "csv"),
+    )
+    model = load_checkpoint(out)[0]
+    vector = model.content_vectors(["unseen"])["unseen"]  # type: ignore[attr-defined]
+    assert float((vector**2).sum()) > 0  # the mapping learned: a zero mapping gives 0
+
+    with pytest.raises(TrainError, match="--items needs a model that takes content"):
+        run(parse("--data", str(sessions), "--model", "covisit", "--out", str(out),
+                  "--items", str(catalogue)))  # fmt: skip
+    with pytest.raises(TrainError, match="no catalogue file"):
+        run(parse("--data", str(sessions), "--out", str(out), "--items", str(tmp_path / "no")))
