@@ -42,6 +42,12 @@ class TorchRecommender(OnlineRecommender):
     weights. When fewer than k candidates remain after `exclude`, the index and then
     decayed popularity fill the list.
 
+    Content (`ContentAware`, issue 15). Once `set_content` gives it item content, new
+    rows start from content vectors, every click teaches the content mapping, and items
+    with content and no click yet are candidates with two more mixer features
+    (`model.torch_model.cold` states the rules; `content_*` are its hyperparameters).
+    Never given content, the model is exactly what it was without this feature.
+
     Contract. `learn_one` never mutates its arguments; it upserts each changed item
     vector into `index` and returns it in `Update.item_changes` with the vector before
     (None for an item the event created). A user's `UserContext.state` is 2 * dim + 2
