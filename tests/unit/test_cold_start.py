@@ -117,7 +117,7 @@ def test_bad_catalogues_are_dataset_errors(tmp_path: Path) -> None:
         read_catalogue_file(tmp_path / "missing.csv", "csv")
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("id,name\n1,a\n")
-    with pytest.raises(DatasetError, match="is not a csv catalogue"):
+    with pytest.raises(DatasetError, match="wrong.csv: the header has unknown columns id, name"):
         read_catalogue_file(wrong, "csv")
     with pytest.raises(DatasetError, match="unknown catalogue format"):
         read_catalogue_file(wrong, "xml")
