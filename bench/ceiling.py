@@ -15,11 +15,13 @@ user's recent items, on the same FAISS index; batch 1 calls the one-event method
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 from model.base import Interaction, Recommender, UserContext
 from model.checkpoint import load_checkpoint
+from model.content import ItemContent
 from model.registry import build_recommender
 from model.variants import Arm, variants
 from serving.faiss_index import FaissIndex
@@ -38,14 +40,19 @@ def ceiling_events_per_s(
     dim: int = 64,
     top_k: int = 10,
     second_variant: str | None = None,
+    content: bool = False,
 ) -> dict[str, float]:
-    """`second_variant`: run an A/B experiment of the checkpoint's model against a
+    """`content`: give the model a catalogue first (`catalogue_contents`: every item
+    it knows, so none is cold; the content mapping then learns from every click).
+    `second_variant`: run an A/B experiment of the checkpoint's model against a
     second arm at 50:50 (STREAMREC_VARIANTS): `torch`, the same checkpoint again over
     an index of its own (two torch checkpoints), or a fresh baseline by name."""
     index = FaissIndex(dim)
     model: Recommender
     model, _ = load_checkpoint(checkpoint, index=index, dim=dim)
     indexes = [index]
+    if content:
+        model.set_content(catalogue_contents(model))  # type: ignore[attr-defined]
     if second_variant is not None:
         if second_variant == "torch":
             indexes.append(FaissIndex(dim))
@@ -102,6 +109,17 @@ def ceiling_events_per_s(
         "seconds": seconds,
         "events_per_s": len(accepted) / seconds,
     }
+
+
+def catalogue_contents(model: Any, categories: int = 50) -> dict[str, ItemContent]:
+    """A synthetic catalogue of every item `model` has a row for: a title of three
+    words and one of `categories` categories, each drawn from the item's id."""
+    contents = {}
+    for item_id in model.encoder.ids:
+        n = zlib.crc32(item_id.encode())
+        words = " ".join(f"w{(n >> shift) % 500}" for shift in (0, 9, 18))
+        contents[item_id] = ItemContent(title=words, categories=(f"c{n % categories}",))
+    return contents
 
 
 def model_events_per_s(

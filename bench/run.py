@@ -118,6 +118,7 @@ def run(quick: bool, out_dir: Path) -> Path:
             events[label] = int(min(50_000, max(1_000, seconds * ceiling["events_per_s"])))
             if label == "100k":
                 report.update(variant_costs(catalogues[label], stream, ceiling))
+                report.update(content_cost(catalogues[label], stream, ceiling))
 
         report.update(ann_figures(quick))
         report.update(rebuild_figures(quick))
@@ -188,6 +189,20 @@ def variant_costs(
     return costs
 
 
+def content_cost(
+    catalogue: Path, stream: list[dict[str, Any]], alone: dict[str, float]
+) -> dict[str, float]:
+    """What item content (issue 15) adds to the in-process cost of a click: the torch
+    model given a catalogue of every item it knows."""
+    say("[100000 items] in-process ceiling with item content ...")
+    with pinned(WORKER_CORE):
+        given = ceiling_events_per_s(catalogue, stream, content=True)
+    return {
+        "content_events_per_s_100k": given["events_per_s"],
+        "content_us_per_click": 1e6 * (1 / given["events_per_s"] - 1 / alone["events_per_s"]),
+    }
+
+
 def print_table(report: dict[str, Any]) -> None:
     rows = [
         ("e2e_events_per_s_100k", "end-to-end events/s, 100k items"),
@@ -206,6 +221,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("scaling_2_over_1_100k", "2 workers / 1 worker (both on core 1)"),
         ("variant_torch_us_per_click", "2nd variant torch: in-process us per click added"),
         ("variant_covisit_us_per_click", "2nd variant covisit: in-process us per click added"),
+        ("content_us_per_click", "item content (catalogue): in-process us per click added"),
         ("ann_qps_100k", "ANN queries/s, 100k items, one core"),
         ("ann_recall10_100k", "ANN recall@10, 100k items"),
         ("ann_qps_1m", "ANN queries/s, 1M items, one core"),

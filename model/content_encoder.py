@@ -145,6 +145,7 @@ class HashedContentEncoder:
         self._slots: dict[int, int] = {}  # bucket -> row of _table
         self._table = np.zeros((1024, dim), dtype=np.float32)
         self._dense: np.ndarray | None = None
+        self._bias = stable_bucket("bias", buckets)  # left out of `similarity`
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._features
@@ -182,7 +183,7 @@ class HashedContentEncoder:
         known = [self._features[i] for i in profile if i in self._features]
         if not known:
             return out
-        keys, sums = _summed_sparse(known, stable_bucket("bias", self.buckets))
+        keys, sums = _summed_sparse(known, self._bias)
         norm = float(np.sqrt((sums * sums).sum()))
         if norm == 0.0:
             return out
@@ -280,6 +281,7 @@ class HashedContentEncoder:
         if int(state["dim"]) != self.dim:
             raise ValueError(f"content state has dim {state['dim']}, this model {self.dim}")
         self.lr, self.buckets = float(state["lr"]), int(state["buckets"])
+        self._bias = stable_bucket("bias", self.buckets)
         self.contents, self._features, self._dense = {}, {}, None
         self.set_content(
             {
