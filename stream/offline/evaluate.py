@@ -4,6 +4,8 @@ Where the data comes from:
 - `--protocol prequential` and `--protocol last-out` read one file, `--data FILE`.
 - `--protocol cold-start` reads `--data FILE` and a catalogue, `--items FILE`
   (`stream.offline.catalogue_files`); every `torch` brings a `torch+content` row.
+  `--items-encoder wordllama` gives each item a pretrained text embedding first
+  (model/pretrained_text.py, the `content` extra).
 - `--protocol session-split` reads a training file and a test file: `--train FILE
   --test FILE`, or `--data` naming either a session-rec `*_train_full.txt` file (its
   test file is the sibling with `_test.txt` in place of `_train_full.txt`) or a
@@ -29,6 +31,7 @@ import orjson
 from model import evaluation
 from model.base import EXCLUSION_POLICIES, HISTORY_MAX, Interaction
 from model.content import ItemContent
+from model.pretrained_text import MissingTextEncoder, embed_contents
 from model.registry import MODEL_NAMES, build_recommender
 from model.transitions import learned_session_gap
 from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
@@ -37,6 +40,9 @@ from stream.offline.datasets import FORMATS, DatasetError, read_interactions
 from stream.settings import DEFAULT_EXCLUSION, Settings
 
 PROTOCOLS = ("prequential", "last-out", "session-split", "cold-start")
+#: How a cold-start catalogue's items reach the model: hashed features only, or also a
+#: WordLlama embedding of their text (in `ItemContent.embedding`).
+ITEM_ENCODERS = ("hashed", "wordllama")
 #: The torch model given the catalogue's content: a cold-start row beside `torch`.
 TORCH_CONTENT = "torch+content"
 _TRAIN_SUFFIX = "_train_full.txt"
@@ -73,6 +79,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="csv",
         choices=CATALOGUE_FORMATS,
         help="catalogue format (default csv: item_id,title,text,categories; movielens: movies.csv)",
+    )
+    parser.add_argument(
+        "--items-encoder",
+        default="hashed",
+        choices=ITEM_ENCODERS,
+        help="cold-start item content (default hashed: hashed title, text and category "
+        "features; wordllama: also a pretrained text embedding, pip install "
+        "'streamrec[content]')",
     )
     parser.add_argument(
         "--format", default="session-rec", choices=FORMATS, help="file format (default session-rec)"
@@ -171,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, "through_kafka", False):
             require_dev("--through-kafka", EMBEDDED_SERVICES)
         report = evaluate(args, hit_log)
-    except (DatasetError, EvaluateError, MissingExtra) as exc:
+    except (DatasetError, EvaluateError, MissingExtra, MissingTextEncoder) as exc:
         print(f"streamrec evaluate: error: {exc}", file=sys.stderr)
         return 1
     table = format_table(report)
@@ -330,13 +344,16 @@ def parse_models(text: str, cold_start: bool = False) -> list[str]:
 
 
 def read_catalogue(args: argparse.Namespace) -> dict[str, ItemContent]:
-    """The cold-start catalogue: `--items` read as `--items-format`."""
+    """The cold-start catalogue: `--items` read as `--items-format`, embedded as
+    `--items-encoder` says."""
     items = getattr(args, "items", None)
     if not items:
         raise EvaluateError("--protocol cold-start needs --items FILE (the catalogue)")
     contents = read_catalogue_file(items, getattr(args, "items_format", "csv"))
     if not contents:
         raise DatasetError(f"{items} holds no items")
+    if getattr(args, "items_encoder", "hashed") == "wordllama":
+        return embed_contents(contents, what="--items-encoder wordllama")
     return contents
 
 
