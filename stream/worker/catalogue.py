@@ -97,17 +97,21 @@ class Catalogue:
     def decode(self, value: bytes | None) -> CatalogueItem | Rejected:
         return decode_item(value, max_bytes=self.max_event_bytes, embedding_dim=self.embedding_dim)
 
-    def take(self, item: CatalogueItem) -> None:
-        """One catalogue record: its availability, and its content if it has any."""
+    def take(self, item: CatalogueItem) -> bool:
+        """One catalogue record: its availability, and its content if it has any
+        (returned: whether it had). The follower and the agent both take a record (the
+        agent may read it first, and its cold start needs the content); taking it
+        twice changes nothing."""
         unavailable = self.processor.unavailable
         unavailable.mark(item.item_id, item.available)
         self.metrics.items_unavailable.set(len(unavailable))
         content = item.content()
         if content.is_empty():
-            return
+            return False
         self.contents[item.item_id] = content
         for model in content_models(self.processor.recommender):
             model.set_content({item.item_id: content})
+        return True
 
     def take_record(self, _key: bytes | None, value: bytes | None) -> None:
         """The follower's callback. A bad record is skipped here: the catalogue agent
@@ -220,8 +224,7 @@ async def take_catalogue(
                 value, headers = dead_letter(event.value, item, max_bytes=catalogue.max_event_bytes)
                 await dlq.send(key=event.key, value=value, headers=headers)
                 continue
-            catalogue.take(item)
-            if not item.content().is_empty():
+            if catalogue.take(item):
                 fresh.append((item, event.message.partition, event.message.offset))
         if catalogue.start_cold(fresh):
             await asyncio.gather(*catalogue.items.send_deltas())
