@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from operator import itemgetter
+from typing import TypeVar
 
 import faiss
 import numpy as np
@@ -65,6 +66,19 @@ from serving.ann import (
 
 _INITIAL_CAPACITY = 1024
 _score = itemgetter(0)
+_T = TypeVar("_T")
+# Makes one query's answer from the index's ids and its (scores, rows), best first.
+_Answer = Callable[[list[str], list[float], list[int]], list[_T]]
+
+
+def _scored(ids: list[str], scores: list[float], rows: list[int]) -> list[Scored]:
+    return [Scored(ids[row], score) for score, row in zip(scores, rows, strict=True)]
+
+
+def _ids_only(ids: list[str], scores: list[float], rows: list[int]) -> list[str]:
+    return [ids[row] for row in rows]
+
+
 log = logging.getLogger(__name__)
 
 
@@ -245,6 +259,23 @@ class FaissIndex:
             excludes = [()] * nq
         if len(excludes) != nq:
             raise ValueError(f"{nq} queries but {len(excludes)} exclude sets")
+        return self._search_many(queries, k, excludes, _scored)
+
+    def search_ids_many(self, queries: np.ndarray, k: int) -> list[list[str]]:
+        """The ids of `search_many(queries, k)`, in its order: the same answers without
+        a `Scored` per hit, which costs more than the rest of the merge (the torch
+        model's batch retrieval reads only ids)."""
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        return self._search_many(queries, k, [()] * len(queries), _ids_only)
+
+    def _search_many(
+        self,
+        queries: np.ndarray,
+        k: int,
+        excludes: Sequence[Collection[str]],
+        answer: _Answer[_T],
+    ) -> list[list[_T]]:
+        nq = len(queries)
         with self._lock:
             graph, n = self._graph, len(self._ids)
             if k < 1 or n == 0 or nq == 0:
@@ -252,25 +283,20 @@ class FaissIndex:
             banned = [self._banned_rows(ex) for ex in excludes]
             most_banned = max(len(b) for b in banned)
             if graph is None:  # exact: one brute-force pass for every query
-                return self._exact_many(queries, k, banned, most_banned)
+                return self._exact_many(queries, k, banned, most_banned, answer)
             want = k + most_banned + min(len(self._delta), k)
             a_scores, a_rows = graph.search(queries, want)
             d_scores, d_rows = self._delta.search(queries, k + most_banned)
-            results = []
-            for i, query in enumerate(queries):
-                target = min(k, n - len(banned[i]))
-                merged = self._merge(
-                    a_scores[i : i + 1],
-                    a_rows[i : i + 1],
-                    d_scores[i : i + 1],
-                    d_rows[i : i + 1],
-                    banned[i],
-                    target,
-                    complete=want >= graph.nodes,
-                )
-                if merged is None:  # too few survivors: the single-query path widens
-                    merged = self._search_locked(query[None], k, excludes[i])
-                results.append(merged)
+            targets = [min(k, n - len(ban)) for ban in banned]
+            merged = self._merge_many(
+                a_scores, a_rows, d_scores, d_rows, banned, targets, want >= graph.nodes
+            )
+            ids, results = self._ids, []
+            for i, found in enumerate(merged):
+                if found is None:  # too few survivors: the single-query path widens
+                    slow = self._search_locked(queries[i][None], k, excludes[i])
+                    found = [s.score for s in slow], [self._rows[s.item_id] for s in slow]
+                results.append(answer(ids, *found))
             return results
 
     def _search_locked(self, query: np.ndarray, k: int, exclude: Collection[str]) -> list[Scored]:
@@ -339,6 +365,51 @@ class FaissIndex:
         ids = self._ids
         return [Scored(ids[row], score) for score, row in hits[:target]]
 
+    def _merge_many(
+        self,
+        a_scores: np.ndarray,
+        a_rows: np.ndarray,
+        d_scores: np.ndarray,
+        d_rows: np.ndarray,
+        banned: list[set[int]],
+        targets: list[int],
+        complete: bool,
+    ) -> list[tuple[list[float], list[int]] | None]:
+        """`_merge` of every query at once (row i with `banned[i]` and `targets[i]`),
+        as (scores, rows): the same answers in the same order. Dropped hits get the
+        score -inf, and one stable sort by score per row puts the graph's survivors and
+        then the delta's, best-first, ahead of them, as `_merge`'s stable sort of the
+        concatenation does."""
+        nq = len(targets)
+        if not a_rows.size:  # an empty answer comes unshaped
+            a_scores, a_rows = np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
+        if not d_rows.size:
+            d_scores, d_rows = np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
+        stale = np.zeros(len(self._ids), dtype=bool)
+        stale[np.fromiter(self._delta.slots, np.int64, len(self._delta))] = True
+        graph_kept = (a_rows >= 0) & ~stale[np.maximum(a_rows, 0)]
+        delta_kept = np.ones(d_rows.shape, dtype=bool)
+        for i, ban in enumerate(banned):
+            if ban:
+                out = np.fromiter(ban, np.int64, len(ban))
+                graph_kept[i] &= ~np.isin(a_rows[i], out)
+                delta_kept[i] = ~np.isin(d_rows[i], out)
+        from_graph = graph_kept.sum(axis=1)
+        scores = np.hstack(
+            [np.where(graph_kept, a_scores, -np.inf), np.where(delta_kept, d_scores, -np.inf)]
+        )
+        rows = np.hstack([a_rows, d_rows])
+        survivors = from_graph + delta_kept.sum(axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        results: list[tuple[list[float], list[int]] | None] = []
+        for i, target in enumerate(targets):
+            if (from_graph[i] < target and not complete) or survivors[i] < target:
+                results.append(None)
+                continue
+            best = order[i, :target]
+            results.append((scores[i, best].tolist(), rows[i, best].tolist()))
+        return results
+
     def _exact(self, query: np.ndarray, k: int, banned: set[int], target: int) -> list[Scored]:
         # Asking for k plus every excluded row guarantees k survivors whenever k
         # non-excluded items exist.
@@ -358,8 +429,13 @@ class FaissIndex:
         return results
 
     def _exact_many(
-        self, queries: np.ndarray, k: int, banned: list[set[int]], most_banned: int
-    ) -> list[list[Scored]]:
+        self,
+        queries: np.ndarray,
+        k: int,
+        banned: list[set[int]],
+        most_banned: int,
+        answer: _Answer[_T],
+    ) -> list[list[_T]]:
         n, ids = len(self._ids), self._ids
         scores, rows = faiss.knn(
             queries, self._vectors[:n], min(n, k + most_banned), metric=faiss.METRIC_INNER_PRODUCT
@@ -367,8 +443,9 @@ class FaissIndex:
         results = []
         for i, ban in enumerate(banned):
             pairs = zip(scores[i].tolist(), rows[i].tolist(), strict=True)
-            kept = [Scored(ids[row], score) for score, row in pairs if row >= 0 and row not in ban]
-            results.append(kept[: min(k, n - len(ban))])
+            kept = [(score, row) for score, row in pairs if row >= 0 and row not in ban]
+            kept = kept[: min(k, n - len(ban))]
+            results.append(answer(ids, [p[0] for p in kept], [p[1] for p in kept]))
         return results
 
     # --- building -------------------------------------------------------------------

@@ -41,10 +41,9 @@ import torch
 from model.base import (
     Interaction,
     ItemChange,
-    Scored,
     Update,
     UserContext,
-    search_each,
+    search_ids_each,
     waves,
 )
 from model.baselines import count_click
@@ -170,9 +169,9 @@ class SearchMemory:
 
     def __init__(self, size: int = 8192) -> None:
         self.size = size
-        self._answers: OrderedDict[bytes, list[Scored]] = OrderedDict()
+        self._answers: OrderedDict[bytes, list[str]] = OrderedDict()
 
-    def take(self, hs: Sequence[torch.Tensor]) -> list[list[Scored] | None]:
+    def take(self, hs: Sequence[torch.Tensor]) -> list[list[str] | None]:
         """The kept answer for each h (None: search it), each given out once."""
         return [self._answers.pop(h.numpy().tobytes(), None) for h in hs]
 
@@ -181,13 +180,14 @@ class SearchMemory:
         model: TorchRecommender,
         contexts: Sequence[UserContext],
         excludes: Sequence[Collection[str]],
-    ) -> list[list[Scored] | None]:
-        """The index's top `retrieve` for each context that ranks, `excludes[i]` left
-        out, from one unexcluded search of `retrieve` plus the most exclusions; the
-        unexcluded top `retrieve` of each is kept for `take`. None for a context without
-        recent items, and for all when the exclusions outnumber `retrieve` (a search
-        that wide would cost more than the second search it saves)."""
-        found: list[list[Scored] | None] = [None] * len(contexts)
+    ) -> list[list[str] | None]:
+        """The ids of the index's top `retrieve` for each context that ranks,
+        `excludes[i]` left out, from one unexcluded search of `retrieve` plus the most
+        exclusions; the unexcluded top `retrieve` of each is kept for `take`. None for
+        a context without recent items, and for all when the exclusions outnumber
+        `retrieve` (a search that wide would cost more than the second search it
+        saves)."""
+        found: list[list[str] | None] = [None] * len(contexts)
         retrieve = model.ranker.retrieve
         ranking = [i for i, context in enumerate(contexts) if context.recent]
         widest = max((len(excludes[i]) for i in ranking), default=0)
@@ -195,10 +195,10 @@ class SearchMemory:
             return found
         hs = [model.encoder.unpack(contexts[i].state)[1] for i in ranking]
         queries = np.stack([h.numpy() for h in hs])
-        answers = search_each(model.index, queries, retrieve + widest, [()] * len(ranking))
+        answers = search_ids_each(model.index, queries, retrieve + widest)
         for i, h, answer in zip(ranking, hs, answers, strict=True):
             exclude = excludes[i]
-            found[i] = [s for s in answer if s.item_id not in exclude][:retrieve]
+            found[i] = [item for item in answer if item not in exclude][:retrieve]
             key = h.numpy().tobytes()
             self._answers[key] = answer[:retrieve]
             self._answers.move_to_end(key)

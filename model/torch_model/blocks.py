@@ -144,7 +144,7 @@ class CandidateBlocks:
         contexts: Sequence[UserContext],
         hs: Sequence[torch.Tensor],
         excludes: Sequence[Collection[str]],
-        founds: Sequence[list[Scored] | None],
+        founds: Sequence[list[str] | None],
         alsos: Sequence[str] = (),
     ) -> Block:
         """The candidates and features of every user in `contexts` (each with recent
@@ -271,27 +271,29 @@ class CandidateBlocks:
         self,
         hs: Sequence[torch.Tensor],
         excludes: Sequence[Collection[str]],
-        founds: Sequence[list[Scored] | None],
+        founds: Sequence[list[str] | None],
     ) -> list[np.ndarray]:
-        """Each user's index answer (top `retrieve` for h, exclusions applied) as rows;
-        searched here, in one call, for the users whose answer is not given."""
+        """Each user's index answer (the ids of the top `retrieve` for h, exclusions
+        applied) as rows; searched here, in one call, for the users whose answer is not
+        given."""
         if self.retrieve <= 0 or len(self.index) == 0:
             return [NO_ROWS] * len(hs)
         answers = list(founds)
         missing = [u for u, answer in enumerate(answers) if answer is None]
         if len(missing) == 1:
             u = missing[0]
-            answers[u] = self.index.search(hs[u].numpy(), self.retrieve, excludes[u])
+            found = self.index.search(hs[u].numpy(), self.retrieve, excludes[u])
+            answers[u] = [s.item_id for s in found]
         elif missing:
             queries = np.stack([hs[u].numpy() for u in missing])
             searched = search_each(
                 self.index, queries, self.retrieve, [excludes[u] for u in missing]
             )
             for u, answer in zip(missing, searched, strict=True):
-                answers[u] = answer
-        rows_of = self.encoder.rows
+                answers[u] = [s.item_id for s in answer]
+        row_of = self.encoder.rows.get
         return [
-            np.array([rows_of.get(s.item_id, -1) for s in answer or ()], dtype=np.int64)
+            np.array([row_of(item, -1) for item in answer or ()], dtype=np.int64)
             for answer in answers
         ]
 

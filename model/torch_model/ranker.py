@@ -134,7 +134,7 @@ class MixRanker(CandidateBlocks):
         h: torch.Tensor,
         k: int,
         exclude: Collection[str],
-        found: list[Scored] | None = None,
+        found: list[str] | None = None,
     ) -> list[Scored]:
         """The best k candidates for `context` by the serving mixer, best first.
         `found`: the index's answer for (h, `retrieve`, exclude) if the caller already
@@ -147,7 +147,7 @@ class MixRanker(CandidateBlocks):
         hs: Sequence[torch.Tensor],
         k: int,
         excludes: Sequence[Collection[str]],
-        founds: Sequence[list[Scored] | None],
+        founds: Sequence[list[str] | None],
     ) -> list[list[Scored]]:
         """`rank` for each user, from one candidate block: each user's list is what
         `rank` alone returns."""
@@ -179,7 +179,7 @@ class MixRanker(CandidateBlocks):
     # Learning.
 
     def learn(
-        self, context: UserContext, h: torch.Tensor, item: str, found: list[Scored] | None = None
+        self, context: UserContext, h: torch.Tensor, item: str, found: list[str] | None = None
     ) -> None:
         """Before the click on `item` changes anything else: count it towards the
         repeat rate and step the mixer towards it among the candidates `rank` would
@@ -192,7 +192,7 @@ class MixRanker(CandidateBlocks):
         contexts: Sequence[UserContext],
         hs: Sequence[torch.Tensor],
         items: Sequence[str],
-        founds: Sequence[list[Scored] | None],
+        founds: Sequence[list[str] | None],
     ) -> None:
         """`learn` for clicks of distinct users, in order, with every click's
         candidates built first from the state before any of them: one block for all

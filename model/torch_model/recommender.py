@@ -251,7 +251,7 @@ class TorchRecommender(OnlineRecommender):
         contexts: Sequence[UserContext],
         k: int,
         excludes: Sequence[Collection[str]],
-        founds: Sequence[list[Scored] | None] | None = None,
+        founds: Sequence[list[str] | None] | None = None,
     ) -> list[list[Scored]]:
         """`recommend` for each context, ranked from one candidate block. `founds[i]`:
         the index's answer for context i's h (`retrieve` ids, `excludes[i]` applied) if

@@ -140,6 +140,69 @@ def test_search_many_equals_search() -> None:
         index.search_many(queries, 10, excludes[:3])
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(30, 400),
+    changed=st.integers(0, 120),
+    delta_rows=st.integers(1, 64),
+    k=st.integers(1, 40),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_batch_merge_is_the_single_merge_row_by_row(
+    n: int, changed: int, delta_rows: int, k: int, ties: bool, seed: int
+) -> None:
+    """`search_many` merges every query's graph and delta hits at once; each row of
+    that merge is exactly the single-query `_merge` of the same hits, ties in the same
+    order: with stale graph hits, retired nodes, exclusions reaching into both, and
+    too few survivors (None). (Compared on the same hits: `search` and `search_many`
+    ask the graph for different numbers, so HNSW may break ties differently.)"""
+    rng = np.random.default_rng(seed)
+    ids, vectors = catalogue(n, 4, seed)
+    if ties:  # equal vectors under different ids: equal scores
+        vectors[1::2] = vectors[::2][: len(vectors[1::2])]
+    index = FaissIndex(4, exact_below=1, background=False, delta_rows=delta_rows)
+    index.upsert(ids, vectors)
+    moved = rng.choice(n, size=min(changed, n), replace=False)
+    index.upsert([ids[r] for r in moved], vectors[moved] * -1.0)
+    queries = rng.standard_normal((12, 4)).astype(np.float32)
+    banned = [
+        {int(r) for r in rng.choice(n, size=int(rng.integers(0, n // 2 + 1)))} for _ in range(12)
+    ]
+    targets = [min(k, n - len(ban)) for ban in banned]
+    want = k + max(map(len, banned)) + min(len(index._delta), k)
+    graph = index._graph
+    assert graph is not None
+    a_scores, a_rows = graph.search(queries, want)
+    d_scores, d_rows = index._delta.search(queries, k + max(map(len, banned)))
+    complete = want >= graph.nodes
+    merged = index._merge_many(a_scores, a_rows, d_scores, d_rows, banned, targets, complete)
+    for i in range(len(queries)):
+        rows = slice(i, i + 1)
+        delta = (d_scores[rows], d_rows[rows]) if d_rows.size else (d_scores, d_rows)
+        single = index._merge(a_scores[rows], a_rows[rows], *delta, banned[i], targets[i], complete)
+        found = merged[i]
+        assert (None if found is None else ids_at(index, *found)) == single
+
+
+def ids_at(index: FaissIndex, scores: list[float], rows: list[int]) -> list[Scored]:
+    ids = index.ids()
+    return [Scored(ids[row], score) for score, row in zip(scores, rows, strict=True)]
+
+
+@pytest.mark.parametrize("exact_below", [1, 10_000])
+def test_search_ids_many_is_the_ids_of_search_many(exact_below: int) -> None:
+    ids, vectors = catalogue(1500, 8)
+    index = FaissIndex(8, exact_below=exact_below, background=False, delta_rows=64)
+    index.upsert(ids, vectors)
+    index.upsert(ids[:300], vectors[:300] * -1.5)  # a delta, stale graph hits
+    queries = np.random.default_rng(3).standard_normal((20, 8)).astype(np.float32)
+    for k in (1, 10, 200, 2000):
+        expected = [ids_of(found) for found in index.search_many(queries, k)]
+        assert index.search_ids_many(queries, k) == expected
+    assert index.search_ids_many(queries[:0], 10) == []
+
+
 def test_close_stops_an_inflight_build_and_the_index_keeps_serving() -> None:
     # 80k rows is five build chunks: close() ends the build at the next chunk.
     ids, vectors = catalogue(80_000, 32)
