@@ -140,8 +140,9 @@ class Settings:
     batch_wait_ms: int = field(
         default=2,
         metadata={
-            "help": "how long a batch gathers clicks when the worker is idle (ms); under "
-            "load a batch gathers as long as the previous one took to apply, up to 50 ms"
+            "help": "shortest time a batch gathers clicks (ms); an idle worker takes a "
+            "click as soon as it arrives, and under load a batch gathers as long as the "
+            "previous one took to apply, up to 50 ms"
         },
     )
     app_id: str = field(

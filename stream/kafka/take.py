@@ -15,10 +15,10 @@ hands them over one event-loop iteration each (a `wait_first` per message), and 
 all while a batch is applied, since applying it holds the loop. A batch can only be as
 large as what arrives while it gathers. `take_ready` therefore gathers for as long as
 the caller held the previous batch (at least `within_s`, at most `GATHER_MAX_S`), so
-the batch size follows the load: an idle worker takes a lone click after at most
-`within_s`, and one busy for 100 ms per batch gathers for 50 ms. A batch is handed
-over early once `max_` events are buffered. Events are not acknowledged here (as
-`noack_take`): the caller acks each batch once it is applied.
+the batch size follows the load: an idle worker sleeps until a click arrives (no timer
+wakes it) and takes it at once, and one busy for 100 ms per batch gathers for 50 ms. A
+batch is handed over early once `max_` events are buffered. Events are not acknowledged
+here (as `noack_take`): the caller acks each batch once it is applied.
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ GATHER_MAX_S = 0.05
 async def take_ready(stream: Any, max_: int, within_s: float) -> AsyncIterator[list[Any]]:
     """The events of `stream` in batches of at most `max_`: what arrived while the
     batch gathered (for as long as the caller held the previous batch, clamped to
-    [`within_s`, `GATHER_MAX_S`]), or `max_` events as soon as they are buffered."""
+    [`within_s`, `GATHER_MAX_S`]), or `max_` events as soon as they are buffered. When
+    a gathering found nothing, what arrives next is handed over as soon as it is
+    there."""
     buffer: list[Any] = []
     ready = asyncio.Event()
+    arrived = asyncio.Event()  # set while the buffer holds an event
     consumed = asyncio.Event()
     # Set while the caller holds a batch: the drainer waits rather than add to it.
     consuming: asyncio.Future[None] | None = None
@@ -55,6 +58,7 @@ async def take_ready(stream: Any, max_: int, within_s: float) -> AsyncIterator[l
         if event is None:
             raise RuntimeError("take_ready found no current event")
         buffer.append(event)
+        arrived.set()
         if len(buffer) >= max_:
             ready.set()
             # Never more than max_ in a batch: wait until this one is handed over.
@@ -71,8 +75,13 @@ async def take_ready(stream: Any, max_: int, within_s: float) -> AsyncIterator[l
         while not stream.should_stop:
             await stream.wait_for_stopped(ready, timeout=gather_s)
             if not buffer:
+                # Idle: sleep until an event arrives rather than wake every `within_s`
+                # to find none (each agent did, 500 times a second at the default:
+                # most of an idle worker's CPU), then hand it over at once.
                 gather_s = within_s
-                continue
+                await stream.wait_for_stopped(arrived)
+                if not buffer:
+                    continue
             loop = asyncio.get_running_loop()
             consuming = loop.create_future()
             held_from = loop.time()
@@ -82,6 +91,7 @@ async def take_ready(stream: Any, max_: int, within_s: float) -> AsyncIterator[l
                 gather_s = min(GATHER_MAX_S, max(within_s, loop.time() - held_from))
                 buffer.clear()
                 ready.clear()
+                arrived.clear()
                 notify(consuming)
                 consumed.set()
     finally:

@@ -32,6 +32,7 @@ class DrippingStream:
         self.should_stop = False
         self._processors: list[Callable[[Any], Any]] = []
         self._drainer: asyncio.Task[None] | None = None
+        self.waits = 0  # calls of wait_for_stopped: how often the taker woke to look
 
     def add_processor(self, processor: Callable[[Any], Any]) -> None:
         self._processors.append(processor)
@@ -51,7 +52,8 @@ class DrippingStream:
     async def wait(self, event: asyncio.Event) -> None:
         await event.wait()
 
-    async def wait_for_stopped(self, event: asyncio.Event, timeout: float) -> None:
+    async def wait_for_stopped(self, event: asyncio.Event, timeout: float | None = None) -> None:
+        self.waits += 1
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
@@ -91,3 +93,12 @@ def test_the_gathering_is_bounded_and_a_full_batch_goes_at_once() -> None:
     # With max_ 8, a batch goes as soon as it holds 8 events, never more.
     sizes = [len(b) for b in batches_of(DrippingStream(0.0005), [0.05, 0.0, 0.0], max_=8)]
     assert max(sizes) <= 8 and sizes[1] == 8, sizes
+
+
+def test_an_idle_taker_sleeps_until_an_event_and_takes_it_at_once() -> None:
+    # One event every 50 ms: polling every within_s (2 ms) would wake 25 times per event.
+    stream = DrippingStream(every_s=0.05)
+    taken = batches_of(stream, [0.0] * 4, max_=1000)
+    assert taken == [[0], [1], [2], [3]]
+    # Per event: one gathering that times out, one wait that the event ends.
+    assert stream.waits <= 2 * len(taken) + 1, stream.waits
