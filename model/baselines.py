@@ -86,6 +86,9 @@ class RecentPopularity(OnlineRecommender):
         self._t0: float | None = None
         self._top: list[int] = []  # rows, best first by _key
         self._in_top: set[int] = set()
+        # `_counts` as a float64 array for `shares_at`, kept current per click once
+        # built; None until then, and after a rescale or a load.
+        self._counts_array: np.ndarray | None = None
 
     def default_version(self) -> str:
         return f"popularity-{self.half_life_s:g}s"
@@ -117,6 +120,7 @@ class RecentPopularity(OnlineRecommender):
             exponent -= shift
             # Counts that underflowed to zero now tie and fall back to row order.
             self._rebuild_top()
+            self._counts_array = None
         weight = 2.0**exponent
 
         row = self._rows.get(item_id)
@@ -128,6 +132,11 @@ class RecentPopularity(OnlineRecommender):
         self._counts[row] += weight
         self._total += weight
         self._promote(row)
+        array = self._counts_array
+        if array is not None:
+            if row + 1 >= len(array):  # keep a zero slot past the last row
+                array = self._counts_array = np.concatenate([array, np.zeros(len(array) + 2)])
+            array[row] = self._counts[row]
 
     def share(self, item_id: str) -> float:
         """The item's share of the decayed click total; 0.0 for unknown items."""
@@ -143,6 +152,30 @@ class RecentPopularity(OnlineRecommender):
         row_of, counts = self._rows.get, self._counts
         values = [counts[r] if (r := row_of(i)) is not None else 0.0 for i in item_ids]
         return np.array(values) / self._total
+
+    @property
+    def ids(self) -> Sequence[str]:
+        """The known ids by row. Clicks only append to it; a load replaces it."""
+        return self._ids
+
+    @property
+    def rows(self) -> Mapping[str, int]:
+        """Each known id's row (`ids` inverted)."""
+        return self._rows
+
+    def shares_at(self, rows: np.ndarray) -> np.ndarray:
+        """`share` of the item at each row (-1: unknown, 0.0) as a float64 array: the
+        values `shares` gives for their ids, without a lookup per id."""
+        n = len(self._counts)
+        if self._total == 0.0:
+            return np.zeros(len(rows))
+        array = self._counts_array
+        if array is None:
+            array = self._counts_array = np.array(self._counts + [0.0] * (n + 1))
+        # The unknown rows (-1) read the spare slot past the known counts, which is 0.
+        known = np.where(rows >= 0, rows, n)
+        values: np.ndarray = array[known] / self._total
+        return values
 
     def top(self, k: int, exclude: Collection[str] = ()) -> list[Scored]:
         """Best-first top-k by decayed popularity, skipping `exclude`; returns
@@ -207,6 +240,7 @@ class RecentPopularity(OnlineRecommender):
         self._total = float(state["total"])
         self._t0 = None if state["t0"] is None else float(state["t0"])
         self._rebuild_top()
+        self._counts_array = None
 
 
 class CoVisitation(OnlineRecommender):

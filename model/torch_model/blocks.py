@@ -21,6 +21,7 @@ from model.baselines import RecentPopularity
 from model.torch_model.candidates import (
     NO_ROWS,
     KeyedSparse,
+    RowMap,
     SuccessorCache,
     Successors,
     best_per_user,
@@ -137,6 +138,7 @@ class CandidateBlocks:
     _history_decay: list[float]
     _successors: SuccessorCache
     _neighbours: SuccessorCache | None
+    _popularity_rows: RowMap
     content: ContentSide | None
 
     def block(
@@ -334,7 +336,10 @@ class CandidateBlocks:
         ).numpy()
         ascending = keys[order]
         features[:, layout.history_vote] = np.log(in_order(history, ascending, order) + 1e-4)
-        features[:, layout.popularity] = np.log(self.popularity.shares(ids) + 1e-6)
+        popularity = self.popularity
+        encoder = self.encoder
+        at = self._popularity_rows.rows(encoder.ids, encoder.rows, popularity.ids, popularity.rows)
+        features[:, layout.popularity] = np.log(popularity.shares_at(at[rows]) + 1e-6)
         features[:, layout.cooccurrence_vote] = (
             _LOG_FLOOR
             if neighbours is None

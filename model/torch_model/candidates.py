@@ -11,7 +11,7 @@ each exactly as a block of one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -116,6 +116,43 @@ def _remapped(
     rows = rows.copy()
     rows[unknown] = found
     return rows, -1 not in found
+
+
+class RowMap:
+    """For each row of a target id list, the row of the same id in a source list (-1
+    where the source lacks it): the encoder's candidate rows as popularity rows.
+
+    Kept current from what was added since the last call, which holds while both
+    lists are the objects seen then, since ids are only appended to them; a list
+    replaced (a load) maps everything again. Derived data, never state."""
+
+    def __init__(self) -> None:
+        self._rows = NO_ROWS
+        self._lists: tuple[Sequence[str], Sequence[str]] | None = None
+        self._mapped = (0, 0)  # target rows, source rows mapped
+
+    def rows(
+        self,
+        target: Sequence[str],
+        target_rows: Mapping[str, int],
+        source: Sequence[str],
+        source_rows: Mapping[str, int],
+    ) -> np.ndarray:
+        """The map over every row of `target` (with `target_rows` its inverse) into
+        `source` (with `source_rows`)."""
+        if self._lists is None or self._lists[0] is not target or self._lists[1] is not source:
+            self._lists, self._mapped, self._rows = (target, source), (0, 0), NO_ROWS
+        mapped_target, mapped_source = self._mapped
+        if len(target) > mapped_target:
+            added = [source_rows.get(i, -1) for i in itertools.islice(target, mapped_target, None)]
+            self._rows = np.concatenate([self._rows, np.array(added, dtype=np.int64)])
+        # A source id added since may name a target row mapped before it existed.
+        for row in range(mapped_source if mapped_target else len(source), len(source)):
+            at = target_rows.get(source[row])
+            if at is not None and at < mapped_target:
+                self._rows[at] = row
+        self._mapped = (len(target), len(source))
+        return self._rows
 
 
 @dataclass(frozen=True, slots=True)

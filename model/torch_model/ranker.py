@@ -17,7 +17,7 @@ import torch
 from model.base import ItemIndex, Scored, UserContext
 from model.baselines import RecentPopularity
 from model.torch_model.blocks import Block, CandidateBlocks, FeatureLayout
-from model.torch_model.candidates import SuccessorCache
+from model.torch_model.candidates import RowMap, SuccessorCache
 from model.torch_model.cold import ContentSide
 from model.torch_model.encoder import GruEncoder
 from model.transitions import TransitionMemory
@@ -103,6 +103,7 @@ class MixRanker(CandidateBlocks):
         # otherwise.
         self.repeat_rate = 0.25
         self._caches()
+        self._popularity_rows = RowMap()
 
     def _caches(self) -> None:
         """Fresh successor caches over the current memories."""

@@ -6,8 +6,10 @@ import random
 
 import numpy as np
 
+from model.baselines import RecentPopularity
 from model.torch_model.candidates import (
     KeyedSparse,
+    RowMap,
     SuccessorCache,
     Successors,
     _by_user_then_value,
@@ -52,6 +54,42 @@ def test_the_cache_follows_the_memory_through_forgets_prunes_and_new_rows() -> N
             successors = cache.get(probe)
             got = list(zip(successors.rows.tolist(), successors.weights.tolist(), strict=True))
             assert got == _expected(memory, encoder, probe)
+
+
+def test_the_row_map_follows_both_lists_as_they_grow_and_when_one_is_replaced() -> None:
+    # Popularity rows for the encoder's rows: each side learns ids the other has not
+    # seen yet, and a load replaces a side's list.
+    encoder, popularity = _encoder(), RecentPopularity()
+    row_map = RowMap()
+    rng = random.Random(3)
+    items = [f"i{n}" for n in range(40)]
+    for step in range(400):
+        item = rng.choice(items)
+        if rng.random() < 0.5:
+            encoder.row(item)
+        else:
+            popularity.observe(item, float(step))
+        if step == 200:
+            popularity.load_state_dict(popularity.state_dict())
+        if step == 300:
+            encoder.load_state_dict(encoder.state_dict())
+        got = row_map.rows(encoder.ids, encoder.rows, popularity.ids, popularity.rows)
+        assert got.tolist() == [popularity.rows.get(i, -1) for i in encoder.ids]
+
+
+def test_popularity_shares_by_row_are_the_shares_by_id() -> None:
+    # Through new items, rescales of every count (a half-life of 1 s over 300 s of
+    # event time) and a load.
+    popularity = RecentPopularity(half_life_s=1.0)
+    rng = random.Random(4)
+    ids = [f"i{n}" for n in range(50)] + ["never-clicked"]
+    assert popularity.shares_at(np.array([-1, -1])).tolist() == [0.0, 0.0]
+    for step in range(600):
+        popularity.observe(f"i{min(rng.randrange(50), rng.randrange(50))}", step / 2)
+        if step == 400:
+            popularity.load_state_dict(popularity.state_dict())
+        rows = np.array([popularity.rows.get(i, -1) for i in ids], dtype=np.int64)
+        assert popularity.shares_at(rows).tolist() == popularity.shares(ids).tolist()
 
 
 def test_in_order_is_a_lookup_in_the_keys_own_order() -> None:
