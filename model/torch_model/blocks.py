@@ -317,14 +317,13 @@ class CandidateBlocks:
         features = np.zeros((len(rows), layout.size), dtype=np.float32)
         if not len(rows):
             return features
-        # One matrix-vector product per user, as ranking one user computes it: one
-        # product for the block would round differently and reorder near-ties.
-        emb, bounds = self.encoder.emb, np.searchsorted(user, np.arange(len(hs) + 1))
-        score = torch.from_numpy(features[:, layout.score])
-        for u, h in enumerate(hs):
-            start, end = int(bounds[u]), int(bounds[u + 1])
-            if end > start:
-                score[start:end] = emb[torch.from_numpy(rows[start:end])] @ h
+        # e_j . h row by row: one row's sum does not depend on the other rows (a
+        # matrix product's blocking would), so a block of many users scores each
+        # candidate as a block of one.
+        queries = torch.stack(list(hs)).numpy()
+        features[:, layout.score] = np.einsum(
+            "ij,ij->i", self.encoder.emb.numpy()[rows], queries[user]
+        )
         # Keys are unique (one candidate per user and row); each lookup below is made
         # with ascending keys and its answer put back in candidate order.
         keys = user * n + rows
