@@ -8,6 +8,7 @@ Repeat features follow RepeatNet's observation that re-clicks deserve their own 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -55,9 +56,11 @@ class MixRanker(CandidateBlocks):
     session-blind).
 
     The mixer starts as the log transition vote plus `cooccurrence_weight` times the log
-    co-occurrence vote, and `learn` takes one Adagrad step (`mix_lr`) per click on the
-    softmax cross-entropy of the clicked item among its candidates. Those starting
-    weights stay as the challenger: both are scored online (reciprocal rank of the
+    co-occurrence vote, and `learn` takes one Adagrad step (`mix_lr`) on the softmax
+    cross-entropy of the clicked item among its candidates for one click in
+    `mix_every` (picked by a hash of the click, so a batch and one click at a time pick
+    the same ones; building the candidates to step on costs about as much as ranking).
+    Those starting weights stay as the challenger: both are scored online (reciprocal rank of the
     clicked item) and `mixer()` serves whichever leads. Where repeats are rare (MovieLens,
     whose rankings exclude seen items) the step trains on the ranking that will be
     shown: no recent items among the candidates. Not thread-safe.
@@ -78,7 +81,11 @@ class MixRanker(CandidateBlocks):
         history_candidates: int,
         popular_candidates: int,
         cooccurrence_weight: float,
+        mix_every: int = 1,
     ) -> None:
+        if mix_every < 1:
+            raise ValueError(f"mix_every must be at least 1, not {mix_every}")
+        self.mix_every = mix_every
         self.encoder = encoder
         self.index = index
         self.popularity = popularity
@@ -209,7 +216,7 @@ class MixRanker(CandidateBlocks):
             known = item in self.encoder.rows or (
                 self.content is not None and self.content.is_cold(item)
             )
-            if known and not (repeat and rare_now):
+            if known and not (repeat and rare_now) and self._steps_on(context, item):
                 stepping.append(j)
                 rare.append(rare_now)
         if not stepping:
@@ -225,6 +232,15 @@ class MixRanker(CandidateBlocks):
         )
         for u, j in enumerate(stepping):
             self._mix_step(block, u, contexts[j], items[j], rare[u])
+
+    def _steps_on(self, context: UserContext, item: str) -> bool:
+        """Whether the mixer steps on the click on `item` after `context`: one click in
+        `mix_every`, by a hash of what identifies the click whatever order a batch
+        applies it in."""
+        if self.mix_every == 1:
+            return True
+        key = f"{context.last_timestamp!r}|{item}|{len(context.recent)}"
+        return zlib.crc32(key.encode()) % self.mix_every == 0
 
     def forget_successors(self, recent: Sequence[str], item: str, same_session: bool) -> None:
         """After `transitions` counted the click on `item`: drop the successor arrays it

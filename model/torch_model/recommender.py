@@ -92,6 +92,7 @@ class TorchRecommender(OnlineRecommender):
         content_lr: float = 0.1,
         content_candidates: int = 20,
         content_refresh: int = 1000,
+        mix_every: int = 1,
     ) -> None:
         if dim < 1 or negatives < 0 or not lr > 0:
             raise ValueError("dim must be >= 1, negatives >= 0 and lr > 0")
@@ -126,6 +127,7 @@ class TorchRecommender(OnlineRecommender):
             history_candidates=history_candidates,
             popular_candidates=popular_candidates,
             cooccurrence_weight=cooccurrence_weight,
+            mix_every=mix_every,
         )
 
     def default_version(self) -> str:

@@ -12,6 +12,7 @@ import io
 import json
 import random
 from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -509,3 +510,49 @@ def test_torch_batch_ranking_search_serves_each_users_next_mixer_step():
     # Taken once: the same contexts again search.
     model.learn_many({u: contexts[u] for u in users}, nxt)
     assert len(index.queries) > 0
+
+
+def _mixer_steps(model: TorchRecommender) -> list[tuple[str, float]]:
+    """Records (clicked item, the user's previous click time) of every mixer step."""
+    steps: list[tuple[str, float]] = []
+    step = model.ranker._mix_step
+
+    def counted(block: Any, u: int, context: UserContext, target: str, rare: bool) -> None:
+        steps.append((target, context.last_timestamp))
+        step(block, u, context, target, rare)
+
+    model.ranker._mix_step = counted  # type: ignore[method-assign]
+    return steps
+
+
+def test_torch_mixer_steps_on_one_click_in_mix_every_the_same_ones_in_a_batch():
+    # Every user's clicks are distinct items, and every item is known before the
+    # stream, so whether a click steps depends on the sampling alone.
+    rng = random.Random(5)
+    warm = [Interaction("warm", f"i{j}", float(j)) for j in range(60)]
+    stream: list[Interaction] = []
+    for t in range(600):
+        user = f"u{rng.randrange(30)}"
+        taken = {e.item_id for e in stream if e.user_id == user}
+        item = rng.choice([f"i{j}" for j in range(60) if f"i{j}" not in taken] or ["i0"])
+        stream.append(Interaction(user, item, 100.0 + t))
+    stepped = {}
+    for every, batched in [(1, False), (4, False), (4, True)]:
+        model = TorchRecommender(dim=8, seed=2, mix_every=every)
+        feed(model, warm)
+        steps = _mixer_steps(model)
+        if batched:
+            feed_in_batches(model, stream, 50)
+        else:
+            feed(model, stream)
+        stepped[every, batched] = steps
+    every_click = stepped[1, False]
+    assert len(every_click) > 500
+    assert 0.15 < len(stepped[4, False]) / len(every_click) < 0.35
+    assert set(stepped[4, False]) < set(every_click)
+    assert sorted(stepped[4, True]) == sorted(stepped[4, False])
+
+
+def test_torch_refuses_a_mixer_that_never_steps():
+    with pytest.raises(ValueError, match="mix_every"):
+        TorchRecommender(dim=8, mix_every=0)
