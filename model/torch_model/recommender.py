@@ -38,9 +38,9 @@ class TorchRecommender(OnlineRecommender):
     gathers candidates (the index's top `retrieve` by inner product with the user's h,
     transition successors, the history and co-occurrence votes, popular and recent
     items) and ranks them with a linear mixer over their features (`FeatureLayout`),
-    trained online by predict-then-learn and served only while it beats its starting
-    weights. When fewer than k candidates remain after `exclude`, the index and then
-    decayed popularity fill the list.
+    trained online by predict-then-learn on one click in `mix_every` and served only
+    while it beats its starting weights. When fewer than k candidates remain after
+    `exclude`, the index and then decayed popularity fill the list.
 
     Content (`ContentAware`, issue 15). Once `set_content` gives it item content, new
     rows start from content vectors, every click teaches the content mapping, and items
@@ -92,7 +92,7 @@ class TorchRecommender(OnlineRecommender):
         content_lr: float = 0.1,
         content_candidates: int = 20,
         content_refresh: int = 1000,
-        mix_every: int = 1,
+        mix_every: int = 4,
     ) -> None:
         if dim < 1 or negatives < 0 or not lr > 0:
             raise ValueError("dim must be >= 1, negatives >= 0 and lr > 0")

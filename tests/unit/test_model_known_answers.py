@@ -351,7 +351,9 @@ def test_torch_serves_its_starting_weights_while_the_learned_mixer_ranks_worse()
     # Expected: a mixer turned exactly wrong (and frozen by a tiny mix_lr) ranks every
     # clicked item last among its candidates online, so the starting weights (the log
     # transition and co-occurrence votes) serve, and they put each planted b_i first.
-    model = TorchRecommender(dim=16, seed=0, mix_lr=1e-12)
+    # Both mixers are scored on every click (mix_every=1), so their online scores
+    # settle within this short stream.
+    model = TorchRecommender(dim=16, seed=0, mix_lr=1e-12, mix_every=1)
     model.ranker.mix = -model.ranker.prior.clone()
     train(model, EVENTS)
     prior_score, learned_score = model.ranker.mix_scores

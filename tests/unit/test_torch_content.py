@@ -17,8 +17,10 @@ from model.torch_model import TorchRecommender
 # The digest of `fingerprint` computed by the torch model without content: a model
 # never given content must still produce it, bit for bit. First pinned before content
 # existed (commit 0ec360c: 87d78959bb5403a1); re-pinned when candidate scores became
-# one row-wise product per block (blocks.py `_features`), which rounds differently.
-BEFORE_CONTENT = "3a3ff4c7e8edb740"
+# one row-wise product per block (blocks.py `_features`), which rounds differently
+# (3a3ff4c7e8edb740), and when the mixer's default became a step on one click in four
+# (`mix_every`).
+BEFORE_CONTENT = "4266a93002ee197e"
 
 
 def fingerprint(model: TorchRecommender) -> str:
