@@ -10,10 +10,21 @@ pipeline costs.
 `model_events_per_s` is the model's share of it at a given batch size: `learn_many`
 and `recommend_many` over chunks of the same stream, with the worker's exclusion of the
 user's recent items, on the same FAISS index; batch 1 calls the one-event methods.
+
+Run alone, it prints the ceiling of a fresh catalogue (or `--catalogue`) for a number
+of runs, each with `cpu_us_per_click`: the CPU time of the thread applying the batches,
+which leaves out the index's background builds and other processes' load, so it is the
+figure to compare before and after a change on a shared machine:
+
+    python -m bench.ceiling --events 10000 --items 100000 --runs 3
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -93,14 +104,14 @@ def ceiling_events_per_s(
         )
         for offset, e in enumerate(events)
     ]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     for start in range(0, len(accepted), defaults.batch_size):
         outcome = processor.process_batch(accepted[start : start + defaults.batch_size], record_of)
         assert len(outcome.values) == len(outcome.applied)
         for key, record in outcome.records.items():
             users[key] = record.to_bytes()
         encode_deltas(tracker.drain())  # the worker sends a batch's deltas
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
     for each in indexes:
         each.close()
     return {
@@ -108,6 +119,7 @@ def ceiling_events_per_s(
         "batch_size": defaults.batch_size,
         "seconds": seconds,
         "events_per_s": len(accepted) / seconds,
+        "cpu_us_per_click": cpu / len(accepted) * 1e6,
     }
 
 
@@ -162,3 +174,51 @@ def model_events_per_s(
         "events_per_s": len(clicks) / seconds,
         "cpu_events_per_s": len(clicks) / cpu,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=10_000, help="clicks per run")
+    parser.add_argument(
+        "--users", type=int, default=None, help="distinct users (default: events / 10)"
+    )
+    parser.add_argument("--items", type=int, default=100_000, help="catalogue size")
+    parser.add_argument(
+        "--catalogue", type=Path, default=None, help="a torch checkpoint to use instead"
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.events < 1 or args.runs < 1 or args.items < 1:
+        parser.error("--events, --items and --runs must be at least 1")
+    # One thread, as a worker on its core runs (bench/e2e.py pins it).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from bench.workload import click_stream, write_catalogue
+
+    users = args.users or max(100, args.events // 10)
+    stream = click_stream(args.events, items=args.items, users=users, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        catalogue = args.catalogue
+        if catalogue is None:
+            print(f"writing a {args.items}-item catalogue ...", flush=True)
+            catalogue = write_catalogue(Path(tmp) / "catalogue.pt", args.items)
+        runs = []
+        for run in range(args.runs):
+            result = ceiling_events_per_s(catalogue, stream)
+            runs.append(result)
+            print(
+                f"run {run + 1}: {result['events_per_s']:,.0f} events/s, "
+                f"{result['cpu_us_per_click']:,.0f} us of CPU per click",
+                flush=True,
+            )
+    cpu = sorted(r["cpu_us_per_click"] for r in runs)
+    summary = {"events": args.events, "users": users, "items": args.items, "runs": runs}
+    summary["median_cpu_us_per_click"] = cpu[len(cpu) // 2]
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

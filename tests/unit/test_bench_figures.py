@@ -1,8 +1,13 @@
-"""The arithmetic behind bench/e2e.py's backlog and rate-ladder figures (no services)."""
+"""The arithmetic behind bench/e2e.py's backlog and rate-ladder figures, and what
+`python -m bench.ceiling` prints (no services)."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +60,30 @@ def test_climb_stops_at_the_first_rate_that_misses(
     steps, found = climb(rates, measure, goal_ms=20)
     assert calls == list(enumerate(rates))[:measured]
     assert len(steps) == measured and found == best
+
+
+def test_the_ceiling_command_prints_each_run_and_the_median_cpu_per_click() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.ceiling",
+            "--events",
+            "300",
+            "--items",
+            "2000",
+            "--runs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert sum(line.startswith("run ") for line in lines) == 2
+    summary = json.loads(lines[-1])
+    cpu = [run["cpu_us_per_click"] for run in summary["runs"]]
+    assert summary["events"] == 300 and all(c > 0 for c in cpu)
+    assert summary["median_cpu_us_per_click"] == sorted(cpu)[1]
