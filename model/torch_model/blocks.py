@@ -202,7 +202,6 @@ class CandidateBlocks:
         features = self._features(
             user,
             rows,
-            ids,
             hs,
             n,
             summed(window_parts, window_offsets),
@@ -303,7 +302,6 @@ class CandidateBlocks:
         self,
         user: np.ndarray,
         rows: np.ndarray,
-        ids: list[str],
         hs: Sequence[torch.Tensor],
         n: int,
         window: KeyedSparse,
