@@ -26,16 +26,20 @@ def start_worker(settings: Settings, log_path: Path, timeout: float = 90.0) -> A
     process = spawn([sys.executable, "-m", "stream.cli", "worker"], log_path=log_path, env=env)
     url = f"http://{settings.web_host}:{settings.web_port}/metrics"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServiceError(
-                f"worker exited with code {process.returncode}: {_last_line(log_path)}"
-            )
-        if scrape_metric(url, "streamrec_worker_ready") == 1.0:
-            return process
-        time.sleep(0.25)
-    stop(process)
-    raise ServiceError(f"worker not ready after {timeout:.0f}s; see {log_path}")
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServiceError(
+                    f"worker exited with code {process.returncode}: {_last_line(log_path)}"
+                )
+            if scrape_metric(url, "streamrec_worker_ready") == 1.0:
+                return process
+            time.sleep(0.25)
+        raise ServiceError(f"worker not ready after {timeout:.0f}s; see {log_path}")
+    except BaseException:
+        # Ctrl-C included: the caller never gets the process, so it is stopped here.
+        stop(process)
+        raise
 
 
 def _last_line(log_path: Path) -> str:

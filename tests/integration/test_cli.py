@@ -40,12 +40,14 @@ class Demo:
     (polled), so the test can check that each one is gone after it exits."""
 
     def __init__(self, *args: str, cwd: Path) -> None:
+        # faulthandler: a SIGABRT makes a hung demo print every thread's stack (`stacks`).
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stream.cli", "dev", *args],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
         self.descendants: set[psutil.Process] = set()
 
@@ -60,6 +62,18 @@ class Demo:
             self.poll_children()
             time.sleep(0.2)
         return self.process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+
+    def stacks(self) -> str:
+        """Where a demo that does not exit is stuck: every thread's Python stack (it is
+        aborted for this) and the kernel wait of each live descendant."""
+        waits = []
+        for child in self.descendants:
+            with contextlib.suppress(psutil.Error, OSError):
+                wchan = Path(f"/proc/{child.pid}/wchan").read_text()
+                waits.append(f"{child.pid} {child.status()} {child.cmdline()[:3]} {wchan}")
+        self.process.send_signal(signal.SIGABRT)
+        _, stderr = self.process.communicate(timeout=30)
+        return "\n".join(["descendants:", *waits, "demo stderr:", stderr[-6000:]])
 
     def survivors(self) -> set[psutil.Process]:
         time.sleep(0.5)
@@ -123,7 +137,10 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None
         # Each child gets SIGTERM, then SIGKILL after its stop timeout (the worker's
         # graceful stop commits first): well under a minute on an idle machine, but a
         # CI machine loaded by the rest of the suite has taken longer than 60 s.
-        _, stderr = demo.process.communicate(timeout=150)
+        try:
+            _, stderr = demo.process.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo did not exit 150 s after Ctrl-C\n{demo.stacks()}")
     finally:
         if demo.process.poll() is None:
             demo.process.kill()

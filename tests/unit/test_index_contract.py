@@ -60,9 +60,17 @@ def spilling_faiss(dim: int) -> FaissIndex:
 # one dimension: there the graph's neighbour heuristic over inner products can leave the
 # best item unreachable (46 items, dim 1, seed 205524 after a re-upsert: item-10 is
 # never returned, even at k=5; 1 case in 800 random ones at dim 1, none of 800 each at
-# dims 2-4). Our vectors have dozens of dimensions.
+# dims 2-4). Our vectors have dozens of dimensions. From two dimensions on, one miss per
+# query is still allowed whatever k: the same heuristic can leave one node unreachable
+# (46 integer vectors in dim 2, seed 65536, re-upserted with seed2 1240927: item-40, an
+# exact duplicate of item-31, is never returned at k=4), about 1 case in 1,500 random
+# ones at dims 2-6. The delta merge this would hide is tested exactly in test_faiss_index.
 MIN_RECALL = 0.9
 MIN_RECALL_DIM = 2
+
+
+def allowed_misses(k: int) -> int:
+    return max(1, int((1 - MIN_RECALL) * k))
 
 
 def is_exact(make_index: Factory) -> bool:
@@ -116,7 +124,7 @@ def check_search(
     exact: bool = True,
 ) -> None:
     """The whole search contract, tolerant only of the order within (near-)ties; with
-    `exact=False`, only MIN_RECALL of the results need be among the true top k."""
+    `exact=False`, the results may miss `allowed_misses` of the true top k."""
     check_results(index.search(query, k, exclude=exclude), ids, vectors, query, k, exclude, exact)
 
 
@@ -144,18 +152,19 @@ def check_results(
         assert s.score == pytest.approx(true_scores[s.item_id], rel=1e-4, abs=1e-4)
     if not exact:
         if len(query) >= MIN_RECALL_DIM:
-            assert recall(results, expected) >= MIN_RECALL
+            assert misses(results, expected) <= allowed_misses(len(expected))
         return
     # The returned scores are the top scores of the reference (ties may swap ids).
     np.testing.assert_allclose(scores, [score for _, score in expected], rtol=1e-4, atol=1e-4)
 
 
-def recall(results: Sequence[Scored], expected: list[tuple[str, float]]) -> float:
-    """Share of the true top k found, counting a tie with the k-th best as found."""
+def misses(results: Sequence[Scored], expected: list[tuple[str, float]]) -> int:
+    """How many of the true top k were not found, counting a tie with the k-th best as
+    found."""
     if not expected:
-        return 1.0
+        return 0
     kth = expected[-1][1]
-    return sum(s.score >= kth - 1e-4 for s in results) / len(expected)
+    return len(expected) - sum(s.score >= kth - 1e-4 for s in results)
 
 
 # --- upsert -----------------------------------------------------------------------------
@@ -366,6 +375,7 @@ def test_search_contract_property(
 @settings(max_examples=40, deadline=None)
 @given(scenarios(), st.integers(0, 2**32 - 1))
 @example((46, 1, 205524, False, 1, []), 0)  # the one-dimensional miss MIN_RECALL_DIM names
+@example((46, 2, 65536, True, 4, []), 1240927)  # the duplicate allowed_misses names
 def test_upsert_twice_property(
     make_index: Factory, scenario: tuple[int, int, int, bool, int, list[int]], seed2: int
 ) -> None:
