@@ -180,23 +180,23 @@ class SearchMemory:
         model: TorchRecommender,
         contexts: Sequence[UserContext],
         excludes: Sequence[Collection[str]],
+        hs: Mapping[int, torch.Tensor],
     ) -> list[list[str] | None]:
-        """The ids of the index's top `retrieve` for each context that ranks,
-        `excludes[i]` left out, from one unexcluded search of `retrieve` plus the most
-        exclusions; the unexcluded top `retrieve` of each is kept for `take`. None for
-        a context without recent items, and for all when the exclusions outnumber
-        `retrieve` (a search that wide would cost more than the second search it
-        saves)."""
+        """The ids of the index's top `retrieve` for each context that ranks (`hs`: its
+        h by position), `excludes[i]` left out, from one unexcluded search of `retrieve`
+        plus the most exclusions; the unexcluded top `retrieve` of each is kept for
+        `take`. None for a context without recent items, and for all when the
+        exclusions outnumber `retrieve` (a search that wide would cost more than the
+        second search it saves)."""
         found: list[list[str] | None] = [None] * len(contexts)
         retrieve = model.ranker.retrieve
-        ranking = [i for i, context in enumerate(contexts) if context.recent]
+        ranking = list(hs)
         widest = max((len(excludes[i]) for i in ranking), default=0)
         if not ranking or retrieve <= 0 or len(model.index) == 0 or widest > retrieve:
             return found
-        hs = [model.encoder.unpack(contexts[i].state)[1] for i in ranking]
-        queries = np.stack([h.numpy() for h in hs])
+        queries = np.stack([h.numpy() for h in hs.values()])
         answers = search_ids_each(model.index, queries, retrieve + widest)
-        for i, h, answer in zip(ranking, hs, answers, strict=True):
+        for i, h, answer in zip(ranking, hs.values(), answers, strict=True):
             exclude = excludes[i]
             found[i] = [item for item in answer if item not in exclude][:retrieve]
             key = h.numpy().tobytes()

@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from model.base import (
     Interaction,
@@ -241,7 +242,15 @@ class TorchRecommender(OnlineRecommender):
             raise ValueError(f"{len(contexts)} contexts but {len(excludes)} exclude sets")
         if k <= 0:
             return [[] for _ in contexts]
-        return self.rank_many(contexts, k, excludes, self.searched.search(self, contexts, excludes))
+        hs = self._queries(contexts)
+        return self.rank_many(
+            contexts, k, excludes, self.searched.search(self, contexts, excludes, hs), hs
+        )
+
+    def _queries(self, contexts: Sequence[UserContext]) -> dict[int, torch.Tensor]:
+        """h of each context that ranks (one with recent items), by position."""
+        unpack = self.encoder.unpack
+        return {i: unpack(context.state)[1] for i, context in enumerate(contexts) if context.recent}
 
     def recommend(
         self, context: UserContext, k: int, exclude: Collection[str] = ()
@@ -254,18 +263,20 @@ class TorchRecommender(OnlineRecommender):
         k: int,
         excludes: Sequence[Collection[str]],
         founds: Sequence[list[str] | None] | None = None,
+        hs: Mapping[int, torch.Tensor] | None = None,
     ) -> list[list[Scored]]:
         """`recommend` for each context, ranked from one candidate block. `founds[i]`:
         the index's answer for context i's h (`retrieve` ids, `excludes[i]` applied) if
-        the caller already searched."""
+        the caller already searched; `hs`: `_queries(contexts)` if the caller has it."""
         if k <= 0:
             return [[] for _ in contexts]
         results: list[list[Scored]] = [[] for _ in contexts]
-        ranking = [i for i, context in enumerate(contexts) if context.recent]
+        hs = self._queries(contexts) if hs is None else hs
+        ranking = list(hs)
         if ranking:
             ranked = self.ranker.rank_many(
                 [contexts[i] for i in ranking],
-                [self.encoder.unpack(contexts[i].state)[1] for i in ranking],
+                list(hs.values()),
                 k,
                 [excludes[i] for i in ranking],
                 [None if founds is None else founds[i] for i in ranking],

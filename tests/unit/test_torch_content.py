@@ -4,7 +4,10 @@ from content, cold items among the candidates, and state that round-trips."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +19,42 @@ from model.torch_model import TorchRecommender
 
 # The digest of `fingerprint` computed by the torch model without content: a model
 # never given content must still produce it, bit for bit. First pinned before content
-# existed (commit 0ec360c: 87d78959bb5403a1); re-pinned when candidate scores became
-# one row-wise product per block (blocks.py `_features`), which rounds differently
-# (3a3ff4c7e8edb740), and when the mixer's default became a step on one click in four
-# (`mix_every`).
-BEFORE_CONTENT = "4266a93002ee197e"
+# existed (commit 0ec360c); re-pinned when candidate scores became one row-wise product
+# per block (blocks.py `_features`), which rounds differently, when the mixer's default
+# became a step on one click in four (`mix_every`), and when the digest moved to
+# portable arithmetic: the same code gave 4266a93002ee197e on the machine that pinned
+# it and 4b452678983732ec on an AVX-512 one, since the kernels' last bits follow the
+# CPU's vector width and the BLAS path. So it is computed in a child process on
+# portable kernels (`PORTABLE_ARITHMETIC`), which gave one digest whichever of MKL's and
+# torch's instruction sets this machine was held to.
+BEFORE_CONTENT = "d50dbeb0521024cc"
+PORTABLE_ARITHMETIC = {
+    "ATEN_CPU_CAPABILITY": "default",  # torch's unvectorised kernels
+    "MKL_CBWR": "COMPATIBLE",  # MKL's results the same on every x86-64 CPU
+    "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",  # numpy's baseline
+}
+
+
+def portable_fingerprints() -> list[str]:
+    """`fingerprint` of a plain model and of one given an empty catalogue, computed in
+    a child process on `PORTABLE_ARITHMETIC`."""
+    code = (
+        "from model.torch_model import TorchRecommender\n"
+        "from tests.unit.test_torch_content import fingerprint\n"
+        "empty = TorchRecommender(dim=8, seed=3)\n"
+        "empty.set_content({})\n"
+        "print(fingerprint(TorchRecommender(dim=8, seed=3)), fingerprint(empty))\n"
+        "print('content' in empty.state_dict())\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, **PORTABLE_ARITHMETIC, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    digests, has_content = done.stdout.split("\n")[:2]
+    assert has_content == "False"
+    return digests.split()
 
 
 def fingerprint(model: TorchRecommender) -> str:
@@ -49,11 +83,8 @@ def fingerprint(model: TorchRecommender) -> str:
 
 
 def test_without_content_the_model_is_what_it_was() -> None:
-    assert fingerprint(TorchRecommender(dim=8, seed=3)) == BEFORE_CONTENT
-    empty = TorchRecommender(dim=8, seed=3)
-    empty.set_content({})  # nothing to know: still no content side
-    assert fingerprint(empty) == BEFORE_CONTENT
-    assert "content" not in empty.state_dict()
+    # An empty catalogue: nothing to know, still no content side.
+    assert portable_fingerprints() == [BEFORE_CONTENT, BEFORE_CONTENT]
 
 
 def test_content_changes_the_model() -> None:
@@ -61,7 +92,7 @@ def test_content_changes_the_model() -> None:
     model = TorchRecommender(dim=8, seed=3)
     model.set_content({f"i{j}": ItemContent(categories=(f"k{j % 4}",)) for j in range(40)})
     assert isinstance(model, ContentAware)
-    assert fingerprint(model) != BEFORE_CONTENT
+    assert fingerprint(model) != fingerprint(TorchRecommender(dim=8, seed=3))
 
 
 def genre_stream(seed: int, n: int) -> list[Interaction]:
