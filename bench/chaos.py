@@ -226,6 +226,8 @@ def report(
         mismatched = audit.state_mismatches(run["users"], again["users"], fields)
         summary["state_matches_replay"] = not mismatched
         summary["state_mismatched_users"] = len(mismatched)
+        for line in audit.state_differences(run["users"], again["users"], fields, mismatched[:3]):
+            say(f"differs from the replay: {line}")
         if run["items"] or again["items"]:
             summary["item_deltas_double_applied"] = audit.item_event_excess(
                 run["items"], again["items"]

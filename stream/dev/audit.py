@@ -165,6 +165,30 @@ def state_mismatches(
     )
 
 
+def state_differences(
+    left: Mapping[str, UserRecord],
+    right: Mapping[str, UserRecord],
+    fields: Iterable[str],
+    users: Iterable[str],
+) -> list[str]:
+    """For each of `users`, one line naming the fields that differ between `left` (the
+    run) and `right` (the replay), with both values: what a failed comparison shows."""
+    names = tuple(fields)
+    lines = []
+    for user in users:
+        if user not in left or user not in right:
+            lines.append(f"{user}: only in the {'replay' if user in right else 'run'}")
+            continue
+        run, again = user_view(left[user], names), user_view(right[user], names)
+        differing = [
+            f"{name} run={a!r} replay={b!r}"
+            for name, a, b in zip(names, run, again, strict=True)
+            if a != b
+        ]
+        lines.append(f"{user}: " + "; ".join(differing))
+    return lines
+
+
 def item_event_excess(run: Mapping[str, int], replay: Mapping[str, int]) -> int:
     """Deltas an item's canonical vector sums beyond what a replay's does: an item
     delta applied twice. 0 when neither run has item vectors."""
