@@ -9,6 +9,7 @@ candidates.py).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -193,12 +194,24 @@ class CandidateBlocks:
         user, rows = first_in_order(
             np.repeat(np.arange(users), lengths), np.concatenate(parts) if parts else NO_ROWS, n
         )
-        ids = [ids_of[row] for row in rows.tolist()]
         if any(excludes):
-            keep = [item not in excludes[u] for item, u in zip(ids, user.tolist(), strict=True)]
-            if not all(keep):
-                user, rows = user[keep], rows[keep]
-                ids = [item for item, kept in zip(ids, keep, strict=True) if kept]
+            # By (user, row) key: an id the encoder does not know is no candidate anyway.
+            row_of = rows_of.get
+            banned = [
+                u * n + row
+                for u, exclude in enumerate(excludes)
+                for row in map(row_of, exclude, itertools.repeat(-1))
+                if row >= 0
+            ]
+            if banned:
+                # Both sides unique, as assume_unique needs: first_in_order kept one key
+                # per (user, row), and np.unique drops an id an exclude repeats.
+                keep = ~np.isin(
+                    user * n + rows, np.unique(np.array(banned, dtype=np.int64)), assume_unique=True
+                )
+                if not keep.all():
+                    user, rows = user[keep], rows[keep]
+        ids = [ids_of[row] for row in rows.tolist()]
         features = self._features(
             user,
             rows,
