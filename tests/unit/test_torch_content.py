@@ -25,13 +25,17 @@ from model.torch_model import TorchRecommender
 # portable arithmetic: the same code gave 4266a93002ee197e on the machine that pinned
 # it and 4b452678983732ec on an AVX-512 one, since the kernels' last bits follow the
 # CPU's vector width and the BLAS path. So it is computed in a child process on
-# portable kernels (`PORTABLE_ARITHMETIC`), which gave one digest whichever of MKL's and
-# torch's instruction sets this machine was held to.
+# portable kernels (`PORTABLE_ARITHMETIC`), which gave the same digest here with MKL
+# free and with MKL held to AVX2.
 BEFORE_CONTENT = "d50dbeb0521024cc"
 PORTABLE_ARITHMETIC = {
     "ATEN_CPU_CAPABILITY": "default",  # torch's unvectorised kernels
     "MKL_CBWR": "COMPATIBLE",  # MKL's results the same on every x86-64 CPU
-    "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",  # numpy's baseline
+    # numpy's baseline loops: every optimisation it dispatches at run time turned off
+    # (here X86_V3 X86_V4 AVX512_ICL AVX512_SPR; the list follows numpy's build).
+    "NPY_DISABLE_CPU_FEATURES": " ".join(
+        getattr(np._core._multiarray_umath, "__cpu_dispatch__", ())
+    ),
 }
 
 
