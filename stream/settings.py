@@ -138,11 +138,11 @@ class Settings:
         default=256, metadata={"help": "most clicks a worker applies as one batch"}
     )
     batch_wait_ms: int = field(
-        default=2,
+        default=50,
         metadata={
-            "help": "shortest time a batch gathers clicks (ms); an idle worker takes a "
-            "click as soon as it arrives, and under load a batch gathers as long as the "
-            "previous one took to apply, up to 50 ms"
+            "help": "longest a batch gathers clicks already fetched for it (ms); a batch "
+            "goes as soon as none is left, so clicks that arrived while the previous batch "
+            "was applied go into the next one, and an idle worker takes a click at once"
         },
     )
     app_id: str = field(

@@ -145,17 +145,20 @@ W6  The web server binds STREAMREC_WEB_HOST, and table views are off
     checked: faust-streaming 0.15.3
     where:   stream/worker/app.py:make_app (web_bind, web_tables_enabled)
     test:    tests/unit/test_deploy.py
-W7  Batches gather for as long as the previous batch was applied (`take_ready`)
+W7  Batches take what is ready: natural batching over faust's stream (`take_ready`)
     fixes:   batches of ~10 clicks under a backlog of thousands, so the model's batch
              step ran no faster than one click at a time (mean batch 10 -> 89-135 in
-             bench/worker_cost.py, torch, batch step)
+             bench/worker_cost.py, torch, batch step); and, with the gathering for as
+             long as the previous batch took that fixed it, clicks under moderate load
+             waiting a whole extra batch time (p50 91-93 -> 53-62 ms at 500 clicks/s)
     cause:   faust's fetcher hands the stream one record per event-loop iteration
              and not at all while a batch holds the loop; `noack_take` then waits only
-             its fixed `within` (2 ms) per batch
-    checked: faust-streaming 0.15.3
+             its fixed `within` (2 ms) per batch, and stops its drainer while a batch
+             is held
+    checked: faust-streaming 0.15.3, aiokafka 0.14.0
     where:   stream/kafka/take.py:take_ready (faust's take, with its private
-             `_enable_passive` and `_processors`), used by
-             stream/worker/agents.py:in_order_batches
+             `_enable_passive`, `_processors` and the channel's queue; the consumer's
+             `highwater`), used by stream/worker/agents.py:in_order_batches
     test:    tests/unit/test_take_ready.py; every integration test's worker batches
 P1  Faust's progress spinner is off
     fixes:   7% of a worker's CPU spent formatting dropped debug records

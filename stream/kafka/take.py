@@ -10,15 +10,21 @@ stayed small exactly when batching would save the most (measured: 10 clicks per 
 with a backlog of thousands, which made the model's batch step no faster than one
 click at a time).
 
-Events do not wait in the stream's queue for a batch to take them: faust's fetcher
-hands them over one event-loop iteration each (a `wait_first` per message), and not at
-all while a batch is applied, since applying it holds the loop. A batch can only be as
-large as what arrives while it gathers. `take_ready` therefore gathers for as long as
-the caller held the previous batch (at least `within_s`, at most `GATHER_MAX_S`), so
-the batch size follows the load: an idle worker sleeps until a click arrives (no timer
-wakes it) and takes it at once, and one busy for 100 ms per batch gathers for 50 ms. A
-batch is handed over early once `max_` events are buffered. Events are not acknowledged
-here (as `noack_take`): the caller acks each batch once it is applied.
+`take_ready` hands over what is ready, as natural batching does:
+- the drainer keeps filling the buffer while the caller holds a batch: applying a batch
+  holds the event loop for its CPU work, but then waits for the broker to acknowledge
+  its sends, and in that wait the drainer moves what arrived into the next batch;
+- once the caller hands a batch back, the next one goes as soon as nothing more is ready:
+  the stream's channel queue is empty (the drainer has moved everything the fetcher
+  delivered) and, on every partition it took from, the buffer holds the newest record
+  of the consumer's last fetch response (its high watermark; more there means a
+  backlog the fetcher is still bringing). It goes earlier at `max_` events, or
+  `gather_s` after it began gathering;
+- an idle taker (nothing buffered) sleeps until an event arrives, no timer wakes it.
+So the batch size follows the load (what arrives while one batch is applied goes into
+the next) and no click waits for a timer while the worker has nothing else to do.
+Events are not acknowledged here (as `noack_take`): the caller acks each batch once it
+is applied.
 """
 
 from __future__ import annotations
@@ -27,43 +33,34 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from mode.utils.futures import notify
 
-#: The longest a batch gathers events, however long the previous one took to apply.
-GATHER_MAX_S = 0.05
-
-
-async def take_ready(stream: Any, max_: int, within_s: float) -> AsyncIterator[list[Any]]:
-    """The events of `stream` in batches of at most `max_`: what arrived while the
-    batch gathered (for as long as the caller held the previous batch, clamped to
-    [`within_s`, `GATHER_MAX_S`]), or `max_` events as soon as they are buffered. When
-    a gathering found nothing, what arrives next is handed over as soon as it is
-    there."""
+async def take_ready(stream: Any, max_: int, gather_s: float) -> AsyncIterator[list[Any]]:
+    """The events of `stream`, in order, in batches of at most `max_`: what is ready
+    (the module docstring says when a batch goes; `gather_s` bounds how long a batch
+    waits for events already queued)."""
     buffer: list[Any] = []
-    ready = asyncio.Event()
-    arrived = asyncio.Event()  # set while the buffer holds an event
-    consumed = asyncio.Event()
-    # Set while the caller holds a batch: the drainer waits rather than add to it.
-    consuming: asyncio.Future[None] | None = None
-    gather_s = within_s
+    arrived = asyncio.Event()  # set when an event is added
+    # Set when an event is added and the buffer is full or nothing more is queued.
+    caught_up = asyncio.Event()
+    room = asyncio.Event()  # set while the buffer holds fewer than max_ events
+    room.set()
+    queued = _channel_queue(stream)
+    fetched = _Fetched(stream.app.consumer)
 
     async def add_to_buffer(value: Any) -> Any:
-        nonlocal consuming
-        if consuming is not None:
-            try:
-                await consuming
-            finally:
-                consuming = None
+        # The drainer waits here until the taker makes room (or the stream stops),
+        # so a batch never holds more than max_ events (`buffer[:max_]`).
+        if len(buffer) >= max_:
+            room.clear()
+            await stream.wait(room)
         event = stream.current_event
         if event is None:
             raise RuntimeError("take_ready found no current event")
         buffer.append(event)
+        fetched.took(event.message)
         arrived.set()
-        if len(buffer) >= max_:
-            ready.set()
-            # Never more than max_ in a batch: wait until this one is handed over.
-            consumed.clear()
-            await stream.wait(consumed)
+        if len(buffer) >= max_ or queued.empty():
+            caught_up.set()
         return value
 
     acks_were = stream.enable_acks
@@ -71,32 +68,67 @@ async def take_ready(stream: Any, max_: int, within_s: float) -> AsyncIterator[l
     stream.add_processor(add_to_buffer)
     # faust's own take starts its background drainer the same way.
     stream._enable_passive(aiter(stream.channel))
+    loop = asyncio.get_running_loop()
     try:
         while not stream.should_stop:
-            await stream.wait_for_stopped(ready, timeout=gather_s)
             if not buffer:
-                # Idle: sleep until an event arrives rather than wake every `within_s`
-                # to find none (each agent did, 500 times a second at the default:
-                # most of an idle worker's CPU), then hand it over at once.
-                gather_s = within_s
+                # Idle: sleep until an event arrives rather than wake on a timer to
+                # find none (each agent did, 500 times a second: most of an idle
+                # worker's CPU).
+                arrived.clear()
                 await stream.wait_for_stopped(arrived)
                 if not buffer:
                     continue
-            loop = asyncio.get_running_loop()
-            consuming = loop.create_future()
-            held_from = loop.time()
+            deadline = loop.time() + gather_s
+            while (
+                len(buffer) < max_
+                and loop.time() < deadline
+                and (not queued.empty() or fetched.behind())
+            ):
+                caught_up.clear()
+                await stream.wait_for_stopped(caught_up, timeout=deadline - loop.time())
+            batch = buffer[:max_]
             try:
-                yield list(buffer)
+                yield batch
             finally:
-                gather_s = min(GATHER_MAX_S, max(within_s, loop.time() - held_from))
-                buffer.clear()
-                ready.clear()
-                arrived.clear()
-                notify(consuming)
-                consumed.set()
+                del buffer[: len(batch)]
+                if len(buffer) < max_:
+                    room.set()
     finally:
         stream.enable_acks = acks_were
         stream._processors.remove(add_to_buffer)
+
+
+def _channel_queue(stream: Any) -> Any:
+    """The queue the stream's drainer takes events from: faust's `Stream._py_aiter`
+    reads the channel's `queue` directly (its `empty()` and `get_nowait()`), and the
+    consumer's conductor puts each fetched record there."""
+    return stream.channel.queue
+
+
+class _Fetched:
+    """Per partition, the offset after the newest event the buffer took, against the
+    high watermark of the consumer's last fetch response (aiokafka's `highwater`, which
+    faust's consumer passes on): whether the broker already holds events of this stream
+    that the fetcher has not delivered yet (a backlog, or a fetch in flight)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self._highwater = consumer.highwater
+        self._next: dict[Any, int] = {}
+
+    def took(self, message: Any) -> None:
+        self._next[message.tp] = message.offset + 1
+
+    def behind(self) -> bool:
+        for tp, next_offset in list(self._next.items()):
+            try:
+                highwater = self._highwater(tp)
+            except AssertionError:  # aiokafka's: no longer assigned (a rebalance)
+                del self._next[tp]
+                continue
+            if highwater is not None and highwater > next_offset:
+                return True
+        return False
 
 
 __all__ = ["take_ready"]

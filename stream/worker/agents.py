@@ -36,14 +36,14 @@ Ready = Callable[[], Awaitable[Any]]
 
 
 async def in_order_batches(
-    stream: Any, *, app: Any, metrics: WorkerMetrics, size: int, within_s: float
+    stream: Any, *, app: Any, metrics: WorkerMetrics, size: int, gather_s: float
 ) -> AsyncIterator[list[Any]]:
     """Batches of at most `size` events, handed over as soon as nothing more is ready
-    (or after `within_s`: stream/kafka/take.py), each acknowledged only after the loop
-    body that got it has finished. `take_events` acknowledges a
-    batch in a `finally`, so a worker stopped in the middle of one would commit clicks
-    it never applied (found by tests/integration/test_rebalance.py)."""
-    async for events in take_ready(stream, size, within_s):
+    (or `gather_s` after a batch began gathering: stream/kafka/take.py), each
+    acknowledged only after the loop body that got it has finished. `take_events`
+    acknowledges a batch in a `finally`, so a worker stopped in the middle of one would
+    commit clicks it never applied (found by tests/integration/test_rebalance.py)."""
+    async for events in take_ready(stream, size, gather_s):
         # Events fetched before a rebalance may still sit in the stream's buffer
         # after it. Their partition may now be another worker's, and acking them
         # would corrupt Faust's commit tracking (the offsets it keeps per

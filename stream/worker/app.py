@@ -374,7 +374,7 @@ def create_worker(
         app=app,
         metrics=metrics,
         size=settings.batch_size,
-        within_s=settings.batch_wait_ms / 1000,
+        gather_s=settings.batch_wait_ms / 1000,
     )
     catalogue, ready = _install_catalogue(
         app, settings, kafka_security, topics, processor, items, metrics, batches

@@ -1,38 +1,67 @@
-"""`take_ready` (stream/kafka/take.py) over a stand-in for a faust stream: a drainer
-task that hands each event to the stream's processors one loop iteration at a time, as
-faust's passive drainer does. The real stream is exercised by the integration tests
-(every worker batch goes through it)."""
+"""`take_ready` (stream/kafka/take.py) over a stand-in for a faust stream: records put in
+the channel's queue as faust's conductor puts fetched records, a drainer task that hands
+each to the stream's processors one loop iteration at a time as faust's passive drainer
+does, and a consumer whose high watermark is what the test says the broker holds. The
+real stream is exercised by the integration tests (every worker batch goes through it).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
 from typing import Any
 
-from stream.kafka.take import GATHER_MAX_S, take_ready
+from stream.kafka.take import take_ready
+
+TP = "clicks-0"
 
 
 class _Channel:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
     def __aiter__(self) -> _Channel:
         return self
 
-    async def __anext__(self) -> None:  # the drainer below delivers instead
+    async def __anext__(self) -> None:  # the drainer below takes from the queue instead
         raise StopAsyncIteration
 
 
-class DrippingStream:
-    """Events 0, 1, 2, ... arriving one every `every_s` seconds."""
+class _Consumer:
+    def __init__(self) -> None:
+        self.highwaters: dict[str, int] = {}
 
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
+    def highwater(self, tp: str) -> int | None:
+        return self.highwaters.get(tp)
+
+
+class QueuedStream:
+    """Records 0, 1, 2, ... of one partition: `deliver(n)` puts the next n in the
+    channel's queue (a fetch response), `broker_holds(n)` sets the high watermark."""
+
+    def __init__(self) -> None:
         self.channel = _Channel()
-        self.current_event: int | None = None
+        self.app = SimpleNamespace(consumer=_Consumer())
+        self.current_event: Any = None
         self.enable_acks = True
         self.should_stop = False
         self._processors: list[Callable[[Any], Any]] = []
         self._drainer: asyncio.Task[None] | None = None
-        self.waits = 0  # calls of wait_for_stopped: how often the taker woke to look
+        self.delivered = 0
+        self.waits = 0  # calls of wait_for_stopped: how often the taker slept
+
+    def deliver(self, n: int) -> None:
+        for offset in range(self.delivered, self.delivered + n):
+            record = SimpleNamespace(message=SimpleNamespace(tp=TP, offset=offset))
+            self.channel.queue.put_nowait(record)
+        self.delivered += n
+        self.broker_holds(self.delivered)
+
+    def broker_holds(self, n: int) -> None:
+        self.app.consumer.highwaters[TP] = max(n, self.app.consumer.highwaters.get(TP, 0))
 
     def add_processor(self, processor: Callable[[Any], Any]) -> None:
         self._processors.append(processor)
@@ -41,13 +70,12 @@ class DrippingStream:
         self._drainer = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        event = 0
         while not self.should_stop:
-            await asyncio.sleep(self.every_s)
+            await asyncio.sleep(0)
+            event = await self.channel.queue.get()
             self.current_event = event
             for processor in list(self._processors):
                 await processor(event)
-            event += 1
 
     async def wait(self, event: asyncio.Event) -> None:
         await event.wait()
@@ -58,47 +86,128 @@ class DrippingStream:
             await asyncio.wait_for(event.wait(), timeout)
 
 
-def batches_of(stream: DrippingStream, hold_s: list[float], max_: int) -> list[list[int]]:
-    """Take len(hold_s) batches, holding batch i for hold_s[i] seconds (applying it)."""
+def offsets(batch: list[Any]) -> list[int]:
+    return [event.message.offset for event in batch]
+
+
+def take(
+    stream: QueuedStream,
+    count: int,
+    *,
+    max_: int = 1000,
+    gather_s: float = 0.05,
+    feed: Callable[[QueuedStream], Coroutine[Any, Any, None]] | None = None,
+) -> list[list[int]]:
+    """The first `count` batches, taken while `feed` runs."""
 
     async def main() -> list[list[int]]:
+        feeding = asyncio.ensure_future(feed(stream)) if feed else None
         taken: list[list[int]] = []
-        async for batch in take_ready(stream, max_, within_s=0.002):
-            taken.append(batch)
-            await asyncio.sleep(hold_s[len(taken) - 1])
-            if len(taken) == len(hold_s):
+        async for batch in take_ready(stream, max_, gather_s):
+            taken.append(offsets(batch))
+            if len(taken) == count:
                 break
         stream.should_stop = True
+        if feeding is not None:
+            feeding.cancel()
         return taken
 
     return asyncio.run(main())
 
 
-def test_a_batch_gathers_for_as_long_as_the_previous_one_was_held() -> None:
-    stream = DrippingStream(every_s=0.001)
-    first, second, third = batches_of(stream, [0.03, 0.0, 0.0], max_=1000)
-    # The first batch gathered for 2 ms; the second for the 30 ms the first was held
-    # (events arriving meanwhile wait for the batch to be handed back, as in faust).
-    assert len(second) > 3 * len(first), (len(first), len(second))
-    # Events stay in order, none lost or repeated, across batches.
-    events = first + second + third
-    assert events == list(range(events[0], events[0] + len(events)))
-
-
-def test_the_gathering_is_bounded_and_a_full_batch_goes_at_once() -> None:
-    stream = DrippingStream(every_s=0.0005)
-    held_long = batches_of(stream, [1.0, 0.0], max_=10_000)
-    # Held for a second, the next batch still gathers at most GATHER_MAX_S.
-    assert len(held_long[1]) < 3 * GATHER_MAX_S / 0.0005
-    # With max_ 8, a batch goes as soon as it holds 8 events, never more.
-    sizes = [len(b) for b in batches_of(DrippingStream(0.0005), [0.05, 0.0, 0.0], max_=8)]
-    assert max(sizes) <= 8 and sizes[1] == 8, sizes
+def in_order(batches: list[list[int]]) -> bool:
+    events = [offset for batch in batches for offset in batch]
+    return events == list(range(len(events)))
 
 
 def test_an_idle_taker_sleeps_until_an_event_and_takes_it_at_once() -> None:
-    # One event every 50 ms: polling every within_s (2 ms) would wake 25 times per event.
-    stream = DrippingStream(every_s=0.05)
-    taken = batches_of(stream, [0.0] * 4, max_=1000)
+    async def one_every_20_ms(stream: QueuedStream) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            stream.deliver(1)
+
+    stream = QueuedStream()
+    taken = take(stream, 4, feed=one_every_20_ms)
     assert taken == [[0], [1], [2], [3]]
-    # Per event: one gathering that times out, one wait that the event ends.
-    assert stream.waits <= 2 * len(taken) + 1, stream.waits
+    # One sleep per event (until it arrives): no timer wakes the taker.
+    assert stream.waits <= len(taken) + 1, stream.waits
+
+
+def test_what_arrives_while_a_batch_is_held_goes_into_the_next_one_at_once() -> None:
+    async def one_every_ms(stream: QueuedStream) -> None:
+        while True:
+            await asyncio.sleep(0.001)
+            stream.deliver(1)
+
+    handed_back: list[float] = []
+
+    async def hold_first_for_30_ms(i: int) -> None:
+        await asyncio.sleep(0.03 if i == 0 else 0.0)
+        handed_back.append(time.monotonic())
+
+    taken_at: list[float] = []
+    stream = QueuedStream()
+
+    async def main() -> list[list[int]]:
+        feeding = asyncio.ensure_future(one_every_ms(stream))
+        taken: list[list[int]] = []
+        async for batch in take_ready(stream, 1000, 1.0):
+            taken_at.append(time.monotonic())
+            taken.append(offsets(batch))
+            await hold_first_for_30_ms(len(taken) - 1)
+            if len(taken) == 2:
+                break
+        stream.should_stop = True
+        feeding.cancel()
+        return taken
+
+    taken = asyncio.run(main())
+    # The drainer kept filling while the first batch was held (the loop was free, as a
+    # worker's is while the broker acknowledges its sends), and that batch went as soon
+    # as the first was back: no gathering for as long again.
+    assert len(taken[1]) >= 10, [len(b) for b in taken]
+    assert taken_at[1] - handed_back[0] < 0.015, taken_at[1] - handed_back[0]
+    assert in_order(taken)
+
+
+def test_a_batch_goes_once_everything_fetched_is_in_it() -> None:
+    stream = QueuedStream()
+    stream.deliver(30)  # one fetch response, the broker holding no more
+    started = time.monotonic()
+    taken = take(stream, 1, gather_s=1.0)
+    assert taken == [list(range(30))]
+    assert time.monotonic() - started < 0.5  # it did not wait for gather_s
+
+
+def test_a_batch_waits_for_records_the_broker_already_holds() -> None:
+    async def rest_of_the_backlog_in_20_ms(stream: QueuedStream) -> None:
+        await asyncio.sleep(0.02)  # a fetch in flight
+        stream.deliver(90)
+
+    stream = QueuedStream()
+    stream.deliver(10)
+    stream.broker_holds(100)  # the last fetch response's high watermark
+    taken = take(stream, 1, gather_s=1.0, feed=rest_of_the_backlog_in_20_ms)
+    assert taken == [list(range(100))]
+
+
+def test_the_gathering_is_bounded_by_gather_s() -> None:
+    stream = QueuedStream()
+    stream.deliver(10)
+    stream.broker_holds(1000)  # but the fetcher never brings them
+    started = time.monotonic()
+    taken = take(stream, 1, gather_s=0.1)
+    elapsed = time.monotonic() - started
+    assert taken == [list(range(10))]
+    assert 0.09 <= elapsed < 0.6, elapsed
+
+
+def test_a_full_batch_goes_at_once_and_never_holds_more_than_max() -> None:
+    stream = QueuedStream()
+    stream.deliver(100)
+    stream.broker_holds(1000)
+    started = time.monotonic()
+    taken = take(stream, 5, max_=8, gather_s=1.0)
+    assert [len(b) for b in taken] == [8] * 5
+    assert in_order(taken)
+    assert time.monotonic() - started < 0.5
