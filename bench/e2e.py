@@ -91,6 +91,27 @@ def bench_settings(stack: DevStack, workdir: Path, checkpoint: Path) -> Settings
     )
 
 
+def prepare(settings: Settings) -> None:
+    """The worker's data directory and topics, before it starts."""
+    Path(settings.data_dir).mkdir(parents=True)
+    ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
+
+
+def warm_up(
+    settings: Settings, items: int, clicks: int = 500, users: int = 200, seed: int = 99
+) -> None:
+    """`clicks` of `users` users through the worker, until it has answered them all: the
+    first clicks of many users touch cold code paths and allocations."""
+    warm = click_stream(clicks, items=items, users=users, seed=seed)
+    replay(
+        warm,
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.clicks_topic,
+        progress=False,
+    )
+    read_recommendations(settings, {e["event_id"] for e in warm}, timeout_s=300)
+
+
 class Worker:
     """One `streamrec worker` process pinned to `core`."""
 
@@ -320,15 +341,7 @@ def freshness(
 
 def scaling(worker: Worker, items: int, events: int, one: dict[str, float]) -> dict[str, Any]:
     """The throughput run again, now that a second worker shares the group."""
-    settings = worker.settings
-    warm = click_stream(500, items=items, users=200, seed=98)
-    replay(
-        warm,
-        bootstrap_servers=settings.bootstrap_servers,
-        topic=settings.clicks_topic,
-        progress=False,
-    )
-    read_recommendations(settings, {e["event_id"] for e in warm}, timeout_s=300)
+    warm_up(worker.settings, items, seed=98)
     stream = click_stream(events, items=items, users=max(100, events // 10), seed=4)
     two = throughput(worker, stream)
     return {
@@ -363,22 +376,13 @@ def end_to_end(
     `ladder_s`, the rate ladder; with `with_freshness`, a second worker: scaling, then
     freshness across the two."""
     settings = bench_settings(stack, workdir, checkpoint)
-    Path(settings.data_dir).mkdir(parents=True)
-    ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
+    prepare(settings)
     log(f"[{items} items] starting a worker (loading the catalogue, rewriting Redis) ...")
     worker = Worker(settings, workdir / f"worker-{items}.log")
     result: dict[str, Any] = {"items": items}
     try:
         worker.wait_rebuilt()
-        # Warm-up: first clicks of many users touch cold code paths and allocations.
-        warm = click_stream(500, items=items, users=200, seed=99)
-        replay(
-            warm,
-            bootstrap_servers=settings.bootstrap_servers,
-            topic=settings.clicks_topic,
-            progress=False,
-        )
-        read_recommendations(settings, {e["event_id"] for e in warm}, timeout_s=300)
+        warm_up(settings, items)
         log(f"[{items} items] throughput: {events} clicks as fast as they can be produced ...")
         stream = click_stream(events, items=items, users=max(100, events // 10), seed=1)
         result["throughput"] = throughput(worker, stream)

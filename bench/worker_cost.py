@@ -42,14 +42,13 @@ from typing import Any
 import orjson
 import psutil
 
-from bench.e2e import Worker, bench_settings, read_recommendations
+from bench.e2e import Worker, bench_settings, prepare, read_recommendations, warm_up
 from bench.workload import click_stream, write_catalogue
 from model.registry import build_recommender
 from stream.dev.harness import scrape_metric
 from stream.dev.services import start_stack
 from stream.events import Click
 from stream.kafka.producer import replay
-from stream.kafka.topics import ensure_topics, worker_topics
 from stream.metrics import WorkerMetrics
 from stream.settings import MODEL_STEPS, Settings
 from stream.worker.applier import BatchApplier
@@ -101,22 +100,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             model_step=args.model_step,
             **({"batch_wait_ms": args.batch_wait_ms} if args.batch_wait_ms is not None else {}),
         )
-        Path(settings.data_dir).mkdir(parents=True)
-        ensure_topics(settings.bootstrap_servers, worker_topics(settings), settings.partitions)
+        prepare(settings)
         print(f"starting a {args.model} worker ...", file=sys.stderr)
         worker = Worker(settings, workdir / "worker.log")
         try:
             if args.model == "torch":
                 worker.wait_rebuilt()
             wait_logged(worker, "item vectors caught up")
-            warm = click_stream(1000, items=args.items, users=300, seed=99)
-            replay(
-                warm,
-                bootstrap_servers=settings.bootstrap_servers,
-                topic=settings.clicks_topic,
-                progress=False,
-            )
-            read_recommendations(settings, {e["event_id"] for e in warm}, timeout_s=300)
+            warm_up(settings, args.items, clicks=1000, users=300)
             return measure(args, worker)
         finally:
             worker.stop()

@@ -150,11 +150,11 @@ W7  Batches take what is ready: natural batching over faust's stream (`take_read
              step ran no faster than one click at a time (mean batch 10 -> 89-135 in
              bench/worker_cost.py, torch, batch step); and, with the gathering for as
              long as the previous batch took that fixed it, clicks under moderate load
-             waiting a whole extra batch time (p50 91-93 -> 53-62 ms at 500 clicks/s)
+             waiting a whole extra batch time (bench/latency.py at 500 clicks/s: p50
+             102-108 -> 47-58 ms)
     cause:   faust's fetcher hands the stream one record per event-loop iteration
              and not at all while a batch holds the loop; `noack_take` then waits only
-             its fixed `within` (2 ms) per batch, and stops its drainer while a batch
-             is held
+             its fixed `within` (2 ms) per batch
     checked: faust-streaming 0.15.3, aiokafka 0.14.0
     where:   stream/kafka/take.py:take_ready (faust's take, with its private
              `_enable_passive`, `_processors` and the channel's queue; the consumer's

@@ -10,21 +10,20 @@ stayed small exactly when batching would save the most (measured: 10 clicks per 
 with a backlog of thousands, which made the model's batch step no faster than one
 click at a time).
 
-`take_ready` hands over what is ready, as natural batching does:
-- the drainer keeps filling the buffer while the caller holds a batch: applying a batch
-  holds the event loop for its CPU work, but then waits for the broker to acknowledge
-  its sends, and in that wait the drainer moves what arrived into the next batch;
-- once the caller hands a batch back, the next one goes as soon as nothing more is ready:
-  the stream's channel queue is empty (the drainer has moved everything the fetcher
-  delivered) and, on every partition it took from, the buffer holds the newest record
-  of the consumer's last fetch response (its high watermark; more there means a
-  backlog the fetcher is still bringing). It goes earlier at `max_` events, or
-  `gather_s` after it began gathering;
-- an idle taker (nothing buffered) sleeps until an event arrives, no timer wakes it.
-So the batch size follows the load (what arrives while one batch is applied goes into
-the next) and no click waits for a timer while the worker has nothing else to do.
-Events are not acknowledged here (as `noack_take`): the caller acks each batch once it
-is applied.
+`take_ready` hands over what is ready, as natural batching does. While the caller holds
+a batch the drainer waits, as in faust's own take: what arrives meanwhile stays in the
+channel's queue, not yet taken by the stream (so a rebalance meanwhile finds the stream
+as faust's take would leave it). Once the batch is handed back, the
+next one goes as soon as nothing more is ready: the channel queue is empty (the drainer
+has moved everything the fetcher delivered) and, on every partition it took from, the
+buffer holds the newest record of the consumer's last fetch response (its high
+watermark; more there means a backlog the fetcher is still bringing). It goes earlier
+at `max_` events, or `gather_s` after it began gathering; meanwhile it looks every
+`POLL_S`. An idle taker (nothing
+buffered) sleeps until an event arrives, no timer wakes it. So the batch size follows
+the load (what arrived while one batch was applied goes into the next) and no click
+waits for a timer. Events are not acknowledged here (as `noack_take`): the caller acks
+each batch once it is applied.
 """
 
 from __future__ import annotations
@@ -33,6 +32,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+#: How often a gathering batch looks whether anything more is on its way.
+POLL_S = 0.001
+
 
 async def take_ready(stream: Any, max_: int, gather_s: float) -> AsyncIterator[list[Any]]:
     """The events of `stream`, in order, in batches of at most `max_`: what is ready
@@ -40,27 +42,25 @@ async def take_ready(stream: Any, max_: int, gather_s: float) -> AsyncIterator[l
     waits for events already queued)."""
     buffer: list[Any] = []
     arrived = asyncio.Event()  # set when an event is added
-    # Set when an event is added and the buffer is full or nothing more is queued.
-    caught_up = asyncio.Event()
-    room = asyncio.Event()  # set while the buffer holds fewer than max_ events
-    room.set()
+    full = asyncio.Event()  # set when the buffer holds max_ events
+    held = asyncio.Event()  # set while the caller holds a batch
+    released = asyncio.Event()  # set while it does not
+    released.set()
     queued = _channel_queue(stream)
     fetched = _Fetched(stream.app.consumer)
 
     async def add_to_buffer(value: Any) -> Any:
-        # The drainer waits here until the taker makes room (or the stream stops),
-        # so a batch never holds more than max_ events (`buffer[:max_]`).
-        if len(buffer) >= max_:
-            room.clear()
-            await stream.wait(room)
+        # The drainer waits here while the caller holds a batch (or the stream stops).
+        if held.is_set():
+            await stream.wait(released)
         event = stream.current_event
         if event is None:
             raise RuntimeError("take_ready found no current event")
         buffer.append(event)
         fetched.took(event.message)
         arrived.set()
-        if len(buffer) >= max_ or queued.empty():
-            caught_up.set()
+        if len(buffer) >= max_:
+            full.set()
         return value
 
     acks_were = stream.enable_acks
@@ -79,21 +79,28 @@ async def take_ready(stream: Any, max_: int, gather_s: float) -> AsyncIterator[l
                 await stream.wait_for_stopped(arrived)
                 if not buffer:
                     continue
+            # Look every POLL_S rather than wake per event: the fetcher and the drainer
+            # each move one record per loop iteration, so the queue empties and fills
+            # again between most of them under a backlog.
             deadline = loop.time() + gather_s
             while (
                 len(buffer) < max_
                 and loop.time() < deadline
                 and (not queued.empty() or fetched.behind())
             ):
-                caught_up.clear()
-                await stream.wait_for_stopped(caught_up, timeout=deadline - loop.time())
+                full.clear()
+                await stream.wait_for_stopped(
+                    full, timeout=min(POLL_S, max(0.0, deadline - loop.time()))
+                )
             batch = buffer[:max_]
+            held.set()
+            released.clear()
             try:
                 yield batch
             finally:
                 del buffer[: len(batch)]
-                if len(buffer) < max_:
-                    room.set()
+                held.clear()
+                released.set()
     finally:
         stream.enable_acks = acks_were
         stream._processors.remove(add_to_buffer)

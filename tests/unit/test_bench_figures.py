@@ -87,3 +87,23 @@ def test_the_ceiling_command_prints_each_run_and_the_median_cpu_per_click() -> N
     cpu = [run["cpu_us_per_click"] for run in summary["runs"]]
     assert summary["events"] == 300 and all(c > 0 for c in cpu)
     assert summary["median_cpu_us_per_click"] == sorted(cpu)[1]
+
+
+def test_latency_bench_reads_batch_and_stage_figures_from_two_scrapes() -> None:
+    from bench.latency import worker_figures
+
+    before = {
+        ("batch_clicks", "", "sum"): 100.0,
+        ("batch_clicks", "", "count"): 10.0,
+        ("stage_seconds", "search", "sum"): 1.0,
+        ("stage_seconds", "search", "count"): 100.0,
+    }
+    after = {
+        ("batch_clicks", "", "sum"): 400.0,  # 300 clicks in 20 batches
+        ("batch_clicks", "", "count"): 30.0,
+        ("stage_seconds", "search", "sum"): 1.6,  # 0.6 s over those 300 clicks
+        ("stage_seconds", "search", "count"): 400.0,
+    }
+    figures = worker_figures(before, after)
+    assert figures["mean_batch"] == pytest.approx(15.0)
+    assert figures["search_us_per_click"] == pytest.approx(2000.0)

@@ -162,9 +162,9 @@ def test_what_arrives_while_a_batch_is_held_goes_into_the_next_one_at_once() -> 
         return taken
 
     taken = asyncio.run(main())
-    # The drainer kept filling while the first batch was held (the loop was free, as a
-    # worker's is while the broker acknowledges its sends), and that batch went as soon
-    # as the first was back: no gathering for as long again.
+    # What arrived while the first batch was held waited in the channel's queue and
+    # went into the second, as soon as the drainer had moved it: no gathering for as
+    # long again.
     assert len(taken[1]) >= 10, [len(b) for b in taken]
     assert taken_at[1] - handed_back[0] < 0.015, taken_at[1] - handed_back[0]
     assert in_order(taken)
