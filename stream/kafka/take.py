@@ -13,17 +13,16 @@ click at a time).
 `take_ready` hands over what is ready, as natural batching does. While the caller holds
 a batch the drainer waits, as in faust's own take: what arrives meanwhile stays in the
 channel's queue, not yet taken by the stream (so a rebalance meanwhile finds the stream
-as faust's take would leave it). Once the batch is handed back, the
-next one goes as soon as nothing more is ready: the channel queue is empty (the drainer
-has moved everything the fetcher delivered) and, on every partition it took from, the
-buffer holds the newest record of the consumer's last fetch response (its high
-watermark; more there means a backlog the fetcher is still bringing). It goes earlier
-at `max_` events, or `gather_s` after it began gathering; meanwhile it looks every
-`POLL_S`. An idle taker (nothing
-buffered) sleeps until an event arrives, no timer wakes it. So the batch size follows
-the load (what arrived while one batch was applied goes into the next) and no click
-waits for a timer. Events are not acknowledged here (as `noack_take`): the caller acks
-each batch once it is applied.
+as faust's take would leave it). Once the batch is handed back, the next one goes as
+soon as nothing more is ready: the channel queue is empty (the drainer has moved
+everything the fetcher delivered) and, on every partition it took from, the buffer holds
+the newest record of the consumer's last fetch response (its high watermark; more there
+means a backlog the fetcher is still bringing). It goes earlier at `max_` events, or
+`gather_s` after it began gathering; meanwhile it looks every `POLL_S`. An idle taker
+(nothing buffered) sleeps until an event arrives, no timer wakes it. So the batch size
+follows the load (what arrived while one batch was applied goes into the next) and no
+click waits for a timer. Events are not acknowledged here (as `noack_take`): the caller
+acks each batch once it is applied.
 """
 
 from __future__ import annotations
