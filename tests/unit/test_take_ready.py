@@ -97,14 +97,18 @@ def take(
     max_: int = 1000,
     gather_s: float = 0.05,
     feed: Callable[[QueuedStream], Coroutine[Any, Any, None]] | None = None,
+    hold: Callable[[int], Coroutine[Any, Any, None]] | None = None,
 ) -> list[list[int]]:
-    """The first `count` batches, taken while `feed` runs."""
+    """The first `count` batches, taken while `feed` runs; batch i is held (applied)
+    by `hold(i)` before it is handed back."""
 
     async def main() -> list[list[int]]:
         feeding = asyncio.ensure_future(feed(stream)) if feed else None
         taken: list[list[int]] = []
         async for batch in take_ready(stream, max_, gather_s):
             taken.append(offsets(batch))
+            if hold is not None:
+                await hold(len(taken) - 1)
             if len(taken) == count:
                 break
         stream.should_stop = True
@@ -139,29 +143,15 @@ def test_what_arrives_while_a_batch_is_held_goes_into_the_next_one_at_once() -> 
             await asyncio.sleep(0.001)
             stream.deliver(1)
 
+    taken_at: list[float] = []
     handed_back: list[float] = []
 
     async def hold_first_for_30_ms(i: int) -> None:
+        taken_at.append(time.monotonic())
         await asyncio.sleep(0.03 if i == 0 else 0.0)
         handed_back.append(time.monotonic())
 
-    taken_at: list[float] = []
-    stream = QueuedStream()
-
-    async def main() -> list[list[int]]:
-        feeding = asyncio.ensure_future(one_every_ms(stream))
-        taken: list[list[int]] = []
-        async for batch in take_ready(stream, 1000, 1.0):
-            taken_at.append(time.monotonic())
-            taken.append(offsets(batch))
-            await hold_first_for_30_ms(len(taken) - 1)
-            if len(taken) == 2:
-                break
-        stream.should_stop = True
-        feeding.cancel()
-        return taken
-
-    taken = asyncio.run(main())
+    taken = take(QueuedStream(), 2, gather_s=1.0, feed=one_every_ms, hold=hold_first_for_30_ms)
     # What arrived while the first batch was held waited in the channel's queue and
     # went into the second, as soon as the drainer had moved it: no gathering for as
     # long again.
