@@ -34,21 +34,29 @@ def click_inputs(gap: float | None, event_type: str) -> ClickInputs:
     return bucket, kind
 
 
-def _adagrad(row: torch.Tensor, sq: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-    """One Adagrad step on a row view, in place; `sq` is its sum of squared gradients."""
-    sq.addcmul_(grad, grad)
-    row.addcdiv_(grad, sq.sqrt().add_(_EPS), value=-lr)
-
-
 def _adagrad_rows(
-    table: torch.Tensor, sq: torch.Tensor, rows: torch.Tensor, grads: torch.Tensor, lr: float
+    table: np.ndarray, sq: np.ndarray, rows: np.ndarray, grads: np.ndarray, lr: float
 ) -> None:
     """One Adagrad step on `table`'s `rows`, in place, with `grads[i]` for `rows[i]`:
-    a row given several times takes one step on the sum of its gradients."""
-    unique, slots = torch.unique(rows, return_inverse=True)
-    summed = torch.zeros(len(unique), table.shape[1]).index_add_(0, slots, grads)
-    sq[unique] += summed * summed
-    table[unique] -= lr * summed / (sq[unique].sqrt() + _EPS)
+    a row given several times takes one step on the sum of its gradients. `sq` is the
+    table's sum of squared gradients."""
+    unique, slots = np.unique(rows, return_inverse=True)
+    if len(unique) == len(rows):
+        summed = np.empty_like(grads)
+        summed[slots] = grads
+    else:
+        summed = np.zeros((len(unique), grads.shape[1]), dtype=grads.dtype)
+        np.add.at(summed, slots, grads)
+    squares = sq[unique] + summed * summed
+    sq[unique] = squares
+    table[unique] -= lr * summed / (np.sqrt(squares) + _EPS)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b through torch, whose thread count the process sets (`torch.set_num_threads`):
+    numpy's OpenBLAS would start threads of its own on the core the broker needs."""
+    product: np.ndarray = (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
+    return product
 
 
 class GruEncoder:
@@ -168,24 +176,50 @@ class GruEncoder:
         """The context state after a click: (h, h_next, the click's inputs)."""
         return (*h.tolist(), *h_next.tolist(), *map(float, inputs))
 
-    def read(self, row: int, inputs: ClickInputs, h: torch.Tensor) -> torch.Tensor:
-        """GRU(emb[row] + gap + kind, h) without gradients: the state after a click."""
-        with torch.no_grad():
-            after: torch.Tensor = self.gru(self._input(self.emb[row], inputs), h.unsqueeze(0))[0]
-        return after
+    def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The GRU's weight_ih, weight_hh (3 * dim, dim) and bias_ih, bias_hh (3 * dim),
+        gates in GRUCell's order (r, z, n), as float32 views of the flat parameters."""
+        flat, d = self._flat.numpy(), self.dim
+        w = 3 * d * d
+        return (
+            flat[:w].reshape(3 * d, d),
+            flat[w : 2 * w].reshape(3 * d, d),
+            flat[2 * w : 2 * w + 3 * d],
+            flat[2 * w + 3 * d :],
+        )
 
-    def _input(
-        self,
-        e: torch.Tensor,
-        inputs: ClickInputs,
-        gap: torch.Tensor | None = None,
-        kind: torch.Tensor | None = None,
+    def _inputs(self, rows: np.ndarray, gaps: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+        """The GRU's input per click, (B, dim): emb[row] + gap[bucket] + kind[kind]."""
+        x: np.ndarray = self.emb.numpy()[rows] + self._gap_emb.numpy()[gaps]
+        x += self._kind_emb.numpy()[kinds]
+        return x
+
+    def _gru(self, x: np.ndarray, h_prev: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """GRUCell's forward on (B, dim) rows: h and what its backward needs."""
+        w_ih, w_hh, b_ih, b_hh = self._weights()
+        d = self.dim
+        gi = _matmul(x, w_ih.T) + b_ih
+        gh = _matmul(h_prev, w_hh.T) + b_hh
+        # sigmoid(a) as 0.5 tanh(a / 2) + 0.5: no overflow for large negative a.
+        rz = np.tanh(0.5 * (gi[:, : 2 * d] + gh[:, : 2 * d])) * 0.5 + 0.5
+        r, z, hn = rz[:, :d], rz[:, d:], gh[:, 2 * d :]
+        n = np.tanh(gi[:, 2 * d :] + r * hn)
+        h: np.ndarray = n + z * (h_prev - n)
+        return h, (r, z, n, hn)
+
+    def read(self, row: int, inputs: ClickInputs, h: torch.Tensor) -> torch.Tensor:
+        """GRU(emb[row] + gap + kind, h) without training: the state after a click."""
+        return self.read_many([row], [inputs], h.unsqueeze(0))[0]
+
+    def read_many(
+        self, rows: Sequence[int], inputs: Sequence[ClickInputs], h: torch.Tensor
     ) -> torch.Tensor:
-        """The GRU's input for one click, shape (1, dim): the item's embedding plus the
-        embeddings of its gap bucket and event kind (the rows given, or the stored ones)."""
-        gap = self._gap_emb[inputs[0]] if gap is None else gap
-        kind = self._kind_emb[inputs[1]] if kind is None else kind
-        return (e + gap + kind).unsqueeze(0)
+        """`read` for each row of `h` (shape (B, dim)) at once: one GRU call."""
+        gaps, kinds = zip(*inputs, strict=True) if inputs else ((), ())
+        x = self._inputs(
+            np.asarray(rows, np.int64), np.asarray(gaps, np.int64), np.asarray(kinds, np.int64)
+        )
+        return torch.from_numpy(self._gru(x, h.numpy())[0])
 
     def step(
         self, h_prev: torch.Tensor, last: int, target: int, last_input: ClickInputs
@@ -193,52 +227,10 @@ class GruEncoder:
         """h = GRU(emb[last], h_prev), trained to score `target` above `negatives`
         known rows drawn uniformly (never target): one step of truncated BPTT, Adagrad on
         the GRU and on the rows with a gradient (last, target, the gap and kind rows).
-        Returns h (detached) and the sampled-softmax loss, None if nothing trained."""
-        n = len(self.ids)
-        if self.negatives == 0 or n < 2:
-            return self.read(last, last_input, h_prev), None
-        # Uniform over the other n - 1 rows: draw from [0, n-1) and skip over target.
-        negatives = torch.randint(0, n - 1, (self.negatives,), generator=self.generator)
-        negatives += (negatives >= target).long()
-
-        e_last = self.emb[last].clone().requires_grad_(True)
-        e_target = self.emb[target].clone().requires_grad_(True)
-        e_gap = self._gap_emb[last_input[0]].clone().requires_grad_(True)
-        e_kind = self._kind_emb[last_input[1]].clone().requires_grad_(True)
-        h = self.gru(self._input(e_last, last_input, e_gap, e_kind), h_prev.unsqueeze(0))[0]
-        logits = torch.cat([(h @ e_target).unsqueeze(0), self.emb[negatives] @ h])
-        # Cross-entropy with the positive at position 0.
-        loss = torch.logsumexp(logits, 0) - logits[0]
-        *param_grads, g_last, g_target, g_gap, g_kind = torch.autograd.grad(
-            loss, [*self._params, e_last, e_target, e_gap, e_kind]
-        )
-
-        with torch.no_grad():
-            grad = torch.cat([g.reshape(-1) for g in param_grads])
-            self._flat_sq.addcmul_(grad, grad)
-            self._flat.addcdiv_(grad, self._flat_sq.sqrt().add_(_EPS), value=-self.lr)
-            if self.context_lr > 0:
-                gap, kind = last_input
-                _adagrad(self._gap_emb[gap], self._gap_sq[gap], g_gap, self.context_lr)
-                _adagrad(self._kind_emb[kind], self._kind_sq[kind], g_kind, self.context_lr)
-            # Adagrad on the rows with a gradient only: a dense optimiser step would
-            # cost O(items) per event for rows whose update is zero anyway.
-            if last == target:
-                _adagrad(self.emb[last], self._emb_sq[last], g_last + g_target, self.lr)
-            else:
-                _adagrad(self.emb[last], self._emb_sq[last], g_last, self.lr)
-                _adagrad(self.emb[target], self._emb_sq[target], g_target, self.lr)
-        return h.detach(), float(loss.detach())
-
-    def read_many(
-        self, rows: Sequence[int], inputs: Sequence[ClickInputs], h: torch.Tensor
-    ) -> torch.Tensor:
-        """`read` for each row of `h` (shape (B, dim)) at once: one GRU call."""
-        gaps, kinds = zip(*inputs, strict=True) if inputs else ((), ())
-        x = self.emb[list(rows)] + self._gap_emb[list(gaps)] + self._kind_emb[list(kinds)]
-        with torch.no_grad():
-            after: torch.Tensor = self.gru(x, h)
-        return after
+        Returns h (detached) and the sampled-softmax loss, None if nothing trained.
+        `step_many` of one click."""
+        h, losses = self.step_many(h_prev.unsqueeze(0), [last], [target], [last_input])
+        return h[0], None if losses is None else losses[0]
 
     def step_many(
         self,
@@ -250,42 +242,99 @@ class GruEncoder:
         """`step` for B clicks of B different users at once (h_prev of shape (B, dim)):
         one forward and backward over the summed loss, each row against its own
         `negatives` uniform negatives, then one Adagrad step on the summed gradients
-        (a row two clicks touch gets their sum). With B = 1 it draws and computes what
-        `step` does; with B > 1 it is one step where `step` would take B, which is the
-        batch path's stated approximation. Returns h (B, dim, detached) and each row's
-        loss, None if nothing trained."""
+        (a row two clicks touch gets their sum). With B > 1 it is one step where `step`
+        would take B, which is the batch path's stated approximation. Returns h (B, dim,
+        detached) and each row's loss, None if nothing trained.
+
+        The gradients are GRUCell's and the sampled softmax's, written out (`_train`):
+        autograd's graph cost more than the arithmetic at these sizes. The unit tests
+        hold them to autograd's."""
         n, b = len(self.ids), len(last)
         if self.negatives == 0 or n < 2:
             return self.read_many(last, last_inputs, h_prev), None
-        targets = torch.tensor(list(target), dtype=torch.int64)
-        lasts = torch.tensor(list(last), dtype=torch.int64)
-        negatives = torch.randint(0, n - 1, (b, self.negatives), generator=self.generator)
-        negatives += (negatives >= targets.unsqueeze(1)).long()
-        gaps = torch.tensor([i[0] for i in last_inputs], dtype=torch.int64)
-        kinds = torch.tensor([i[1] for i in last_inputs], dtype=torch.int64)
-
-        e_last = self.emb[lasts].requires_grad_(True)
-        e_target = self.emb[targets].requires_grad_(True)
-        e_gap = self._gap_emb[gaps].requires_grad_(True)
-        e_kind = self._kind_emb[kinds].requires_grad_(True)
-        h = self.gru(e_last + e_gap + e_kind, h_prev)
-        positive = (h * e_target).sum(1, keepdim=True)
-        negative = torch.bmm(self.emb[negatives], h.unsqueeze(2)).squeeze(2)
-        logits = torch.cat([positive, negative], 1)
-        losses = torch.logsumexp(logits, 1) - logits[:, 0]
-        *param_grads, g_last, g_target, g_gap, g_kind = torch.autograd.grad(
-            losses.sum(), [*self._params, e_last, e_target, e_gap, e_kind]
+        targets = np.asarray(target, np.int64)
+        # Uniform over the other n - 1 rows: draw from [0, n-1) and skip over target.
+        negatives = torch.randint(0, n - 1, (b, self.negatives), generator=self.generator).numpy()
+        negatives += negatives >= targets[:, None]
+        gaps, kinds = zip(*last_inputs, strict=True)
+        h, losses = self._train(
+            h_prev.numpy(),
+            np.asarray(last, np.int64),
+            targets,
+            np.asarray(gaps, np.int64),
+            np.asarray(kinds, np.int64),
+            negatives,
         )
-        with torch.no_grad():
-            grad = torch.cat([g.reshape(-1) for g in param_grads])
-            self._flat_sq.addcmul_(grad, grad)
-            self._flat.addcdiv_(grad, self._flat_sq.sqrt().add_(_EPS), value=-self.lr)
-            if self.context_lr > 0:
-                _adagrad_rows(self._gap_emb, self._gap_sq, gaps, g_gap, self.context_lr)
-                _adagrad_rows(self._kind_emb, self._kind_sq, kinds, g_kind, self.context_lr)
-            rows = torch.cat([lasts, targets])
-            _adagrad_rows(self.emb, self._emb_sq, rows, torch.cat([g_last, g_target]), self.lr)
-        return h.detach(), losses.detach().tolist()
+        return torch.from_numpy(h), losses.tolist()
+
+    def _train(
+        self,
+        h_prev: np.ndarray,
+        lasts: np.ndarray,
+        targets: np.ndarray,
+        gaps: np.ndarray,
+        kinds: np.ndarray,
+        negatives: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The training step of `step_many`: h = GRU(input of lasts, h_prev), the loss
+        of each row (logsumexp of [h . e_target, h . e_negatives] minus the first), and
+        Adagrad on the summed loss's gradients for the GRU, the item rows of lasts and
+        targets, and the gap and kind rows. Every gradient is taken before any update."""
+        d = self.dim
+        emb = self.emb.numpy()
+        x = self._inputs(lasts, gaps, kinds)
+        h, (r, z, n, hn) = self._gru(x, h_prev)
+        e_target, e_negative = emb[targets], emb[negatives]
+        logits = np.empty((len(h), negatives.shape[1] + 1), dtype=np.float32)
+        logits[:, 0] = np.einsum("bd,bd->b", h, e_target)
+        logits[:, 1:] = _matmul(e_negative, h[:, :, None])[:, :, 0]
+        top = logits.max(1, keepdims=True)
+        exp = np.exp(logits - top)
+        total = exp.sum(1, keepdims=True)
+        losses = (top[:, 0] + np.log(total[:, 0])) - logits[:, 0]
+        # d loss / d logits: the softmax minus the positive's one-hot.
+        d_logits = exp / total
+        d_logits[:, 0] -= 1.0
+        d_h = d_logits[:, :1] * e_target + _matmul(d_logits[:, None, 1:], e_negative)[:, 0]
+        g_target = d_logits[:, :1] * h
+        # Back through h = n + z (h_prev - n), n = tanh(i_n + r h_n), r and z sigmoids.
+        d_n = d_h * (1.0 - z) * (1.0 - n * n)
+        d_gi = np.empty((len(h), 3 * d), dtype=np.float32)
+        d_gi[:, :d] = d_n * hn * r * (1.0 - r)
+        d_gi[:, d : 2 * d] = d_h * (h_prev - n) * z * (1.0 - z)
+        d_gi[:, 2 * d :] = d_n
+        d_gh = d_gi.copy()
+        d_gh[:, 2 * d :] = d_n * r
+        w_ih = self._weights()[0]
+        g_x = _matmul(d_gi, w_ih)
+        grad = np.concatenate(
+            [
+                _matmul(d_gi.T, x).ravel(),
+                _matmul(d_gh.T, h_prev).ravel(),
+                d_gi.sum(0),
+                d_gh.sum(0),
+            ]
+        )
+
+        flat, flat_sq = self._flat.numpy(), self._flat_sq.numpy()
+        flat_sq += grad * grad
+        flat -= self.lr * grad / (np.sqrt(flat_sq) + _EPS)
+        if self.context_lr > 0:
+            # x = e_last + e_gap + e_kind: all three rows get g_x.
+            _adagrad_rows(self._gap_emb.numpy(), self._gap_sq.numpy(), gaps, g_x, self.context_lr)
+            _adagrad_rows(
+                self._kind_emb.numpy(), self._kind_sq.numpy(), kinds, g_x, self.context_lr
+            )
+        # Adagrad on the rows with a gradient only: a dense optimiser step would cost
+        # O(items) per event for rows whose update is zero anyway.
+        _adagrad_rows(
+            emb,
+            self._emb_sq.numpy(),
+            np.concatenate([lasts, targets]),
+            np.concatenate([g_x, g_target]),
+            self.lr,
+        )
+        return h, losses
 
     def state_dict(self) -> dict[str, Any]:
         """The encoder's part of the model state (copies)."""
