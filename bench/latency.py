@@ -1,6 +1,7 @@
 """Click-to-recommendation latency at fixed rates, and where the worker's time went.
 
     python -m bench.latency --rates 64,200,500 [--seconds 10] [--items 100000]
+        [--model torch|popularity]
 
 One worker (torch, a fresh `--items`-item checkpoint, default settings) on the embedded
 broker and Redis, placed as `make bench` places it (bench/e2e.py: the worker on core 1,
@@ -11,12 +12,16 @@ over the same run its mean batch and the time per click of each stage
 (`streamrec_stage_seconds`: wall time, so `produce` includes the wait for the broker's
 acknowledgements and whatever the event loop ran meanwhile). It shows how batching
 and per-batch costs behave at the rates a worker sustains, which the throughput runs
-(always full batches) do not. The last line is one JSON object.
+(always full batches) do not. `--model popularity` runs a worker whose model costs a
+few microseconds per click, so its latency is what the broker, Faust and the worker's
+own path take: the floor the torch model's latency sits on. The last line is one JSON
+object.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -62,7 +67,9 @@ def worker_figures(
     return figures
 
 
-def run(rates: list[float], seconds: float, items: int) -> list[dict[str, Any]]:
+def run(
+    rates: list[float], seconds: float, items: int, model: str = "torch"
+) -> list[dict[str, Any]]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = []
     with tempfile.TemporaryDirectory(prefix="streamrec-latency-") as tmp:
@@ -72,6 +79,8 @@ def run(rates: list[float], seconds: float, items: int) -> list[dict[str, Any]]:
             stack = start_stack(workdir / "services")
         try:
             settings = bench_settings(stack, workdir, catalogue)
+            if model != "torch":
+                settings = dataclasses.replace(settings, model=model, checkpoint="")
             prepare(settings)
             worker = Worker(settings, workdir / "worker.log")
             try:
@@ -84,7 +93,11 @@ def run(rates: list[float], seconds: float, items: int) -> list[dict[str, Any]]:
                     )
                     before = worker_totals(worker.url)
                     measured = latency(worker, paced, rate)
-                    figures = {**measured, **worker_figures(before, worker_totals(worker.url))}
+                    figures = {
+                        "model": model,
+                        **measured,
+                        **worker_figures(before, worker_totals(worker.url)),
+                    }
                     results.append(figures)
                     print(_line(figures), file=sys.stderr, flush=True)
             finally:
@@ -115,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each rate's run")
     parser.add_argument("--items", type=int, default=100_000, help="catalogue size")
+    parser.add_argument(
+        "--model",
+        default="torch",
+        choices=("torch", "popularity"),
+        help="the worker's model (popularity: the transport's own latency)",
+    )
     args = parser.parse_args(argv)
     try:
         rates = [float(rate) for rate in args.rates.split(",")]
@@ -125,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    print(json.dumps(run(rates, args.seconds, args.items)))
+    print(json.dumps(run(rates, args.seconds, args.items, args.model)))
     return 0
 
 

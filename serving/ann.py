@@ -203,6 +203,12 @@ class Delta:
     def __contains__(self, row: object) -> bool:
         return row in self.slots
 
+    def rows(self) -> np.ndarray:
+        """The matrix rows the delta holds, in slot order (a view: read it before the
+        next `put` or `take_oldest`)."""
+        rows: np.ndarray = self._rows[: len(self.slots)]
+        return rows
+
     def put(self, row: int, vector: np.ndarray) -> None:
         slot = self.slots.pop(row, None)
         if slot is None:

@@ -388,7 +388,7 @@ class FaissIndex:
         if not d_rows.size:
             d_scores, d_rows = np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
         stale = np.zeros(len(self._ids), dtype=bool)
-        stale[np.fromiter(self._delta.slots, np.int64, len(self._delta))] = True
+        stale[self._delta.rows()] = True
         graph_kept = (a_rows >= 0) & ~stale[np.maximum(a_rows, 0)]
         delta_kept = np.ones(d_rows.shape, dtype=bool)
         for i, ban in enumerate(banned):

@@ -16,6 +16,7 @@ from torch import nn
 from model.base import EVENT_TYPES
 
 _EPS = 1e-10  # Adagrad's default epsilon
+_FEW_ROWS = 64  # up to this many rows, a set tells distinct rows faster than np.unique
 # Gap buckets (seconds since the user's previous click): bucket 0 is "no previous
 # click", then <= 5 s, 30 s, 2 min, 10 min, 30 min, 2 h, 1 day, 1 week, longer.
 _GAP_EDGES = (5.0, 30.0, 120.0, 600.0, 1800.0, 7200.0, 86400.0, 604800.0)
@@ -40,13 +41,14 @@ def _adagrad_rows(
     """One Adagrad step on `table`'s `rows`, in place, with `grads[i]` for `rows[i]`:
     a row given several times takes one step on the sum of its gradients. `sq` is the
     table's sum of squared gradients."""
-    unique, slots = np.unique(rows, return_inverse=True)
-    if len(unique) == len(rows):
-        summed = np.empty_like(grads)
-        summed[slots] = grads
+    if len(rows) <= _FEW_ROWS and len(set(rows.tolist())) == len(rows):
+        # Distinct rows, the usual case in a small wave: no sort needed.
+        unique, summed = rows, grads
     else:
-        summed = np.zeros((len(unique), grads.shape[1]), dtype=grads.dtype)
-        np.add.at(summed, slots, grads)
+        unique, slots = np.unique(rows, return_inverse=True)
+        # torch's index_add_, several times faster here than np.add.at.
+        added = torch.zeros(len(unique), grads.shape[1], dtype=torch.float32)
+        summed = added.index_add_(0, torch.from_numpy(slots), torch.from_numpy(grads)).numpy()
     squares = sq[unique] + summed * summed
     sq[unique] = squares
     table[unique] -= lr * summed / (np.sqrt(squares) + _EPS)
