@@ -22,7 +22,10 @@ timestamps or from polling the workers and Redis, never from the worker's own me
   over one's, so it shows what the group's coordination costs, not what a core gains.
 - freshness: the same two workers in one group under background load; a probe user clicks item a
   then item t; the time from the second click's record timestamp until both workers'
-  `/api/items/t` and Redis show a newer version of t.
+  `/api/items/t` and Redis show a newer version of t. Probes start once the load has run
+  for `FRESHNESS_SETTLE_S`: the throughput run before leaves item deltas queued at the
+  items' owners, and the first probes after it measured their drain (1.8 and 3.4 s, then
+  120-450 ms), not the load's steady state. `probe_ms` lists every probe's time in order.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ from stream.worker.redis_health import STARTUP_WRITE_DONE
 SERVICES_CORE = 0
 WORKER_CORE = 1
 LADDER = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
+FRESHNESS_SETTLE_S = 10.0
+"""Seconds of background load before the first freshness probe."""
 """Rates of the latency ladder, as shares of the measured throughput."""
 SCALING_PLACEMENT = "both workers share core 1; the broker, Redis and the producer run on core 0"
 
@@ -275,7 +280,8 @@ def freshness(
     background: list[dict[str, Any]],
     rate: float,
     probes: int = 40,
-) -> dict[str, float]:
+    settle_s: float = FRESHNESS_SETTLE_S,
+) -> dict[str, Any]:
     settings = workers[0].settings
     store = redis.Redis.from_url(settings.redis_url)
     producer = make_producer(settings.bootstrap_servers)
@@ -291,6 +297,7 @@ def freshness(
         },
     )
     load.start()
+    time.sleep(settle_s)
     rng = random.Random(7)
 
     def redis_version(item: str) -> int | None:
@@ -334,8 +341,10 @@ def freshness(
     return {
         "probes": probes,
         "timeouts": timeouts,
+        "settle_s": settle_s,
         "freshness_ms_p50": percentile(waits, 50) if waits else float("nan"),
         "freshness_ms_p99": percentile(waits, 99) if waits else float("nan"),
+        "probe_ms": [round(wait) for wait in waits],
     }
 
 
@@ -410,7 +419,9 @@ def end_to_end(
                 time.sleep(10)
                 result["scaling"] = scaling(worker, items, events, result["throughput"])
                 log(f"[{items} items] freshness: probes under load ...")
-                load = click_stream(int(0.3 * rate * 30), items=items, users=2000, seed=3)
+                # Enough load for the settling and about 0.6 s per probe.
+                load_s = FRESHNESS_SETTLE_S + 35
+                load = click_stream(int(0.3 * rate * load_s), items=items, users=2000, seed=3)
                 result["freshness"] = freshness([worker, second], items, load, 0.3 * rate)
             finally:
                 second.stop()
