@@ -57,10 +57,12 @@ from stream.worker.redis_health import STARTUP_WRITE_DONE
 
 SERVICES_CORE = 0
 WORKER_CORE = 1
-LADDER = (0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
+LADDER = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
+"""Rates of the latency ladder, as shares of the measured throughput."""
+LADDER_MIN_CLICKS = 300
+"""Clicks per ladder step at least: its p99 is then about the 4th largest wait, not the 2nd."""
 FRESHNESS_SETTLE_S = 10.0
 """Seconds of background load before the first freshness probe."""
-"""Rates of the latency ladder, as shares of the measured throughput."""
 SCALING_PLACEMENT = "both workers share core 1; the broker, Redis and the producer run on core 0"
 
 
@@ -257,11 +259,12 @@ def rate_ladder(
     goal_ms: float = 20.0,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Latency runs of `seconds` at each `LADDER` share of `top_rate`, up to the first
-    that misses `goal_ms` at p99 (or loses a recommendation)."""
+    """Latency runs of `seconds` (at least `LADDER_MIN_CLICKS` clicks) at each `LADDER`
+    share of `top_rate`, up to the first that misses `goal_ms` at p99 (or loses a
+    recommendation)."""
 
     def measure(i: int, rate: float) -> dict[str, float]:
-        count = max(100, int(rate * seconds))
+        count = max(LADDER_MIN_CLICKS, int(rate * seconds))
         paced = click_stream(count, items=items, users=max(100, count // 10), seed=10 + i)
         step = latency(worker, paced, rate)
         log(
