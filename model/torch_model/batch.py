@@ -149,11 +149,15 @@ def _learn_wave(
     if model.content is not None:
         for changed in changes:
             model.content.learn(changed)
+    # Rows of numpy arrays: cheaper to index and to turn into floats than torch rows.
+    h_rows, next_rows = h.numpy(), h_next.numpy()
     return [
         Update(
-            context=model.advance(context, click, state=encoder.pack(h[j], h_next[j], inputs[j])),
+            context=model.advance(
+                context, click, state=encoder.pack(h_rows[j], next_rows[j], inputs[j])
+            ),
             item_changes=changes[j],
-            user_vector=h_next[j].numpy().copy(),
+            user_vector=next_rows[j].copy(),
             loss=losses[j],
         )
         for j, (context, click) in enumerate(zip(contexts, clicks, strict=True))

@@ -122,7 +122,7 @@ class GruEncoder:
 
     def vector(self, row: int) -> np.ndarray:
         """A float32 copy of one row's embedding."""
-        vector: np.ndarray = self.emb[row].numpy().copy()
+        vector: np.ndarray = self.emb.numpy()[row].copy()
         return vector
 
     def set_vectors(self, ids: Sequence[str], vectors: np.ndarray) -> None:
@@ -174,7 +174,9 @@ class GruEncoder:
             return None
         return np.asarray(state[self.dim : 2 * self.dim], dtype=np.float32)
 
-    def pack(self, h: torch.Tensor, h_next: torch.Tensor, inputs: ClickInputs) -> tuple[float, ...]:
+    def pack(
+        self, h: torch.Tensor | np.ndarray, h_next: torch.Tensor | np.ndarray, inputs: ClickInputs
+    ) -> tuple[float, ...]:
         """The context state after a click: (h, h_next, the click's inputs)."""
         return (*h.tolist(), *h_next.tolist(), *map(float, inputs))
 
