@@ -22,10 +22,12 @@ timestamps or from polling the workers and Redis, never from the worker's own me
   over one's, so it shows what the group's coordination costs, not what a core gains.
 - freshness: the same two workers in one group under background load; a probe user clicks item a
   then item t; the time from the second click's record timestamp until both workers'
-  `/api/items/t` and Redis show a newer version of t. Probes start once the load has run
-  for `FRESHNESS_SETTLE_S`: the throughput run before leaves item deltas queued at the
-  items' owners, and the first probes after it measured their drain (1.8 and 3.4 s, then
-  120-450 ms), not the load's steady state. `probe_ms` lists every probe's time in order.
+  `/api/items/t` and Redis show a newer version of t. The throughput runs before it leave
+  item deltas queued at the items' owners, and probes right after them measured that
+  queue's drain (1.8 and 3.4 s, then 120-450 ms), not the load's steady state; so the
+  background load starts once every worker reports no consumer lag (clicks and item
+  deltas, `drained_after_s`), and probes once it has run for `FRESHNESS_SETTLE_S`.
+  `probe_ms` lists every probe's time in order.
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ LADDER = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9)
 """Rates of the latency ladder, as shares of the measured throughput."""
 LADDER_MIN_CLICKS = 300
 """Clicks per ladder step at least: its p99 is then about the 4th largest wait, not the 2nd."""
-FRESHNESS_SETTLE_S = 10.0
+FRESHNESS_SETTLE_S = 5.0
 """Seconds of background load before the first freshness probe."""
+LAG_REPORT_S = 5.0
+"""How often a worker refreshes `streamrec_consumer_lag` (Housekeeping.report_state)."""
 SCALING_PLACEMENT = "both workers share core 1; the broker, Redis and the producer run on core 0"
 
 
@@ -277,6 +281,39 @@ def rate_ladder(
     return {"goal_ms": goal_ms, "seconds": seconds, "steps": steps, "max_rate_p99_20ms": best}
 
 
+def consumer_lag(worker: Worker) -> float | None:
+    """The sum of the worker's `streamrec_consumer_lag` series; None if /metrics does not
+    answer."""
+    try:
+        with urllib.request.urlopen(f"{worker.url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("streamrec_consumer_lag{")
+    )
+
+
+def wait_drained(workers: list[Worker], timeout_s: float = 600) -> float:
+    """Seconds until every worker has reported no consumer lag for `LAG_REPORT_S` plus
+    a second (so at least one report made after the wait began says so). TimeoutError
+    after `timeout_s`."""
+    start = time.monotonic()
+    zero_since: float | None = None
+    while time.monotonic() - start < timeout_s:
+        now = time.monotonic()
+        if all(consumer_lag(worker) == 0 for worker in workers):
+            zero_since = now if zero_since is None else zero_since
+            if now - zero_since >= LAG_REPORT_S + 1:
+                return now - start
+        else:
+            zero_since = None
+        time.sleep(0.5)
+    raise TimeoutError(f"the workers still report consumer lag after {timeout_s:.0f} s")
+
+
 def freshness(
     workers: list[Worker],
     items: int,
@@ -286,6 +323,7 @@ def freshness(
     settle_s: float = FRESHNESS_SETTLE_S,
 ) -> dict[str, Any]:
     settings = workers[0].settings
+    drained_after_s = wait_drained(workers)
     store = redis.Redis.from_url(settings.redis_url)
     producer = make_producer(settings.bootstrap_servers)
     load = threading.Thread(
@@ -344,6 +382,7 @@ def freshness(
     return {
         "probes": probes,
         "timeouts": timeouts,
+        "drained_after_s": round(drained_after_s, 1),
         "settle_s": settle_s,
         "freshness_ms_p50": percentile(waits, 50) if waits else float("nan"),
         "freshness_ms_p99": percentile(waits, 99) if waits else float("nan"),

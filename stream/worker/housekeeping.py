@@ -45,6 +45,8 @@ class Housekeeping:
         self.items = items
         self.publisher = publisher
         self.metrics = metrics
+        # The (topic, partition) series of streamrec_consumer_lag set by the last report.
+        self._lag_series: set[tuple[str, str]] = set()
 
     def install(self) -> None:
         """Register the tasks, timers, rebalance handlers and diagnostic snapshots with
@@ -89,11 +91,23 @@ class Housekeeping:
         metrics.users_in_state.set(len(self.users))
         self._report_lag()
 
+    @property
+    def _lag_topics(self) -> tuple[str, ...]:
+        """The agents' input topics whose lag is reported: clicks, clicks re-keyed by
+        user, and item deltas (their lag is what the item vectors' freshness owes)."""
+        settings = self.settings
+        return (settings.clicks_topic, settings.by_user_topic, settings.item_deltas_topic)
+
     def _report_lag(self) -> None:
+        """Set each assigned input partition's lag, and drop the series of partitions no
+        longer assigned: a revoked partition's last lag would otherwise stay on /metrics
+        (and on the dashboard's sum) until the worker restarts."""
         consumer = self.app.consumer
         offsets = read_offsets(consumer)
+        gauge = self.metrics.consumer_lag
+        reported: set[tuple[str, str]] = set()
         for tp in consumer.assignment():
-            if tp.topic not in (self.settings.clicks_topic, self.settings.by_user_topic):
+            if tp.topic not in self._lag_topics:
                 continue
             # The high watermark of fetch responses, not ListOffsets: right on Apache
             # Kafka, and not the figure the embedded broker under-reports (docs/embedded-broker.md).
@@ -102,9 +116,12 @@ class Housekeeping:
                 continue
             read = offsets.get(tp)
             next_offset = 0 if read is None else read + 1
-            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(0, highwater - next_offset)
-            )
+            series = (tp.topic, str(tp.partition))
+            gauge.labels(*series).set(max(0, highwater - next_offset))
+            reported.add(series)
+        for gone in self._lag_series - reported:
+            gauge.remove(*gone)
+        self._lag_series = reported
 
     async def on_assigned(self, app: Any, assigned: Any, **kwargs: Any) -> None:
         settings = self.settings
