@@ -24,7 +24,7 @@ timestamps or from polling the workers and Redis, never from the worker's own me
   then item t; the time from the second click's record timestamp until both workers'
   `/api/items/t` and Redis show a newer version of t. The throughput runs before it leave
   item deltas queued at the items' owners, and probes right after them measured that
-  queue's drain (1.8 and 3.4 s, then 120-450 ms), not the load's steady state; so the
+  queue's drain (README, "Benchmarks"), not the load's steady state; so the
   background load starts once every worker reports no consumer lag (clicks and item
   deltas, `drained_after_s`), and probes once it has run for `FRESHNESS_SETTLE_S`.
   `probe_ms` lists every probe's time in order.

@@ -75,9 +75,15 @@ def reference_step(encoder: GruEncoder, h_prev, last, target, inputs):
 
 def assert_same_state(ours: GruEncoder, reference: GruEncoder) -> None:
     mine, theirs = ours.state_dict(), reference.state_dict()
-    for key in ("embeddings", "embeddings_sq", "gru_sq", "gap_embeddings", "gap_sq"):
-        torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
-    for key in ("kind_embeddings", "kind_sq"):
+    for key in (
+        "embeddings",
+        "embeddings_sq",
+        "gru_sq",
+        "gap_embeddings",
+        "gap_sq",
+        "kind_embeddings",
+        "kind_sq",
+    ):
         torch.testing.assert_close(mine[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
     for name, value in theirs["gru"].items():
         torch.testing.assert_close(mine["gru"][name], value, rtol=1e-5, atol=1e-6, msg=name)
