@@ -195,16 +195,16 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
     )
     loop = asyncio.new_event_loop()
 
-    async def send_recommendation(key: bytes, value: bytes) -> Any:
+    async def send_recommendations(recommendations: list[tuple[bytes, bytes]]) -> list[Any]:
         done = loop.create_future()
         done.set_result(None)
-        return done
+        return [done]
 
     applier = BatchApplier(
         processor,
         users,
         send_deltas=list,
-        send_recommendation=send_recommendation,
+        send_recommendations=send_recommendations,
         metrics=metrics,
         index=[],
         recent=RecentRecommendations(),

@@ -21,10 +21,10 @@ returns an empty answer rather than raising.
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping, MutableSet
-from typing import Any
+from typing import Any, cast
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 # -- faust's Consumer (faust/transport/consumer.py) -- checked on faust-streaming 0.15.3
@@ -98,6 +98,18 @@ def new_client_consumer(thread: Any) -> AIOKafkaConsumer:
     (`AIOKafkaConsumerThread._create_client_consumer`); not started."""
     consumer: AIOKafkaConsumer = thread._create_client_consumer(thread.transport)
     return consumer
+
+
+# -- faust's aiokafka Producer (faust/transport/drivers/aiokafka.py) --
+# checked on faust-streaming 0.15.3, aiokafka 0.14.0
+
+
+def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
+    """The started aiokafka producer behind the app's faust producer
+    (`Producer._ensure_producer`): the one every faust send goes through, so records
+    sent on it keep their order with faust's sends to the same partition."""
+    producer: AIOKafkaProducer = cast(Any, app.producer)._ensure_producer()
+    return producer
 
 
 # -- faust's app, channels and mode's queues -- checked on faust-streaming 0.15.3,

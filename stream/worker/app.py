@@ -43,7 +43,9 @@ from model.base import ItemVectorModel, Recommender
 from serving.faiss_index import FaissIndex
 from serving.redis_store import RedisVectorStore
 from stream.items.ledger import DeltaTracker
+from stream.kafka.batch_send import ChangelogBatchWriter, KeyedBatchSender
 from stream.kafka.follower import TopicFollower
+from stream.kafka.internals import aiokafka_producer
 from stream.kafka.topics import record_limit_bytes
 from stream.kafka.transport import streamrec_app
 from stream.metrics import WorkerMetrics
@@ -160,15 +162,13 @@ class WorkerTopics:
             items_dlq=topic(settings.items_dlq_topic),
         )
 
-    async def send_recommendation(self, user_key: bytes, value: bytes) -> Awaitable[Any]:
-        """Send one recommendation event; returns the future that resolves once the
-        broker has it. Straight to the app's producer, partitioned by key as
-        `Topic.send` would: a Faust message future with its callbacks per event cost
-        more than the event itself (the topic exists: the worker creates its topics
-        before it starts)."""
-        producer = self.recommendations.app.producer
-        return await producer.send(
-            self.recommendations.get_topic_name(), user_key, value, None, None, None
+    def recommendation_sender(self) -> KeyedBatchSender:
+        """Sends a batch's recommendation events as one record batch per partition,
+        partitioned by key as `Topic.send` would (the topic exists: the worker creates
+        its topics before it starts)."""
+        app = self.recommendations.app
+        return KeyedBatchSender(
+            functools.partial(aiokafka_producer, app), self.recommendations.get_topic_name()
         )
 
 
@@ -357,13 +357,14 @@ def create_worker(
         partitions=settings.partitions,
         owned_partitions=functools.partial(assigned_partitions, app, settings.by_user_topic),
         on_evicted=lambda keys: publisher.forget_users(key.decode() for key in keys),
+        write_many=ChangelogBatchWriter(topics.users, functools.partial(aiokafka_producer, app)),
     )
     recent = RecentRecommendations()
     applier = BatchApplier(
         processor,
         users,
         send_deltas=items.send_deltas,
-        send_recommendation=topics.send_recommendation,
+        send_recommendations=topics.recommendation_sender().send,
         metrics=metrics,
         index=index,
         recent=recent,

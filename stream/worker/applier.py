@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sized
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from typing import Any
 
 from stream.metrics import WorkerMetrics, observe_many, observe_values
@@ -33,15 +33,15 @@ from stream.worker.views import RecentRecommendations
 # Queues every pending item-vector delta to its owner; returns what resolves once the
 # broker has them (ItemOwner.send_deltas).
 SendDeltas = Callable[[], list[Awaitable[Any]]]
-# Sends one recommendation (user key, JSON value); the coroutine returns what resolves
-# once the broker has it (faust's Topic.send).
-SendRecommendation = Callable[[bytes, bytes], Awaitable[Awaitable[Any]]]
+# Sends a batch's recommendations ((user key, JSON value) pairs, in order); the coroutine
+# returns what resolves once the broker has them (KeyedBatchSender.send).
+SendRecommendations = Callable[[list[tuple[bytes, bytes]]], Awaitable[Sequence[Awaitable[Any]]]]
 
 
 class BatchApplier:
     """Applies batches of accepted clicks for both click agents of a worker.
 
-    `send_deltas` and `send_recommendation` are the two sinks (lists in tests);
+    `send_deltas` and `send_recommendations` are the two sinks (lists in tests);
     `index` is only measured (its item count). Not thread-safe: both agents run on the
     worker's event loop, and a user's records stay consistent across them through
     `users.in_flight`.
@@ -53,7 +53,7 @@ class BatchApplier:
         users: UserTable,
         *,
         send_deltas: SendDeltas,
-        send_recommendation: SendRecommendation,
+        send_recommendations: SendRecommendations,
         metrics: WorkerMetrics,
         index: Sized,
         recent: RecentRecommendations,
@@ -61,7 +61,7 @@ class BatchApplier:
         self.processor = processor
         self.users = users
         self.send_deltas = send_deltas
-        self.send_recommendation = send_recommendation
+        self.send_recommendations = send_recommendations
         self.metrics = metrics
         self.index = index
         self.recent = recent
@@ -79,15 +79,18 @@ class BatchApplier:
             self.users.hold(user_key, record)
         started = time.perf_counter()
         pending = self.send_deltas()
-        send = self.send_recommendation
-        for accepted, value in zip(outcome.applied, outcome.values, strict=True):
-            pending.append(await send(accepted.user_key, value))
+        pending += await self.send_recommendations(
+            [
+                (accepted.user_key, value)
+                for accepted, value in zip(outcome.applied, outcome.values, strict=True)
+            ]
+        )
         await asyncio.gather(*pending)
         # Only the newest record of a user is written: if the other agent applied a
         # later click meanwhile, its record includes this one's and it writes.
-        self.users.write_newest(outcome.records)
+        await self.users.write_newest(outcome.records)
         self._measure(outcome, time.perf_counter() - started)
-        self.users.evict_users()
+        await self.users.evict_users()
 
     def _measure(self, outcome: BatchOutcome, seconds: float) -> None:
         """The batch's metrics, once per batch: per-event produce time, recommendations
@@ -117,4 +120,4 @@ class BatchApplier:
             observe_values(self.metrics.variant_latency.labels(variant=variant), latencies)
 
 
-__all__ = ["BatchApplier", "SendDeltas", "SendRecommendation"]
+__all__ = ["BatchApplier", "SendDeltas", "SendRecommendations"]

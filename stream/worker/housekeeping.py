@@ -87,7 +87,7 @@ class Housekeeping:
                 retention.cap,
             )
             metrics.user_cap.set(retention.cap)
-        self.users.evict_users()
+        await self.users.evict_users()
         metrics.users_in_state.set(len(self.users))
         self._report_lag()
 

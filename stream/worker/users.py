@@ -9,11 +9,10 @@ records applied but not yet written (`in_flight`) and the retention policy
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping
 from typing import Any
 
-from kafka.partitioner.default import murmur2
-
+from stream.kafka.batch_send import default_partition
 from stream.metrics import WorkerMetrics
 from stream.worker.records import UserRecord
 from stream.worker.retention import UserRetention
@@ -24,7 +23,26 @@ def owning_partition(key: bytes, partitions: int) -> int:
     default (murmur2, as Faust/aiokafka, kafka-python and the Java client use): for a
     user id, where its state lives; for an item id, the partition whose owner writes
     its vector."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return default_partition(key, partitions)
+
+
+# Stores many records at once (key -> value bytes; None deletes the key), in order
+# with the calls before it; returns once they are durable.
+WriteMany = Callable[[dict[bytes, bytes | None]], Awaitable[None]]
+
+
+def write_each(table: MutableMapping[bytes, bytes]) -> WriteMany:
+    """`WriteMany` by one `table[key] = value` (or `del`) per record: a faust table
+    sends one changelog record per key."""
+
+    async def write(records: dict[bytes, bytes | None]) -> None:
+        for key, value in records.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+    return write
 
 
 def assigned_partitions(app: Any, topic: str) -> set[int]:
@@ -50,8 +68,12 @@ class UserTable:
         partitions: int,
         owned_partitions: Callable[[], Collection[int]],
         on_evicted: Callable[[list[bytes]], None] = lambda keys: None,
+        write_many: WriteMany | None = None,
     ) -> None:
         self.table = table
+        # How `write_newest` stores a batch's records: the worker's batches them to
+        # the changelog (stream/kafka/batch_send.py).
+        self.write_many = write_many or write_each(table)
         self.on_evicted = on_evicted  # told the keys of the users each eviction deleted
         self.retention = retention
         self.metrics = metrics
@@ -77,17 +99,28 @@ class UserTable:
         """`record` is the user's newest, applied but not yet written (`write_newest`)."""
         self.in_flight[user_key] = record
 
-    def write_newest(self, records: Mapping[bytes, UserRecord]) -> None:
+    async def write_newest(self, records: Mapping[bytes, UserRecord]) -> None:
         """Write each record that is still its user's newest in flight, and take it out
         of flight; a record that a later one replaced meanwhile is skipped, since the
-        later one includes it and its own batch writes it."""
+        later one includes it and its own batch writes it. Returns once the writes are
+        durable; raises if one failed."""
+        newest: dict[bytes, bytes | None] = {}
+        in_flight = self.in_flight
         for user_key, record in records.items():
-            if self.in_flight.get(user_key) is record:
-                self.table[user_key] = record.to_bytes()
-                del self.in_flight[user_key]
-                self.retention.touch(user_key, record.context.last_timestamp)
+            if in_flight.get(user_key) is record:
+                newest[user_key] = record.to_bytes()
+        if not newest:
+            return
+        await self.write_many(newest)
+        for user_key in newest:
+            record = records[user_key]
+            # Another batch of this user may have been applied during the write: its
+            # record stays in flight, and its own batch writes it.
+            if in_flight.get(user_key) is record:
+                del in_flight[user_key]
+            self.retention.touch(user_key, record.context.last_timestamp)
 
-    def evict_users(self) -> None:
+    async def evict_users(self) -> None:
         """Delete from the table the users `retention` says are due: each deletion
         writes a changelog tombstone, so a restarted worker does not bring them back.
         Only users of partitions this worker owns; never one with a record in flight."""
@@ -95,10 +128,10 @@ class UserTable:
         evicted: list[bytes] = []
         for eviction in self.retention.due(self._owned_by(owned), self.in_flight):
             if eviction.key in self.table:
-                del self.table[eviction.key]
                 evicted.append(eviction.key)
             self.metrics.users_evicted.labels(reason=eviction.reason).inc()
         if evicted:
+            await self.write_many(dict.fromkeys(evicted))
             self.metrics.users_in_state.set(len(self.table))
             self.on_evicted(evicted)
 
@@ -119,4 +152,4 @@ class UserTable:
         return lambda key: owning_partition(key, self.partitions) in owned
 
 
-__all__ = ["UserTable", "assigned_partitions", "owning_partition"]
+__all__ = ["UserTable", "WriteMany", "assigned_partitions", "owning_partition", "write_each"]

@@ -60,7 +60,7 @@ class Harness:
             processor,
             self.users,
             send_deltas=self.send_deltas,
-            send_recommendation=self.send_recommendation,
+            send_recommendations=self.send_recommendations,
             metrics=self.metrics,
             index=[],
             recent=RecentRecommendations(),
@@ -71,11 +71,13 @@ class Harness:
         self.log.extend(("send", name) for name in names)
         return [self._durable(name) for name in names]
 
-    async def send_recommendation(self, user_key: bytes, value: bytes) -> Awaitable[Any]:
-        name = f"rec:{user_key.decode()}"
-        self.log.append(("send", name))
+    async def send_recommendations(
+        self, recommendations: list[tuple[bytes, bytes]]
+    ) -> list[Awaitable[Any]]:
+        names = [f"rec:{user_key.decode()}" for user_key, _ in recommendations]
+        self.log.extend(("send", name) for name in names)
         await asyncio.sleep(0)  # a real send yields to the loop: the other agent runs
-        return self._durable(name)
+        return [self._durable(name) for name in names]
 
     async def _durable(self, name: str) -> None:
         await asyncio.sleep(0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from model.registry import build_recommender
 from stream.events import Click
 from stream.metrics import WorkerMetrics
@@ -50,7 +52,7 @@ def evicted(metrics: WorkerMetrics, reason: str) -> float:
 def write(users: UserTable, user: str, at: float) -> UserRecord:
     record = record_at(user, at)
     users.hold(user.encode(), record)
-    users.write_newest({user.encode(): record})
+    asyncio.run(users.write_newest({user.encode(): record}))
     return record
 
 
@@ -59,7 +61,7 @@ def test_a_due_user_is_deleted_from_the_table() -> None:
     old, middle, new = users_on(0, 3)
     for n, user in enumerate([old, middle, new]):
         write(users, user, T + n)
-    users.evict_users()
+    asyncio.run(users.evict_users())
     assert set(raw) == {middle.encode(), new.encode()}  # the least recent went
     assert evicted(metrics, "cap") == 1
     assert metrics.registry.get_sample_value("streamrec_users_in_state") == 2
@@ -70,7 +72,7 @@ def test_an_idle_user_is_deleted_by_event_time() -> None:
     idle, active = users_on(0, 2)
     write(users, idle, T)
     write(users, active, T + 61)
-    users.evict_users()
+    asyncio.run(users.evict_users())
     assert set(raw) == {active.encode()}
     assert evicted(metrics, "idle") == 1
 
@@ -81,7 +83,7 @@ def test_a_user_with_a_record_in_flight_is_never_evicted() -> None:
     write(users, busy, T)
     write(users, other, T + 1)
     users.hold(busy.encode(), record_at(busy, T + 2))  # applied, not yet written
-    users.evict_users()
+    asyncio.run(users.evict_users())
     assert set(raw) == {busy.encode(), other.encode()}
     assert evicted(metrics, "cap") == 0
     assert users.current_record(busy.encode()) is users.in_flight[busy.encode()]
@@ -92,7 +94,7 @@ def test_users_of_partitions_this_worker_does_not_own_are_not_evicted() -> None:
     standby = users_on(0, 2)  # partition 0 is another worker's: its copies stay
     for n, user in enumerate(standby):
         write(users, user, T + n)
-    users.evict_users()
+    asyncio.run(users.evict_users())
     assert set(raw) == {user.encode() for user in standby}
     assert evicted(metrics, "cap") == 0
 
@@ -106,7 +108,7 @@ def test_recovered_users_are_adopted_oldest_first() -> None:
         raw[user.encode()] = record_at(user, at).to_bytes()
     users.adopt_recovered_users()
     assert elsewhere.encode() not in users.retention
-    users.evict_users()  # over the cap of 1: the two oldest go, oldest first
+    asyncio.run(users.evict_users())  # over the cap of 1: the two oldest go, oldest first
     assert set(raw) == {newest.encode(), elsewhere.encode()}
     assert evicted(metrics, "cap") == 2
     users.adopt_recovered_users()  # idempotent: nothing new to track
