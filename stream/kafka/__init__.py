@@ -2,7 +2,8 @@
 Faust, aiokafka, kafka-python or the embedded broker.
 
 Modules: `topics`, `producer`, `consumer` (kafka-python clients for commands and the
-demo); `transport` (Faust's aiokafka transport with corrections K1-K6 and K9, numbered
+demo); `batch_send` (the worker's records as one aiokafka batch per partition);
+`transport` (Faust's aiokafka transport with corrections K1-K6 and K9, numbered
 as in its header); `record_order`, `fetch_wait` and `slow_streams` (the pure
 bookkeeping of K4, K5 and K9); `internals` (the only module here that reads or writes
 private names of faust, mode and aiokafka). The broker facts cited below are in

@@ -2,10 +2,10 @@
 
 The worker sends a recommendation per click and a user record per user of each batch.
 Sent one at a time, each record costs aiokafka a future and its callbacks, and a faust
-`send_soon` adds its buffer, a FutureMessage and a buffer task on top: together the
-largest part of the worker's own cost per click (README, "Where the worker's time
-goes"). aiokafka's public `create_batch`/`send_batch` put a partition's records in one
-record batch with one future.
+`send_soon` adds its buffer, a FutureMessage and a buffer task on top: the largest part
+of the worker's own cost per click when this was written (README, "Benchmarks").
+aiokafka's public `create_batch`/`send_batch` put a partition's records in one record
+batch with one future.
 
 Records land where `producer.send(topic, value, key)` would put them: the default
 partitioner's murmur2 of the key over the topic's partitions (`default_partition`).
