@@ -174,6 +174,19 @@ P2  SIGUSR1 dumps streamrec's diagnostics instead of mode's task stacks
     where:   stream/kafka/internals.py:Sigusr1Worker (hook _cry), overridden by
              stream/worker/process.py:StreamrecWorker.on_sigusr1
     test:    tests/unit/test_diagnostics.py
+P3  A batch's recommendations and user records go out as one record batch per partition
+    fixes:   (a cost, not a defect) a producer future and its callbacks per
+             recommendation, and faust's send_soon buffer per user record: 236 -> 134 us
+             of worker CPU per click with the popularity model (bench/worker_cost.py)
+    cause:   faust sends and changelogs one record at a time
+    checked: faust-streaming 0.15.3, aiokafka 0.14.0
+    where:   stream/kafka/batch_send.py:KeyedBatchSender (aiokafka's public
+             create_batch/send_batch on faust's producer, through
+             stream/kafka/internals.py:aiokafka_producer),
+             stream/kafka/batch_send.py:ChangelogBatchWriter (the table's store and
+             changelog written without faust's per-key `on_key_set`)
+    test:    tests/integration/test_batch_send.py, tests/integration/test_replay.py,
+             tests/integration/test_memory.py, tests/integration/test_faults.py
 S1  kafka-python's admin client log hides SASL and TLS key passwords
     fixes:   the SASL password written to logs at DEBUG level
     cause:   kafka-python's admin client logs its whole configuration at DEBUG
