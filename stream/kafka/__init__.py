@@ -14,7 +14,7 @@ moves): on faust's AIOKafkaConsumerThread `_create_worker_consumer` (K1),
 `_fetch_records` (K5), `_highwaters` (K3), `_log_slow_processing_stream` (K9); on
 faust's aiokafka Consumer `_new_offset` (K2) and `_new_consumer_thread`; on faust.App
 `_new_transport` (both only install the classes above); on mode's Worker `_cry` (P2,
-`internals.Sigusr1Worker`); on the consumer, mode's `wait_first` (P4).
+`internals.Sigusr1Worker`).
 
 Corrections
 -----------
@@ -187,17 +187,6 @@ P3  A batch's recommendations and user records go out as one record batch per pa
              changelog written without faust's per-key `on_key_set`)
     test:    tests/integration/test_batch_send.py, tests/integration/test_replay.py,
              tests/integration/test_memory.py, tests/integration/test_faults.py
-P4  The fetch loop hands a record to the conductor without tasks when nothing waits
-    fixes:   (a cost, not a defect) four tasks, an asyncio.wait and three cancellations
-             per record fetched: 134 -> 98 us of worker CPU per click with the
-             popularity model (bench/worker_cost.py)
-    cause:   faust's `_drain_messages` calls mode's `wait_first(callback(message),
-             suspend_flow.wait())` for every record
-    checked: faust-streaming 0.15.3, mode-streaming 0.7.1
-    where:   stream/kafka/transport.py:StreamrecConsumer (hook wait_first),
-             stream/kafka/transport.py:Resumed
-    test:    tests/regression/test_fetch_loop_hands_on_records_without_tasks.py,
-             tests/integration/test_rebalance.py
 S1  kafka-python's admin client log hides SASL and TLS key passwords
     fixes:   the SASL password written to logs at DEBUG level
     cause:   kafka-python's admin client logs its whole configuration at DEBUG

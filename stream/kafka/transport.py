@@ -1,6 +1,5 @@
 """Faust's aiokafka transport, with seven corrections (K1-K6 and K9 in the corrections
-table of stream/kafka/__init__.py, with their tests) and one saving (P4 there: records
-handed from the fetch loop to the conductor without a task each).
+table of stream/kafka/__init__.py, with their tests).
 
 1. A configurable consumer fetch wait. faust-streaming 0.15 hard-codes
    `fetch_max_wait_ms=1500`. Apache Kafka answers a waiting fetch as soon as data
@@ -48,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import faust
@@ -56,7 +55,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
-from mode.services import WaitResults
 
 from stream.kafka import internals
 from stream.kafka.fetch_wait import FetchWait, adapt_fetch_wait
@@ -164,39 +162,6 @@ class StreamrecConsumerThread(driver.AIOKafkaConsumerThread):
         return cast(Mapping[TP, int], corrected)
 
 
-def _is_call_of(awaitable: Any, function: Any) -> bool:
-    """Whether `awaitable` is a coroutine object made by calling `function`."""
-    return getattr(awaitable, "cr_code", None) is getattr(function, "__code__", False)
-
-
-class Resumed:
-    """The rest of a coroutine whose first step has already run (driven by hand, not by
-    a task) and yielded `waiting_on`: what it waits for (a future, or None for a bare
-    yield). Awaiting this passes `waiting_on` to the awaiting task, then goes on with the
-    coroutine as that task would have from the start: values and exceptions (a
-    cancellation too) are sent into it, and its result is the result."""
-
-    def __init__(self, coro: Any, waiting_on: Any) -> None:
-        self.coro = coro
-        self.waiting_on = waiting_on
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        waiting_on = self.waiting_on
-        while True:
-            try:
-                sent = yield waiting_on
-            except BaseException as exc:  # noqa: BLE001 - thrown in by the task: pass it on
-                try:
-                    waiting_on = self.coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    waiting_on = self.coro.send(sent)
-                except StopIteration as done:
-                    return done.value
-
-
 class StreamrecConsumer(driver.Consumer):
     """faust's aiokafka consumer: corrections 2 (commits), 4 (record order) and 6
     (recovery seeks). `admit`, `reseek_stalled` and `diagnostic_state` are its public
@@ -210,25 +175,6 @@ class StreamrecConsumer(driver.Consumer):
 
     def _new_consumer_thread(self) -> Any:
         return StreamrecConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-        """P4: faust's fetch loop (`_drain_messages`) hands every record to the
-        conductor as `wait_first(callback(message), suspend_flow.wait())`, and mode's
-        `wait_first` makes four tasks for it, however fast the callback. Here the
-        callback's first step runs at once; a callback that finishes without waiting
-        (nothing full, flow not suspended: nearly always) returns as `wait_first` would
-        have. One that waits goes on, from where it stopped, under mode's `wait_first`,
-        so a suspended flow still interrupts it. Every other call is mode's."""
-        if len(coros) == 2 and timeout is None and _is_call_of(coros[0], self.callback):
-            delivery, suspended = coros
-            try:
-                waiting_on = delivery.send(None)
-            except StopIteration as done:
-                suspended.close()
-                return WaitResults([delivery], [done.value], False)
-            coros = (Resumed(delivery, waiting_on), suspended)
-        results: WaitResults = await super().wait_first(*coros, timeout=timeout)
-        return results
 
     def ack(self, message: Any) -> bool:
         recorded = bool(super().ack(message))
