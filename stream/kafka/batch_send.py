@@ -30,6 +30,15 @@ def default_partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def store_records(mapping: Any, records: dict[bytes, bytes | None]) -> None:
+    """Put `records` into `mapping` in order; a None value deletes its key."""
+    for key, value in records.items():
+        if value is None:
+            mapping.pop(key, None)
+        else:
+            mapping[key] = value
+
+
 class KeyedBatchSender:
     """Sends (key, value) records to `topic`, each partition's in order as few record
     batches as the producer's batch size allows. `producer` returns the started
@@ -93,13 +102,14 @@ class ChangelogBatchWriter:
     async def __call__(self, records: dict[bytes, bytes | None]) -> None:
         """Store `records` (None deletes the key), then return once the changelog has
         them all (a tombstone for a deletion); raises the send's error if it failed."""
-        store = self.table.data
-        for key, value in records.items():
-            if value is None:
-                store.pop(key, None)
-            else:
-                store[key] = value
+        store_records(self.table.data, records)
         await asyncio.gather(*await self.sender.send(records.items()))
 
 
-__all__ = ["ChangelogBatchWriter", "KeyedBatchSender", "Records", "default_partition"]
+__all__ = [
+    "ChangelogBatchWriter",
+    "KeyedBatchSender",
+    "Records",
+    "default_partition",
+    "store_records",
+]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping
 from typing import Any
 
-from stream.kafka.batch_send import default_partition
+from stream.kafka.batch_send import default_partition, store_records
 from stream.metrics import WorkerMetrics
 from stream.worker.records import UserRecord
 from stream.worker.retention import UserRetention
@@ -36,11 +36,7 @@ def write_each(table: MutableMapping[bytes, bytes]) -> WriteMany:
     sends one changelog record per key."""
 
     async def write(records: dict[bytes, bytes | None]) -> None:
-        for key, value in records.items():
-            if value is None:
-                table.pop(key, None)
-            else:
-                table[key] = value
+        store_records(table, records)
 
     return write
 
