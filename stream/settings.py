@@ -145,6 +145,15 @@ class Settings:
             "was applied go into the next one, and an idle worker takes a click at once"
         },
     )
+    pipeline_batches: int = field(
+        default=3,
+        metadata={
+            "help": "batches of one agent that may be in progress at once: the next batch "
+            "is applied while the last one's sends wait for the broker and its user records "
+            "are written (each batch's clicks are committed only once that is done, in "
+            "order); 1 applies one batch at a time"
+        },
+    )
     app_id: str = field(
         default="streamrec", metadata={"help": "consumer group and internal topic prefix"}
     )
@@ -280,6 +289,7 @@ class Settings:
             "fetch_max_wait_ms",
             "batch_size",
             "batch_wait_ms",
+            "pipeline_batches",
             "half_life_s",
             "history_max",
             "connect_timeout_s",

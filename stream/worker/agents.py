@@ -21,6 +21,7 @@ from typing import Any
 from stream.events import Click, Rejected, dead_letter, decode_click
 from stream.kafka.take import take_ready
 from stream.metrics import WorkerMetrics, observe_many
+from stream.worker.acks import InOrderAcks, Taken
 from stream.worker.applier import BatchApplier
 from stream.worker.item_owner import ItemOwner
 from stream.worker.pipeline import Accepted
@@ -30,19 +31,29 @@ log = logging.getLogger(__name__)
 
 # An agent's stream in, batches of its events out (`in_order_batches` with the app's
 # settings bound).
-Batches = Callable[[Any], AsyncIterator[list[Any]]]
+Batches = Callable[[Any], AsyncIterator[Taken]]
 # Returns once the worker may apply clicks (its item vectors and catalogue read).
 Ready = Callable[[], Awaitable[Any]]
 
 
 async def in_order_batches(
-    stream: Any, *, app: Any, metrics: WorkerMetrics, size: int, gather_s: float
-) -> AsyncIterator[list[Any]]:
+    stream: Any,
+    *,
+    app: Any,
+    metrics: WorkerMetrics,
+    size: int,
+    gather_s: float,
+    depth: int = 1,
+) -> AsyncIterator[Taken]:
     """Batches of at most `size` events, handed over as soon as nothing more is ready
     (or `gather_s` after a batch began gathering: stream/kafka/take.py), each
-    acknowledged only after the loop body that got it has finished. `take_events`
-    acknowledges a batch in a `finally`, so a worker stopped in the middle of one would
-    commit clicks it never applied (found by tests/integration/test_rebalance.py)."""
+    acknowledged only after the loop body that got it has finished, or, if the body
+    called `Taken.ack_when`, once that finishing work has resolved; in order either way
+    (stream/worker/acks.py). The next batch is handed over only while fewer than
+    `depth` are outstanding. `take_events` acknowledges a batch in a `finally`, so a
+    worker stopped in the middle of one would commit clicks it never applied (found by
+    tests/integration/test_rebalance.py)."""
+    acks = InOrderAcks(stream, depth)
     async for events in take_ready(stream, size, gather_s):
         # Events fetched before a rebalance may still sit in the stream's buffer
         # after it. Their partition may now be another worker's, and acking them
@@ -62,9 +73,11 @@ async def in_order_batches(
             metrics.stale_events_skipped.inc(len(events) - len(current))
         if not current:
             continue
-        yield current
-        for event in current:
-            await stream.ack(event)
+        taken = Taken(current)
+        yield taken
+        await acks.add(taken)
+        # Before the next batch is taken, so that what arrives meanwhile joins it.
+        await acks.room()
 
 
 def _with_event_id(click: Click, event_id: str) -> Click:
@@ -90,7 +103,8 @@ async def take_clicks(
     # Clicks wait until the index holds the live item vectors (a fresh worker
     # rebuilds them from the item-vectors topic first) and the catalogue is read.
     await ready()
-    async for events in batches(stream):
+    async for taken in batches(stream):
+        events = taken.events
         accepted: list[Accepted] = []
         metrics.events_consumed.inc(len(events))
         started = time.perf_counter()
@@ -138,7 +152,7 @@ async def take_clicks(
             (time.perf_counter() - started) / len(events),
             len(events),
         )
-        await applier.apply(accepted)
+        taken.ack_when(await applier.begin(accepted))
 
 
 async def take_routed_clicks(
@@ -147,9 +161,9 @@ async def take_routed_clicks(
     """Registered as the "recommend" agent on the by-user topic: applies the clicks
     `take_clicks` forwarded, each now on its user's owning partition."""
     await ready()
-    async for events in batches(stream):
+    async for taken in batches(stream):
         accepted: list[Accepted] = []
-        for event in events:
+        for event in taken.events:
             message = event.message
             click = decode_click(event.value, record_timestamp=time.time(), max_bytes=1 << 30)
             if isinstance(click, Rejected):  # only our own take_clicks writes here
@@ -165,15 +179,15 @@ async def take_routed_clicks(
                     message.offset,
                 )
             )
-        await applier.apply(accepted)
+        taken.ack_when(await applier.begin(accepted))
 
 
 async def own_item_deltas(stream: Any, *, batches: Batches, items: ItemOwner) -> None:
     """Registered as the "own_items" agent on the item-deltas topic: the owner of an
     item id's partition applies each delta once, writes Redis and tells every worker
     the new vector."""
-    async for events in batches(stream):
-        for event in events:
+    async for taken in batches(stream):
+        for event in taken.events:
             await items.own_deltas(event.message.partition, event.value)
 
 

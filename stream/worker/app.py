@@ -376,6 +376,7 @@ def create_worker(
         metrics=metrics,
         size=settings.batch_size,
         gather_s=settings.batch_wait_ms / 1000,
+        depth=settings.pipeline_batches,
     )
     catalogue, ready = _install_catalogue(
         app, settings, kafka_security, topics, processor, items, metrics, batches

@@ -65,18 +65,36 @@ class BatchApplier:
         self.metrics = metrics
         self.index = index
         self.recent = recent
+        # Resolves once the last batch applied has written its records (or failed to).
+        self._written: asyncio.Future[bool] | None = None
 
     async def apply(self, batch: list[Accepted]) -> None:
-        """Apply `batch` in order, make its deltas and recommendations durable, then
-        write its users' records (the module docstring says why this order). Blocks
-        until the broker has acknowledged every send; a send that fails raises here,
-        before any record is written. Clicks already applied (by event id) emit
-        nothing."""
+        """`begin` the batch and wait until it is finished: its records are written."""
+        await (await self.begin(batch))
+
+    async def begin(self, batch: list[Accepted]) -> asyncio.Future[None]:
+        """Apply `batch` in order and queue its deltas and recommendations; returns the
+        batch's finishing task, which makes them durable, then writes its users'
+        records (the module docstring says why this order) and resolves. A send that
+        fails makes it raise before any of the batch's records is written. Clicks
+        already applied (by event id) emit nothing.
+
+        Records are written in the order batches were applied, across both agents: a
+        batch's finishing writes only after the previous one's has written. So every
+        record of a batch is written, even one a later batch replaced in flight (the
+        later record follows it), and a batch acknowledged after its finishing never
+        leaves a click that is only in a record not yet durable."""
         outcome = self.processor.process_batch(batch, self.users.current_record)
         if not outcome.applied:
-            return
+            nothing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            nothing.set_result(None)
+            return nothing
         for user_key, record in outcome.records.items():
             self.users.hold(user_key, record)
+        # This batch's place in the write order: taken before any await, so it is the
+        # order in which the batches were applied.
+        previous, written = self._written, asyncio.get_running_loop().create_future()
+        self._written = written
         started = time.perf_counter()
         pending = self.send_deltas()
         pending += await self.send_recommendations(
@@ -85,10 +103,27 @@ class BatchApplier:
                 for accepted, value in zip(outcome.applied, outcome.values, strict=True)
             ]
         )
-        await asyncio.gather(*pending)
-        # Only the newest record of a user is written: if the other agent applied a
-        # later click meanwhile, its record includes this one's and it writes.
-        await self.users.write_newest(outcome.records)
+        return asyncio.ensure_future(self._finish(outcome, pending, previous, written, started))
+
+    async def _finish(
+        self,
+        outcome: BatchOutcome,
+        pending: list[Awaitable[Any]],
+        previous: asyncio.Future[bool] | None,
+        written: asyncio.Future[bool],
+        started: float,
+    ) -> None:
+        """Wait for the batch's sends, then for the previous batch's records, then
+        write this batch's; `written` resolves to whether they were written."""
+        try:
+            await asyncio.gather(*pending)
+            if previous is not None and not await previous:
+                raise RuntimeError("an earlier batch's user records were not written")
+            await self.users.write_batch(outcome.records)
+        except BaseException:
+            written.set_result(False)
+            raise
+        written.set_result(True)
         self._measure(outcome, time.perf_counter() - started)
         await self.users.evict_users()
 

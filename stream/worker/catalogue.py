@@ -214,7 +214,8 @@ async def take_catalogue(
     waits until the broker has it before the batch is acknowledged."""
     await ready()
     metrics = catalogue.metrics
-    async for events in batches(stream):
+    async for taken in batches(stream):
+        events = taken.events
         metrics.items_consumed.inc(len(events))
         fresh: list[tuple[CatalogueItem, int, int]] = []
         for event in events:

@@ -67,7 +67,7 @@ class UserTable:
         write_many: WriteMany | None = None,
     ) -> None:
         self.table = table
-        # How `write_newest` stores a batch's records: the worker's batches them to
+        # How `write_batch` stores a batch's records: the worker's batches them to
         # the changelog (stream/kafka/batch_send.py).
         self.write_many = write_many or write_each(table)
         self.on_evicted = on_evicted  # told the keys of the users each eviction deleted
@@ -92,26 +92,20 @@ class UserTable:
         return UserRecord.from_bytes(raw) if raw else None
 
     def hold(self, user_key: bytes, record: UserRecord) -> None:
-        """`record` is the user's newest, applied but not yet written (`write_newest`)."""
+        """`record` is the user's newest, applied but not yet written (`write_batch`)."""
         self.in_flight[user_key] = record
 
-    async def write_newest(self, records: Mapping[bytes, UserRecord]) -> None:
-        """Write each record that is still its user's newest in flight, and take it out
-        of flight; a record that a later one replaced meanwhile is skipped, since the
-        later one includes it and its own batch writes it. Returns once the writes are
-        durable; raises if one failed."""
-        newest: dict[bytes, bytes | None] = {}
+    async def write_batch(self, records: Mapping[bytes, UserRecord]) -> None:
+        """Write every record of a batch, and take each out of flight unless a later
+        batch's record of its user replaced it meanwhile (that batch writes it next).
+        The caller writes batches in the order they were applied (BatchApplier), so a
+        user's last write is its newest record. Returns once the writes are durable;
+        raises if one failed."""
+        if not records:
+            return
+        await self.write_many({user_key: record.to_bytes() for user_key, record in records.items()})
         in_flight = self.in_flight
         for user_key, record in records.items():
-            if in_flight.get(user_key) is record:
-                newest[user_key] = record.to_bytes()
-        if not newest:
-            return
-        await self.write_many(newest)
-        for user_key in newest:
-            record = records[user_key]
-            # Another batch of this user may have been applied during the write: its
-            # record stays in flight, and its own batch writes it.
             if in_flight.get(user_key) is record:
                 del in_flight[user_key]
             self.retention.touch(user_key, record.context.last_timestamp)

@@ -116,15 +116,69 @@ def test_every_delta_and_recommendation_is_durable_before_any_user_record_is_wri
     assert harness.users.in_flight == {}
 
 
-def test_only_the_newest_in_flight_record_of_a_user_is_written() -> None:
+def test_a_users_records_are_written_in_the_order_their_batches_were_applied() -> None:
     harness = Harness()
     # Two agents' batches for one user, interleaved at the sends: the second applies
-    # its click on top of the first's in-flight record, and only it writes.
+    # its click on top of the first's in-flight record. Both are written, in order, so
+    # the first batch's click is durable when the first batch is, and the table ends
+    # with the newest.
     harness.apply([accepted("u1", "a", "e1")], [accepted("u1", "b", "e2", T + 1)])
-    assert [entry for entry in harness.log if entry[0] == "write"] == [("write", "u1")]
+    assert [entry for entry in harness.log if entry[0] == "write"] == [("write", "u1")] * 2
     record = UserRecord.from_bytes(harness.table[b"u1"])
     assert record.event_ids == ("e1", "e2") and record.applied == 2
     assert harness.users.in_flight == {}
+
+
+def test_a_batch_writes_only_after_the_batch_applied_before_it_has_written() -> None:
+    harness = Harness(deltas_per_batch=0)
+    first_acked = asyncio.Event()
+    order: list[str] = []
+
+    async def slow_then_fast(recommendations: list[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
+        user = recommendations[0][0].decode()
+
+        async def durable() -> None:
+            if user == "u1":  # the first batch's acknowledgement comes last
+                await first_acked.wait()
+            order.append(f"durable {user}")
+
+        return [asyncio.ensure_future(durable())]
+
+    harness.applier.send_recommendations = slow_then_fast
+
+    async def main() -> None:
+        first = await harness.applier.begin([accepted("u1", "a", "e1")])
+        second = await harness.applier.begin([accepted("u2", "b", "e2")])
+        await asyncio.sleep(0.01)
+        assert not second.done() and harness.entries("write") == []  # waits for the first
+        first_acked.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(main())
+    assert order == ["durable u2", "durable u1"]
+    assert [entry[1] for entry in harness.log if entry[0] == "write"] == ["u1", "u2"]
+
+
+def test_a_failed_send_fails_its_batch_and_every_later_one_before_any_write() -> None:
+    harness = Harness(deltas_per_batch=0)
+
+    async def failing(recommendations: list[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
+        async def refused() -> None:
+            raise ConnectionError("broker unreachable")
+
+        return [asyncio.ensure_future(refused())] if recommendations[0][0] == b"u1" else []
+
+    harness.applier.send_recommendations = failing
+
+    async def main() -> list[Any]:
+        first = await harness.applier.begin([accepted("u1", "a", "e1")])
+        second = await harness.applier.begin([accepted("u2", "b", "e2")])
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, ConnectionError) and isinstance(second, RuntimeError)
+    assert harness.entries("write") == []
+    assert set(harness.users.in_flight) == {b"u1", b"u2"}
 
 
 def test_a_duplicate_emits_nothing_and_writes_nothing() -> None:

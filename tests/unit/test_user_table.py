@@ -52,7 +52,7 @@ def evicted(metrics: WorkerMetrics, reason: str) -> float:
 def write(users: UserTable, user: str, at: float) -> UserRecord:
     record = record_at(user, at)
     users.hold(user.encode(), record)
-    asyncio.run(users.write_newest({user.encode(): record}))
+    asyncio.run(users.write_batch({user.encode(): record}))
     return record
 
 
