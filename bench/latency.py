@@ -68,7 +68,11 @@ def worker_figures(
 
 
 def run(
-    rates: list[float], seconds: float, items: int, model: str = "torch"
+    rates: list[float],
+    seconds: float,
+    items: int,
+    model: str = "torch",
+    pipeline_batches: int = 0,
 ) -> list[dict[str, Any]]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     results = []
@@ -81,6 +85,8 @@ def run(
             settings = bench_settings(stack, workdir, catalogue)
             if model != "torch":
                 settings = dataclasses.replace(settings, model=model, checkpoint="")
+            if pipeline_batches:
+                settings = dataclasses.replace(settings, pipeline_batches=pipeline_batches)
             prepare(settings)
             worker = Worker(settings, workdir / "worker.log")
             try:
@@ -134,17 +140,26 @@ def main(argv: list[str] | None = None) -> int:
         choices=("torch", "popularity"),
         help="the worker's model (popularity: the transport's own latency)",
     )
+    parser.add_argument(
+        "--pipeline-batches",
+        type=int,
+        default=0,
+        help="the worker's STREAMREC_PIPELINE_BATCHES (default: the setting's default; "
+        "1 applies one batch at a time)",
+    )
     args = parser.parse_args(argv)
     try:
         rates = [float(rate) for rate in args.rates.split(",")]
     except ValueError:
         parser.error(f"--rates must be numbers separated by commas, not {args.rates!r}")
+    if args.pipeline_batches < 0:
+        parser.error("--pipeline-batches must be at least 1 (0: the default)")
     if not rates or min(rates) <= 0 or args.seconds <= 0 or args.items < 1:
         parser.error("--rates and --seconds must be positive and --items at least 1")
     import torch
 
     torch.set_num_threads(1)
-    print(json.dumps(run(rates, args.seconds, args.items, args.model)))
+    print(json.dumps(run(rates, args.seconds, args.items, args.model, args.pipeline_batches)))
     return 0
 
 

@@ -8,14 +8,24 @@ which a batch's effects reach Kafka (`BatchApplier.apply`):
 2. the item-vector deltas of the batch are sent to the items' owners, and the
    recommendations to their topic, and the batch waits until the broker has all of
    them;
-3. only then are the users' records written to the table (its changelog).
+3. only then are the users' records written to the table (its changelog), after
+   those of every batch applied before it (by either agent);
+4. the batch's offsets are acknowledged once its records are durable, in the order
+   the batches were taken (stream/worker/acks.py).
+
+Steps 2 to 4 are the batch's finishing task (`BatchApplier.begin`): the agent applies
+its next batch meanwhile (`STREAMREC_PIPELINE_BATCHES`), so the model's work overlaps
+the broker's round trips.
 
 A replay after a crash then meets each click in one of two states. Its user record
 reached the changelog: its deltas and its recommendation are in Kafka too, and the
 record's dedup window skips the click by event id. Its record did not: the click is
 applied again, its recommendation may repeat (at least once), and the item owners skip
 its deltas by source offset (stream/items/). Faust flushes everything sent before it
-commits an offset, so a committed click is never replayed at all.
+commits an offset, so a committed click is never replayed at all. A user's record is
+written by every batch that applied one of its clicks, in order, even when a later
+batch already holds a newer one: a batch acknowledged after its finishing task never
+leaves a click that only a not-yet-durable record holds.
 """
 
 from __future__ import annotations
