@@ -27,6 +27,7 @@ from stream.offline.experiment_topics import (
     click_event_id,
     decode_served,
 )
+from stream.worker.acks import Taken
 from stream.worker.agents import take_clicks
 from stream.worker.pipeline import Accepted, ClickProcessor
 
@@ -51,11 +52,14 @@ def test_the_worker_names_a_click_without_event_id_as_click_event_id_does() -> N
     applied: list[Accepted] = []
 
     class Applier:
-        async def apply(self, batch: list[Accepted]) -> None:
+        async def begin(self, batch: list[Accepted]) -> asyncio.Future[None]:
             applied.extend(batch)
+            finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            finished.set_result(None)
+            return finished
 
     async def batches(stream: Any) -> Any:
-        yield stream
+        yield Taken(stream)
 
     message = SimpleNamespace(topic="clicks-x", partition=0, offset=41, timestamp=T)
     event = SimpleNamespace(message=message, key=b"u1", value=b'{"user_id":"u1","item_id":"i"}')

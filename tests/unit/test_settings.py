@@ -142,6 +142,7 @@ def test_bad_int_names_the_variable(name: str, raw: str) -> None:
         "dedup_window",
         "vector_flush_ms",
         "fetch_max_wait_ms",
+        "pipeline_batches",
     ],
 )
 @pytest.mark.parametrize("value", ["0", "-3"])
