@@ -106,13 +106,17 @@ class BatchApplier:
         previous, written = self._written, asyncio.get_running_loop().create_future()
         self._written = written
         started = time.perf_counter()
-        pending = self.send_deltas()
-        pending += await self.send_recommendations(
-            [
-                (accepted.user_key, value)
-                for accepted, value in zip(outcome.applied, outcome.values, strict=True)
-            ]
-        )
+        try:
+            pending = self.send_deltas()
+            pending += await self.send_recommendations(
+                [
+                    (accepted.user_key, value)
+                    for accepted, value in zip(outcome.applied, outcome.values, strict=True)
+                ]
+            )
+        except BaseException:
+            written.set_result(False)  # later batches fail rather than wait for it
+            raise
         return asyncio.ensure_future(self._finish(outcome, pending, previous, written, started))
 
     async def _finish(

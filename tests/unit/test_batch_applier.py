@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
+import pytest
+
 from model.registry import build_recommender
 from stream.events import Click
 from stream.metrics import WorkerMetrics
@@ -199,3 +201,25 @@ def test_each_applied_batch_is_counted_with_its_clicks() -> None:
     # Duplicates are not applied, so the second batch counts one click.
     assert sample("streamrec_batch_clicks_count") == 2
     assert sample("streamrec_batch_clicks_sum") == 3
+
+
+def test_a_send_that_cannot_be_queued_fails_every_later_batch_instead_of_stalling_it() -> None:
+    harness = Harness(deltas_per_batch=0)
+    sends = harness.applier.send_recommendations
+
+    async def unqueueable(recommendations: list[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
+        if recommendations[0][0] == b"u1":
+            raise ConnectionError("broker unreachable")
+        return await sends(recommendations)
+
+    harness.applier.send_recommendations = unqueueable
+
+    async def main() -> Any:
+        with pytest.raises(ConnectionError):
+            await harness.applier.begin([accepted("u1", "a", "e1")])
+        later = await harness.applier.begin([accepted("u2", "b", "e2")])
+        return await asyncio.wait_for(asyncio.gather(later, return_exceptions=True), 5)
+
+    (outcome,) = asyncio.run(main())
+    assert isinstance(outcome, RuntimeError)
+    assert harness.entries("write") == []
