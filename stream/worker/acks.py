@@ -4,10 +4,11 @@ An agent's loop body may hand a batch's finishing work (waiting for the broker's
 acknowledgements, writing the user records) to a task and go on to the next batch, so
 that the model's work on batch N+1 overlaps the broker round trips of batch N
 (`STREAMREC_PIPELINE_BATCHES`). The batch's events are then acknowledged, and so become
-committable, only when that task has succeeded, and never before an earlier batch's:
-faust commits a partition up to its first unacknowledged offset, so acks out of order
-would be harmless there, but in order keeps "acked" meaning "this and everything before
-it is durable".
+committable, only when that task has succeeded, and never before an earlier batch's.
+faust commits a partition up to the first gap in its acknowledged offsets, but it
+checks that run against the last commit only once something was committed
+(`Consumer._new_offset`), so acks out of order could commit past a batch still
+finishing; in order, "acked" means "this and everything before it is durable".
 """
 
 from __future__ import annotations
