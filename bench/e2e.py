@@ -14,8 +14,10 @@ timestamps or from polling the workers and Redis, never from the worker's own me
   recommendation within the timeout (`missing`: their latency is not in the percentiles)
   and the time from the last click to the last recommendation (`drain_ms`).
 - rate ladder: latency runs of a fixed time at rising shares of the throughput
-  (`LADDER`), stopping at the first whose p99 exceeds `goal_ms` or that misses a
-  recommendation; `max_rate_p99_20ms` is the highest rate that met it (0: none did).
+  (`LADDER`), stopping at the first whose p99 exceeds 50 ms or that misses a
+  recommendation; `max_rate_p99_20ms` and `max_rate_p99_50ms` are the highest rates
+  before the first step that missed 20 and 50 ms (0: the first did). 50 ms is the
+  issue's bound on p99 at a sustained rate, 20 ms its goal.
 - scaling: a second worker joins the group, on the worker core too (the machine has no
   third core; on the services core it would compete with the broker, Redis and this
   script), and the same throughput run is repeated; the ratio is two workers' events/s
@@ -244,14 +246,31 @@ def climb(
     """`measure(i, rate)` for each rate in order, up to and including the first whose p99
     exceeds `goal_ms` or that has a click never answered. Returns the steps and the
     highest rate that met the goal (0.0 when none did)."""
+    steps, best = climb_to(rates, measure, [goal_ms])
+    return steps, best[goal_ms]
+
+
+def climb_to(
+    rates: Sequence[float],
+    measure: Callable[[int, float], dict[str, float]],
+    goals_ms: Sequence[float],
+) -> tuple[list[dict[str, float]], dict[float, float]]:
+    """`climb` for several p99 goals in one ladder: it goes on up to the first rate that
+    misses the loosest goal, and for each goal returns the highest rate before the first
+    step that missed it (0.0 when the first did)."""
     steps: list[dict[str, float]] = []
-    best = 0.0
+    best = dict.fromkeys(goals_ms, 0.0)
+    open_goals = set(goals_ms)
     for i, rate in enumerate(rates):
+        if not open_goals:
+            break
         step = measure(i, rate)
         steps.append(step)
-        if not (step["latency_ms_p99"] <= goal_ms and step["missing"] == 0):
-            break
-        best = rate
+        for goal in sorted(open_goals):
+            if step["latency_ms_p99"] <= goal and step["missing"] == 0:
+                best[goal] = rate
+            else:
+                open_goals.discard(goal)
     return steps, best
 
 
@@ -260,12 +279,12 @@ def rate_ladder(
     items: int,
     top_rate: float,
     seconds: float,
-    goal_ms: float = 20.0,
+    goals_ms: Sequence[float] = (20.0, 50.0),
     log: Any = print,
 ) -> dict[str, Any]:
     """Latency runs of `seconds` (at least `LADDER_MIN_CLICKS` clicks) at each `LADDER`
-    share of `top_rate`, up to the first that misses `goal_ms` at p99 (or loses a
-    recommendation)."""
+    share of `top_rate`, up to the first that misses the loosest of `goals_ms` at p99
+    (or loses a recommendation); `max_rate_p99_<goal>ms` for each goal."""
 
     def measure(i: int, rate: float) -> dict[str, float]:
         count = max(LADDER_MIN_CLICKS, int(rate * seconds))
@@ -277,8 +296,11 @@ def rate_ladder(
         )
         return step
 
-    steps, best = climb([share * top_rate for share in LADDER], measure, goal_ms)
-    return {"goal_ms": goal_ms, "seconds": seconds, "steps": steps, "max_rate_p99_20ms": best}
+    steps, best = climb_to([share * top_rate for share in LADDER], measure, goals_ms)
+    ladder: dict[str, Any] = {"goals_ms": list(goals_ms), "seconds": seconds, "steps": steps}
+    for goal, rate in best.items():
+        ladder[f"max_rate_p99_{goal:g}ms"] = rate
+    return ladder
 
 
 def consumer_lag(worker: Worker) -> float | None:
@@ -448,7 +470,7 @@ def end_to_end(
             )
             result["latency"] = latency(worker, paced, rate)
         if ladder_s:
-            log(f"[{items} items] rate ladder: {ladder_s:.0f} s per rate, up to p99 > 20 ms ...")
+            log(f"[{items} items] rate ladder: {ladder_s:.0f} s per rate, up to p99 > 50 ms ...")
             top = result["throughput"]["events_per_s"]
             result["ladder"] = rate_ladder(worker, items, top, ladder_s, log=log)
         if with_freshness:

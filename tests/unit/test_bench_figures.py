@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.e2e import backlog, climb
+from bench.e2e import backlog, climb, climb_to
 
 
 def test_backlog_counts_unanswered_at_the_last_send_and_never() -> None:
@@ -60,6 +60,21 @@ def test_climb_stops_at_the_first_rate_that_misses(
     steps, found = climb(rates, measure, goal_ms=20)
     assert calls == list(enumerate(rates))[:measured]
     assert len(steps) == measured and found == best
+
+
+def test_one_ladder_answers_every_goal_and_stops_once_the_loosest_is_missed() -> None:
+    rates = [100.0, 200.0, 300.0, 400.0, 500.0]
+    p99s = [15, 25, 40, 60, 10]
+    calls: list[float] = []
+
+    def measure(i: int, rate: float) -> dict[str, float]:
+        calls.append(rate)
+        return step(p99s[i], 0)
+
+    steps, best = climb_to(rates, measure, [20, 50])
+    # 20 ms is missed at 200/s; the climb goes on for 50 ms, missed at 400/s, and stops.
+    assert calls == [100.0, 200.0, 300.0, 400.0] and len(steps) == 4
+    assert best == {20: 100.0, 50: 300.0}
 
 
 def test_the_ceiling_command_prints_each_run_and_the_median_cpu_per_click() -> None:
