@@ -240,24 +240,15 @@ def backlog(sent_at_ms: dict[str, int], out_at_ms: dict[str, int]) -> dict[str, 
     }
 
 
-def climb(
-    rates: Sequence[float], measure: Callable[[int, float], dict[str, float]], goal_ms: float
-) -> tuple[list[dict[str, float]], float]:
-    """`measure(i, rate)` for each rate in order, up to and including the first whose p99
-    exceeds `goal_ms` or that has a click never answered. Returns the steps and the
-    highest rate that met the goal (0.0 when none did)."""
-    steps, best = climb_to(rates, measure, [goal_ms])
-    return steps, best[goal_ms]
-
-
 def climb_to(
     rates: Sequence[float],
     measure: Callable[[int, float], dict[str, float]],
     goals_ms: Sequence[float],
 ) -> tuple[list[dict[str, float]], dict[float, float]]:
-    """`climb` for several p99 goals in one ladder: it goes on up to the first rate that
-    misses the loosest goal, and for each goal returns the highest rate before the first
-    step that missed it (0.0 when the first did)."""
+    """`measure(i, rate)` for each rate in order, up to and including the first whose p99
+    exceeds the loosest of `goals_ms` or that has a click never answered. Returns the
+    steps and, for each goal, the highest rate before the first step that missed it
+    (0.0 when the first did)."""
     steps: list[dict[str, float]] = []
     best = dict.fromkeys(goals_ms, 0.0)
     open_goals = set(goals_ms)

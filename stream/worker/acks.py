@@ -40,9 +40,9 @@ class InOrderAcks:
     """Acknowledges batches on `stream` in the order `add` gets them, each once its
     finishing work resolved, with at most `depth` batches outstanding (`room`).
 
-    A failed finishing is logged when it fails and raised by the next `room` or
-    `drain`; its events and every later batch's stay unacknowledged, so a restart
-    replays them. Call from the stream's event loop."""
+    A failed finishing is logged when it fails and raised by the next `room`; its
+    events and every later batch's stay unacknowledged, so a restart replays them.
+    Call from the stream's event loop."""
 
     def __init__(self, stream: Any, depth: int) -> None:
         if depth < 1:
@@ -50,9 +50,6 @@ class InOrderAcks:
         self.stream = stream
         self.depth = depth
         self._outstanding: deque[asyncio.Task[None]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._outstanding)
 
     async def add(self, taken: Taken) -> None:
         """Acknowledge `taken`'s events after every earlier batch's, once its finishing
@@ -73,11 +70,6 @@ class InOrderAcks:
         while len(self._outstanding) >= self.depth:
             await self._outstanding.popleft()
         self._forget_done()
-
-    async def drain(self) -> None:
-        """Return once every batch added is acknowledged (or raise why one was not)."""
-        while self._outstanding:
-            await self._outstanding.popleft()
 
     def _forget_done(self) -> None:
         """Drop the finished tasks at the front; raises a failed one's error."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.e2e import backlog, climb, climb_to
+from bench.e2e import backlog, climb_to
 
 
 def test_backlog_counts_unanswered_at_the_last_send_and_never() -> None:
@@ -57,7 +57,8 @@ def test_climb_stops_at_the_first_rate_that_misses(
         calls.append((i, rate))
         return step(p99s[i], missing[i])
 
-    steps, found = climb(rates, measure, goal_ms=20)
+    steps, found_by_goal = climb_to(rates, measure, [20])
+    found = found_by_goal[20]
     assert calls == list(enumerate(rates))[:measured]
     assert len(steps) == measured and found == best
 
