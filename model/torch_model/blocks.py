@@ -167,8 +167,9 @@ class CandidateBlocks:
 
         parts: list[np.ndarray] = []
         lengths: list[int] = []
+        # The window's successor lists, each with its (user, distance d).
         window_parts: list[Successors] = []
-        window_offsets: list[int] = []
+        window_at: list[tuple[int, int]] = []
         repeat_keys: list[int] = []
         repeat_back: list[int] = []
         for u, recent in enumerate(recents):
@@ -177,7 +178,7 @@ class CandidateBlocks:
             for d, successors in enumerate(window):
                 if len(successors.rows):
                     window_parts.append(successors)
-                    window_offsets.append((u * width + d) * n)
+                    window_at.append((u, d))
             parts.extend(successors.rows for successors in window)
             repeats = [rows_of.get(item, -1) for item in recent[-REPEAT_SPAN:]]
             parts.append(np.array(repeats, dtype=np.int64))
@@ -217,7 +218,7 @@ class CandidateBlocks:
             rows,
             hs,
             n,
-            summed(window_parts, window_offsets),
+            (window_parts, window_at),
             history,
             neighbours,
             (np.array(repeat_keys, dtype=np.int64), np.array(repeat_back, dtype=np.int64)),
@@ -317,13 +318,13 @@ class CandidateBlocks:
         rows: np.ndarray,
         hs: Sequence[torch.Tensor],
         n: int,
-        window: KeyedSparse,
+        window: tuple[list[Successors], list[tuple[int, int]]],
         history: KeyedSparse,
         neighbours: KeyedSparse | None,
         repeats: tuple[np.ndarray, np.ndarray],
     ) -> np.ndarray:
-        """One float32 row per candidate, laid out as `self.layout`; the window's keys
-        are (user * window + d) * n + row."""
+        """One float32 row per candidate, laid out as `self.layout`; `window` holds the
+        successor lists of each user's last items, each with its (user, d)."""
         layout = self.layout
         features = np.zeros((len(rows), layout.size), dtype=np.float32)
         if not len(rows):
@@ -339,12 +340,12 @@ class CandidateBlocks:
         # with ascending keys and its answer put back in candidate order.
         keys = user * n + rows
         order = np.argsort(keys)
-        p = self._window_probabilities(window, user[order], rows[order], n, order)
+        ascending = keys[order]
+        p = self._window_probabilities(window, ascending, order, n)
         features[:, layout.transitions] = p
         features[:, layout.transition_vote] = torch.log(
             torch.from_numpy(p) @ self._decay + 1e-4
         ).numpy()
-        ascending = keys[order]
         features[:, layout.history_vote] = np.log(in_order(history, ascending, order) + 1e-4)
         popularity = self.popularity
         encoder = self.encoder
@@ -368,19 +369,27 @@ class CandidateBlocks:
 
     def _window_probabilities(
         self,
-        window: KeyedSparse,
-        user: np.ndarray,
-        rows: np.ndarray,
-        n: int,
+        window: tuple[list[Successors], list[tuple[int, int]]],
+        ascending: np.ndarray,
         order: np.ndarray,
+        n: int,
     ) -> np.ndarray:
-        """The `layout.transitions` columns (float32) of the candidates `(user, rows)`,
-        given in ascending key order, `order` mapping them back to candidate order; the
-        window's keys are (user * window + d) * n + row, ascending in that order for
-        each d."""
-        width = self.layout.window
-        p = np.empty((len(rows), width))
-        first = user * width
-        for d in range(width):
-            p[:, d] = in_order(window, (first + d) * n + rows, order)
-        return p.astype(np.float32)
+        """The `layout.transitions` columns (float32) of the candidates whose keys
+        (user * n + row) are `ascending`, `order` mapping them back to candidate order:
+        P(row | r_d) from the window's successor lists, each given with its (user, d),
+        and 0 where a list lacks the candidate. A list's rows are distinct and each
+        (user, d) has one list, so no two entries fall in one cell: each value is put
+        where it belongs, one search for all."""
+        parts, at = window
+        p = np.zeros((len(ascending), self.layout.window), dtype=np.float32)
+        if not parts:
+            return p
+        lengths = [len(part.rows) for part in parts]
+        user = np.repeat(np.array([u for u, _ in at], dtype=np.int64), lengths)
+        distance = np.repeat(np.array([d for _, d in at], dtype=np.int64), lengths)
+        keys = user * n + np.concatenate([part.rows for part in parts])
+        found_at = np.minimum(np.searchsorted(ascending, keys), len(ascending) - 1)
+        found = ascending[found_at] == keys
+        weights = np.concatenate([part.weights for part in parts])
+        p[order[found_at[found]], distance[found]] = weights[found]
+        return p

@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from model.baselines import RecentPopularity
+from model.torch_model import candidates
 from model.torch_model.candidates import (
     KeyedSparse,
     RowMap,
@@ -101,7 +103,12 @@ def test_in_order_is_a_lookup_in_the_keys_own_order() -> None:
     assert np.array_equal(in_order(sparse, keys[order], order), sparse.lookup(keys))
 
 
-def test_best_per_user_is_each_users_sort_by_value_then_row() -> None:
+@pytest.mark.parametrize("grid_cells", [candidates._KTH_GRID_CELLS, 0])
+def test_best_per_user_is_each_users_sort_by_value_then_row(
+    grid_cells: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the k-th value prefilter and without it (0: no grid is small enough)."""
+    monkeypatch.setattr(candidates, "_KTH_GRID_CELLS", grid_cells)
     rng = np.random.default_rng(5)
     for _ in range(100):
         users, n, k = int(rng.integers(1, 12)), 40, int(rng.integers(1, 8))
