@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from stream import interrupts
 from stream.extras import EMBEDDED_SERVICES, MissingExtra, require_dev
 from stream.kafka.topics import BrokerUnreachable, require_topic
 from stream.offline import evaluate as evaluate_cmd
@@ -374,6 +375,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "worker":  # Faust's loop handles the worker's signals
+        interrupts.install()
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from stream.dev.generate import malformed_records, planted_context_clicks, synth
 from stream.dev.harness import scrape_metric, start_worker, wait_for
 from stream.dev.services import DevStack, free_port, start_stack, stop
 from stream.events import Recommendation
+from stream.interrupts import raise_if_interrupted
 from stream.kafka.consumer import make_consumer
 from stream.kafka.producer import replay
 from stream.kafka.topics import ensure_topics, worker_topics
@@ -212,7 +213,8 @@ def run_dev(
             print(orjson.dumps(summary).decode(), flush=True)
             say(True, f"holding the stack up; dashboard at {web}/dashboard (Ctrl-C to stop)")
             while True:
-                time.sleep(3600)
+                time.sleep(1.0)
+                raise_if_interrupted()
         return summary
     finally:
         if worker is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from stream.dev.services import ServiceError, spawn, stop
+from stream.interrupts import raise_if_interrupted
 from stream.settings import Settings, secret_file_variables
 
 
@@ -35,6 +36,7 @@ def start_worker(settings: Settings, log_path: Path, timeout: float = 90.0) -> A
             if scrape_metric(url, "streamrec_worker_ready") == 1.0:
                 return process
             time.sleep(0.25)
+            raise_if_interrupted()
         raise ServiceError(f"worker not ready after {timeout:.0f}s; see {log_path}")
     except BaseException:
         # Ctrl-C included: the caller never gets the process, so it is stopped here.
@@ -80,5 +82,6 @@ def wait_for(count: Any, expected: int, timeout_s: float, progress: bool) -> Non
             if current >= expected or time.monotonic() - last_change > timeout_s:
                 return
             time.sleep(0.1)
+            raise_if_interrupted()
     finally:
         bar.close()

@@ -13,6 +13,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
+from stream.interrupts import raise_if_interrupted
 from stream.kafka.topics import BrokerUnreachable
 from stream.security import PLAINTEXT, KafkaSecurity
 
@@ -68,6 +69,7 @@ def replay(
     )
     try:
         for i, record in enumerate(records):
+            raise_if_interrupted()  # a Ctrl-C swallowed by a finaliser (stream/interrupts.py)
             if rate > 0:
                 ahead = started + i / rate - time.monotonic()
                 if ahead > 0:
