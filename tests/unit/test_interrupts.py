@@ -42,6 +42,16 @@ def records(interrupt_at: int) -> Iterator[dict[str, Any]]:
         yield {"user_id": f"u{i}", "item_id": "a"}
 
 
+def replay_with(producer: Producer) -> None:
+    replay(
+        records(interrupt_at=10),
+        bootstrap_servers="unused:9092",
+        topic="clicks",
+        progress=False,
+        producer=producer,  # type: ignore[arg-type]
+    )
+
+
 @pytest.fixture
 def installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(interrupts, "_interrupted", threading.Event())
@@ -57,13 +67,7 @@ def installed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_a_swallowed_ctrl_c_still_stops_replay(installed: None) -> None:
     producer = Producer()
     with pytest.raises(KeyboardInterrupt):
-        replay(
-            records(interrupt_at=10),
-            bootstrap_servers="unused:9092",
-            topic="clicks",
-            progress=False,
-            producer=producer,  # type: ignore[arg-type]
-        )
+        replay_with(producer)
     assert producer.sent == 10  # the records before the interrupt, none after
 
 
@@ -76,13 +80,7 @@ def test_without_the_check_the_swallowed_ctrl_c_is_lost(
 
     monkeypatch.setattr(producer_module, "raise_if_interrupted", lambda: None)
     producer = Producer()
-    replay(
-        records(interrupt_at=10),
-        bootstrap_servers="unused:9092",
-        topic="clicks",
-        progress=False,
-        producer=producer,  # type: ignore[arg-type]
-    )
+    replay_with(producer)
     assert producer.sent == 100
 
 
