@@ -4,10 +4,10 @@ Python turns SIGINT into a KeyboardInterrupt raised in the main thread at whatev
 bytecode runs next. When that is inside a `__del__` method or another callback whose
 exceptions Python reports and ignores, the interrupt is gone: the signal module's
 documentation says so ("Note on Signal Handlers and Exceptions", bpo-42340). Under the
-full test suite `streamrec dev` sometimes lost its Ctrl-C that way
+full test suite `streamrec dev` sometimes lost its Ctrl-C, most likely that way
 (`test_ctrl_c_stops_the_demo_and_everything_it_started`): 150 s after SIGINT its main
 thread was still pacing clicks in `replay`, and the broker, Redis and worker it had
-started were still running.
+started were still running; the unit test reproduces that loss with a finaliser.
 
 `install()` (the CLI does it for every command but `worker`, whose Faust loop handles
 its own signals) keeps the KeyboardInterrupt and also records the signal, and the long
