@@ -106,7 +106,7 @@ def freeze_startup_heap() -> None:
     short-lived tracked objects (contexts, updates, lists), nearly all freed by their
     reference counts, and at the default threshold (700) the collector still ran a
     young pass every few hundred of them. At `YOUNG_COLLECTION_THRESHOLD` a pass scans
-    at most that many objects, a millisecond or two.
+    at most that many objects: about a millisecond even when all of them survive.
     """
     gc.collect()
     gc.freeze()
